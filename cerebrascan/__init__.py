@@ -1,0 +1,3 @@
+"""CerebraScan: brain-tumour MRI segmentation and analysis server (research use only)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,96 @@
+"""The analysis pipeline behind ``POST /analyze``: decode -> segment -> measure -> store."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+
+import nibabel as nib
+
+from cerebrascan.imaging.nifti_decode import assemble_study, decode_nifti
+from cerebrascan.regions import volumes_ml
+from cerebrascan.registry import ResolvedModel
+from cerebrascan.segmentation import segment_study
+from cerebrascan.settings import Settings
+from cerebrascan.study_store import RESULT_FILE, SEGMENTATION_FILE, StudyStore
+from runners.onnx_runner import OnnxSegmentationRunner
+from schemas.analysis import AnalyzeOptions, AnalyzeResponse, Geometry, ModelInfo, RegionVolumes
+
+logger = logging.getLogger(__name__)
+
+
+class AnalysisPipeline:
+    """Holds the loaded model and runs one study at a time through every stage.
+
+    Args:
+        settings: server settings (runner, limits, storage).
+        model: the registry version to serve.
+    """
+
+    def __init__(self, settings: Settings, model: ResolvedModel) -> None:
+        self.settings = settings
+        self.model = model
+        self.runner = OnnxSegmentationRunner(model.onnx_path, model.spec, settings.runner)
+        self.store = StudyStore(settings.studies_dir)
+
+    def analyze(self, files: Mapping[str, Path], options: AnalyzeOptions) -> AnalyzeResponse:
+        """Analyse the uploaded modality files.
+
+        Raises:
+            InputError: the files cannot be analysed (see :func:`decode_nifti`).
+        """
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+        volumes = {
+            name: decode_nifti(path, field=name, max_voxels=self.settings.limits.max_voxels)
+            for name, path in files.items()
+        }
+        study = assemble_study(volumes, tuple(self.model.spec.modalities))
+        del volumes
+        timings["decode"] = (time.perf_counter() - clock) * 1000
+        mirror_tta = (
+            self.settings.runner.mirror_tta if options.mirror_tta is None else options.mirror_tta
+        )
+        segmentation = segment_study(study, self.runner, mirror_tta=mirror_tta)
+        timings.update(segmentation.timings_ms)
+        study_id = uuid.uuid4().hex
+        response = AnalyzeResponse(
+            study_id=study_id,
+            created_at=datetime.now(UTC),
+            model=ModelInfo(
+                name=self.model.name,
+                version=self.model.version,
+                alias=self.model.alias,
+                runner=self.runner.name,
+                providers=self.runner.providers,
+                mirror_tta=mirror_tta,
+                trained_on=self.model.training_data,
+            ),
+            geometry=Geometry(
+                shape=study.shape,
+                spacing_mm=study.spacing,
+                affine=study.affine.tolist(),
+                orientation="".join(nib.aff2axcodes(study.affine)),
+            ),
+            volumes_ml=RegionVolumes(**volumes_ml(segmentation.labels, study.spacing)),
+            timings_ms=timings,
+            segmentation_url=f"/studies/{study_id}/segmentation",
+        )
+        clock = time.perf_counter()
+        self.store.save(study_id, segmentation.labels, study.affine, response.model_dump_json())
+        timings["store"] = (time.perf_counter() - clock) * 1000
+        response.timings_ms = {k: round(v, 1) for k, v in timings.items()}
+        logger.info("study %s analysed in %s ms", study_id, response.timings_ms)
+        return response
+
+    def segmentation_path(self, study_id: str) -> Path:
+        """The stored label map of a study (InputError 404 if unknown)."""
+        return self.store.artefact(study_id, SEGMENTATION_FILE)
+
+    def result_path(self, study_id: str) -> Path:
+        """The stored JSON result of a study (InputError 404 if unknown)."""
+        return self.store.artefact(study_id, RESULT_FILE)

@@ -1,0 +1,175 @@
+"""The ``cerebrascan`` command line: phantoms, the model pipeline stages, the registry."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import click
+
+from cerebrascan.settings import Settings
+
+logger = logging.getLogger("cerebrascan")
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def main(verbose: bool) -> None:
+    """CerebraScan: brain-tumour MRI segmentation and analysis (research use only)."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@main.command()
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
+@click.option("--seed", type=int, required=True, help="Cohort seed; same seed, same cases.")
+@click.option("--n", "n_cases", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--prefix", default="PHANTOM", show_default=True, help="Case id prefix.")
+def phantom(out_dir: Path, seed: int, n_cases: int, prefix: str) -> None:
+    """Write synthetic BraTS-style cases (four modalities, segmentation, truth.json)."""
+    from cerebrascan.phantoms.writer import write_cohort
+
+    folders = write_cohort(out_dir, seed=seed, n_cases=n_cases, prefix=prefix)
+    for folder in folders:
+        click.echo(str(folder))
+
+
+@main.group()
+def registry() -> None:
+    """The MLflow model registry."""
+
+
+@registry.command("ensure-default")
+def registry_ensure_default() -> None:
+    """Register the bundled default model as ``model_name@model_alias`` unless it exists."""
+    from cerebrascan.registry import ensure_default_model
+
+    settings = Settings()
+    version = ensure_default_model(settings)
+    click.echo(f"{settings.model_name}@{settings.model_alias} -> version {version}")
+
+
+@registry.command("register")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--name", default=None, help="Registered model name (default: settings).")
+@click.option("--alias", default="champion", show_default=True)
+def registry_register(folder: Path, name: str | None, alias: str) -> None:
+    """Register a model folder (model.onnx, model_spec.json, model_card.md, metrics.json)."""
+    from cerebrascan.registry import register_model_folder
+
+    settings = Settings()
+    version = register_model_folder(settings, folder, name=name or settings.model_name, alias=alias)
+    click.echo(f"{name or settings.model_name} version {version} (alias {alias})")
+
+
+@main.group()
+@click.option(
+    "--params", "params_path", type=click.Path(exists=True, path_type=Path), default=DEFAULT_PARAMS
+)
+@click.pass_context
+def pipeline(ctx: click.Context, params_path: Path) -> None:
+    """Stages of ``dvc.yaml``: phantoms -> train -> export -> evaluate -> register."""
+    from cerebrascan.training.params import load_params
+
+    ctx.obj = load_params(params_path)
+
+
+@pipeline.command("phantoms")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("data/phantoms"))
+@click.pass_obj
+def pipeline_phantoms(params: object, out_dir: Path) -> None:
+    """Training and held-out phantom cohorts."""
+    from cerebrascan.phantoms.writer import write_cohort
+    from cerebrascan.training.params import PipelineParams
+
+    assert isinstance(params, PipelineParams)
+    p = params.phantoms
+    write_cohort(
+        out_dir / "train", seed=p.train_seed, n_cases=p.train_cases, prefix="PHANTOM-TRAIN"
+    )
+    write_cohort(out_dir / "test", seed=p.test_seed, n_cases=p.test_cases, prefix="PHANTOM-TEST")
+
+
+@pipeline.command("train")
+@click.option(
+    "--cases", "cases_dir", type=click.Path(path_type=Path), default=Path("data/phantoms/train")
+)
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("data/train"))
+@click.pass_obj
+def pipeline_train(params: object, cases_dir: Path, out_dir: Path) -> None:
+    """Train the network on phantom cases (MLflow-tracked)."""
+    from cerebrascan.training.params import PipelineParams
+    from cerebrascan.training.train import train
+
+    assert isinstance(params, PipelineParams)
+    summary = train(params, cases_dir, out_dir, Settings())
+    click.echo(json.dumps(summary, indent=2))
+
+
+@pipeline.command("export")
+@click.option("--train-dir", type=click.Path(path_type=Path), default=Path("data/train"))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("models/default"))
+@click.pass_obj
+def pipeline_export(params: object, train_dir: Path, out_dir: Path) -> None:
+    """Export the checkpoint to ONNX and check it against torch."""
+    from cerebrascan.training.export import export_onnx
+    from cerebrascan.training.params import PipelineParams
+
+    assert isinstance(params, PipelineParams)
+    difference = export_onnx(params, train_dir, out_dir)
+    click.echo(f"max |torch - onnxruntime| = {difference:.2e}")
+
+
+@pipeline.command("evaluate")
+@click.option("--model-dir", type=click.Path(path_type=Path), default=Path("models/default"))
+@click.option(
+    "--cases", "cases_dir", type=click.Path(path_type=Path), default=Path("data/phantoms/test")
+)
+@click.option("--train-dir", type=click.Path(path_type=Path), default=Path("data/train"))
+@click.pass_obj
+def pipeline_evaluate(params: object, model_dir: Path, cases_dir: Path, train_dir: Path) -> None:
+    """Held-out metrics (metrics.json) and the model card (model_card.md)."""
+    from cerebrascan.training.evaluate import evaluate_model, model_card
+    from cerebrascan.training.params import PipelineParams
+
+    assert isinstance(params, PipelineParams)
+    metrics = evaluate_model(params, model_dir, cases_dir)
+    summary = json.loads((train_dir / "train_summary.json").read_text())
+    metrics["train_summary"] = summary
+    (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (model_dir / "model_card.md").write_text(model_card(metrics, params, summary))
+    click.echo(json.dumps(metrics["mean"], indent=2))
+
+
+@pipeline.command("register")
+@click.option("--model-dir", type=click.Path(path_type=Path), default=Path("models/default"))
+@click.option("--train-dir", type=click.Path(path_type=Path), default=Path("data/train"))
+@click.option(
+    "--record", type=click.Path(path_type=Path), default=Path("data/registry/registered.json")
+)
+@click.pass_obj
+def pipeline_register(params: object, model_dir: Path, train_dir: Path, record: Path) -> None:
+    """Register the evaluated model as a new version with alias ``champion``."""
+    from cerebrascan.registry import register_model_folder
+
+    settings = Settings()
+    summary = json.loads((train_dir / "train_summary.json").read_text())
+    version = register_model_folder(
+        settings,
+        model_dir,
+        name=settings.model_name,
+        alias=settings.model_alias,
+        run_id=summary.get("mlflow_run_id"),
+    )
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"name": settings.model_name, "version": version}, indent=2))
+    click.echo(f"{settings.model_name} version {version}")
+
+
+if __name__ == "__main__":
+    main()

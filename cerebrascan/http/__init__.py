@@ -1,0 +1,1 @@
+"""HTTP pieces around the BentoML service: middleware and plain routes."""

@@ -1,0 +1,1 @@
+"""Image input/output, validation, and the maths that prepares images for a network."""

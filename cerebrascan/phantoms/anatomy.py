@@ -1,0 +1,200 @@
+"""Load the SRI24 reference anatomy used as the phantoms' normal brain (I/O).
+
+The T1 is the skull-stripped SRI24 template on the BraTS grid; structure masks are matched
+to it by voxel index (their headers carry a different sign convention, the grids are equal).
+The atlas ventricle mask is generous (it includes periventricular tissue); :class:`Anatomy`
+keeps it as ``ventricle_region`` and derives ``ventricles`` as the CSF-dark voxels inside it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from cerebrascan.atlas import sri24_structure_mask_path, sri24_t1_path
+from cerebrascan.phantoms.contrasts import estimate_tissue_means
+
+logger = logging.getLogger(__name__)
+
+#: SRI24 cerebral structure masks; voxels outside them, inferior to the top of the brainstem
+#: mask, are taken as infratentorial (cerebellum) together with the brainstem.
+CEREBRAL_STRUCTURES: tuple[str, ...] = (
+    "frontal_lobe",
+    "parietal",
+    "occipital",
+    "temporal",
+    "insula",
+    "thalamus",
+)
+
+
+def supratentorial_mask(
+    brain: np.ndarray, cerebral: np.ndarray, brainstem: np.ndarray, affine: np.ndarray
+) -> np.ndarray:
+    """Supratentorial brain: the brain minus brainstem and cerebellum (pure).
+
+    The cerebellum is approximated as the brain outside the cerebral structure masks and
+    inferior to the 95th percentile of the brainstem's superior coordinate; the largest
+    connected component of cerebellum + brainstem is removed from the brain.
+
+    Args:
+        brain: bool brain mask.
+        cerebral: bool union of cerebral lobe / deep grey matter masks.
+        brainstem: bool brainstem mask.
+        affine: 4x4 voxel-to-RAS affine (its third row gives the superior coordinate).
+
+    Returns:
+        bool supratentorial mask.
+
+    Raises:
+        ValueError: if the brainstem mask is empty.
+    """
+    stem = brainstem & brain
+    if not stem.any():
+        raise ValueError(
+            f"brainstem mask is empty inside the brain ({int(brainstem.sum())} voxels)"
+        )
+    row = np.asarray(affine, dtype=np.float64)[2]
+    axes = [np.arange(n, dtype=np.float64) for n in brain.shape]
+    superior = (
+        row[0] * axes[0][:, None, None]
+        + row[1] * axes[1][None, :, None]
+        + row[2] * axes[2][None, None, :]
+        + row[3]
+    )
+    top = np.percentile(superior[stem], 95.0)
+    infratentorial = (brain & ~cerebral & (superior <= top)) | stem
+    labels, count = ndimage.label(infratentorial)
+    if count > 1:
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        infratentorial = labels == int(np.argmax(sizes))
+    return brain & ~infratentorial
+
+
+@dataclass(frozen=True, eq=False)
+class Anatomy:
+    """Reference anatomy on one voxel grid; arrays are read-only.
+
+    Attributes:
+        t1: float32 T1 intensities, 0 outside the brain.
+        brain: bool brain mask (``t1 > 0``).
+        ventricles: bool mask of ventricular CSF (dark voxels of ``ventricle_region``).
+        ventricle_region: bool atlas ventricle mask as shipped (generous).
+        supratentorial: bool supratentorial brain (no brainstem / cerebellum), used for
+            tumour placement.
+        affine: 4x4 float64 voxel-to-RAS affine of the grid.
+    """
+
+    t1: np.ndarray
+    brain: np.ndarray
+    ventricles: np.ndarray
+    ventricle_region: np.ndarray
+    supratentorial: np.ndarray
+    affine: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Grid shape."""
+        return (int(self.t1.shape[0]), int(self.t1.shape[1]), int(self.t1.shape[2]))
+
+    @property
+    def spacing_mm(self) -> tuple[float, float, float]:
+        """Voxel spacing in mm (column norms of the affine)."""
+        norms = np.linalg.norm(self.affine[:3, :3], axis=0)
+        return (float(norms[0]), float(norms[1]), float(norms[2]))
+
+
+def anatomy_from_arrays(
+    t1: np.ndarray,
+    ventricle_region: np.ndarray,
+    supratentorial: np.ndarray,
+    affine: np.ndarray,
+) -> Anatomy:
+    """Build an :class:`Anatomy` from in-memory arrays (pure; used by the loader and tests).
+
+    Args:
+        t1: 3D T1 volume (a trailing singleton axis is squeezed), 0 outside the brain.
+        ventricle_region: 3D ventricle mask, nonzero inside.
+        supratentorial: 3D mask of the placement region, nonzero inside.
+        affine: 4x4 voxel-to-RAS affine.
+
+    Returns:
+        The read-only anatomy.
+
+    Raises:
+        ValueError: on mismatched shapes, a non-3D T1, a bad affine or an empty brain.
+    """
+    t1 = np.asarray(t1)
+    if t1.ndim == 4 and t1.shape[-1] == 1:
+        t1 = t1[..., 0]
+    if t1.ndim != 3:
+        raise ValueError(f"t1 must be 3D (or 3D with a trailing singleton), got shape {t1.shape}")
+    t1 = np.ascontiguousarray(t1, dtype=np.float32)
+    masks = {}
+    for name, mask in (("ventricle_region", ventricle_region), ("supratentorial", supratentorial)):
+        mask = np.asarray(mask)
+        if mask.ndim == 4 and mask.shape[-1] == 1:
+            mask = mask[..., 0]
+        if mask.shape != t1.shape:
+            raise ValueError(f"{name} shape {mask.shape} does not match t1 shape {t1.shape}")
+        masks[name] = mask > 0.5
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4):
+        raise ValueError(f"affine must be 4x4, got shape {affine.shape}")
+    brain = t1 > 0
+    if brain.sum() < 1000:
+        raise ValueError(f"brain has {int(brain.sum())} voxels (t1 > 0); expected a brain volume")
+    m_csf, m_gm, _ = estimate_tissue_means(t1[brain])
+    region = masks["ventricle_region"] & brain
+    ventricles = region & (t1 < 0.5 * (m_csf + m_gm))
+    supratentorial = masks["supratentorial"] & brain
+    arrays = (t1, brain, ventricles, region, supratentorial, affine)
+    for array in arrays:
+        array.flags.writeable = False
+    return Anatomy(*arrays)
+
+
+def _load_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    image = nib.load(str(path))
+    data = np.asarray(image.dataobj)
+    if data.ndim == 4 and data.shape[-1] == 1:
+        data = data[..., 0]
+    return data, np.asarray(image.affine, dtype=np.float64)
+
+
+@functools.lru_cache(maxsize=1)
+def load_anatomy() -> Anatomy:
+    """Load (once per process) the SRI24 T1 and structure masks as an :class:`Anatomy`.
+
+    Returns:
+        The cached, read-only anatomy on the BraTS grid (240 x 240 x 155, 1 mm).
+
+    Raises:
+        cerebrascan.atlas.AtlasNotInstalledError: if the atlas wheels are missing.
+        ValueError: if a mask grid does not match the T1 grid.
+    """
+    t1, affine = _load_volume(sri24_t1_path())
+    ventricle_region, _ = _load_volume(sri24_structure_mask_path("ventricles"))
+    cerebral = np.zeros(t1.shape, dtype=bool)
+    for name in CEREBRAL_STRUCTURES:
+        mask, _ = _load_volume(sri24_structure_mask_path(name))
+        if mask.shape != t1.shape:
+            raise ValueError(f"mask {name!r} has shape {mask.shape}, T1 has {t1.shape}")
+        cerebral |= mask > 0.5
+    brainstem, _ = _load_volume(sri24_structure_mask_path("brainstem"))
+    supratentorial = supratentorial_mask(t1 > 0, cerebral, brainstem > 0.5, affine)
+    anatomy = anatomy_from_arrays(t1, ventricle_region, supratentorial, affine)
+    logger.info(
+        "loaded SRI24 anatomy: shape %s, %d brain voxels, %d ventricle CSF voxels",
+        anatomy.shape,
+        int(anatomy.brain.sum()),
+        int(anatomy.ventricles.sum()),
+    )
+    return anatomy

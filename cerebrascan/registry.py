@@ -1,0 +1,211 @@
+"""The MLflow model registry: register model folders, resolve an alias to a local folder.
+
+A model folder holds ``model.onnx``, ``model_spec.json`` (:class:`schemas.model_spec.ModelSpec`),
+``model_card.md`` and ``metrics.json``. Registration logs the folder as run artefacts and points
+a new registry version at them; serving resolves ``name@alias`` and downloads the folder once
+into a cache keyed by name and version, checking the ONNX file's SHA-256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from cerebrascan.settings import Settings
+from schemas.model_spec import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILES = ("model.onnx", "model_spec.json", "model_card.md", "metrics.json")
+REGISTRATION_EXPERIMENT = "cerebrascan-registry"
+
+
+class ModelNotAvailableError(RuntimeError):
+    """The registry has no version for the requested name and alias, or its files are bad."""
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A registry version downloaded to a local folder."""
+
+    name: str
+    version: str
+    alias: str
+    folder: Path
+    spec: ModelSpec
+    training_data: str
+
+    @property
+    def onnx_path(self) -> Path:
+        """The network file."""
+        return self.folder / "model.onnx"
+
+
+def sha256_of(path: Path) -> str:
+    """Hex SHA-256 of a file."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def client_for(settings: Settings) -> MlflowClient:
+    """An MLflow client on the configured tracking/registry URI (creating a sqlite folder).
+
+    MLflow's global URI is left alone: ``mlflow.set_tracking_uri`` also exports
+    ``MLFLOW_TRACKING_URI``, which would leak into every later :class:`Settings`.
+    """
+    uri = settings.tracking_uri
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def ensure_experiment(client: MlflowClient, name: str, settings: Settings) -> str:
+    """Id of experiment ``name``, created with its artefacts under ``settings.artifact_root``."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    settings.artifact_root.mkdir(parents=True, exist_ok=True)
+    return str(client.create_experiment(name, artifact_location=settings.artifact_root.as_uri()))
+
+
+def check_model_folder(folder: Path) -> ModelSpec:
+    """Validate a model folder and return its spec.
+
+    Raises:
+        ModelNotAvailableError: a required file is missing or the spec is invalid.
+    """
+    missing = [f for f in MODEL_FILES if not (folder / f).is_file()]
+    if missing:
+        raise ModelNotAvailableError(f"model folder {folder} lacks {missing}")
+    try:
+        return ModelSpec.model_validate_json((folder / "model_spec.json").read_text())
+    except ValueError as exc:
+        raise ModelNotAvailableError(f"{folder / 'model_spec.json'} is invalid: {exc}") from exc
+
+
+def register_model_folder(
+    settings: Settings, folder: Path, *, name: str, alias: str, run_id: str | None = None
+) -> str:
+    """Register ``folder`` as a new version of ``name`` and point ``alias`` at it.
+
+    Args:
+        settings: where the registry is.
+        folder: a model folder (see the module docstring).
+        name: registered model name.
+        alias: alias to set on the new version (e.g. ``champion``).
+        run_id: the MLflow run that produced the model; a registration run is made if None.
+
+    Returns:
+        The new version number as a string.
+    """
+    check_model_folder(folder)
+    client = client_for(settings)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    if run_id is not None:
+        try:
+            client.get_run(run_id)
+        except MlflowException:
+            logger.warning("run %s is not in this registry's store; using a new run", run_id)
+            run_id = None
+    if run_id is None:
+        experiment_id = ensure_experiment(client, REGISTRATION_EXPERIMENT, settings)
+        run_id = client.create_run(experiment_id, run_name=f"register-{name}").info.run_id
+        client.set_terminated(run_id)
+    for file_name in MODEL_FILES:
+        client.log_artifact(run_id, str(folder / file_name), artifact_path="model")
+    artifact_uri = client.get_run(run_id).info.artifact_uri
+    try:
+        client.create_registered_model(name, description=(folder / "model_card.md").read_text())
+    except MlflowException as exc:
+        if "already exists" not in str(exc).lower() and exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    version = client.create_model_version(
+        name,
+        source=f"{artifact_uri}/model",
+        run_id=run_id,
+        tags={
+            "onnx_sha256": sha256_of(folder / "model.onnx"),
+            "training_data": str(metrics.get("training_data", "unknown")),
+        },
+        description=(folder / "model_card.md").read_text()[:5000],
+    )
+    client.set_registered_model_alias(name, alias, version.version)
+    logger.info("registered %s version %s with alias %s", name, version.version, alias)
+    return str(version.version)
+
+
+def ensure_default_model(settings: Settings) -> str:
+    """Make sure ``model_name@model_alias`` exists, registering the bundled model if not.
+
+    Returns:
+        The version the alias points to.
+    """
+    client = client_for(settings)
+    try:
+        existing = client.get_model_version_by_alias(settings.model_name, settings.model_alias)
+        return str(existing.version)
+    except MlflowException:
+        logger.info(
+            "no %s@%s in the registry; registering the bundled model from %s",
+            settings.model_name,
+            settings.model_alias,
+            settings.bundled_model_dir,
+        )
+    return register_model_folder(
+        settings, settings.bundled_model_dir, name=settings.model_name, alias=settings.model_alias
+    )
+
+
+def resolve_model(settings: Settings) -> ResolvedModel:
+    """Download ``model_name@model_alias`` into the cache (once per version) and load its spec.
+
+    Raises:
+        ModelNotAvailableError: no such alias, or the downloaded ONNX does not match its checksum.
+    """
+    client = client_for(settings)
+    name, alias = settings.model_name, settings.model_alias
+    try:
+        version = client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        raise ModelNotAvailableError(
+            f"registry {settings.tracking_uri} has no {name}@{alias}; run `cerebrascan "
+            "registry ensure-default` or register a model"
+        ) from exc
+    folder = settings.model_cache_dir / name / str(version.version)
+    expected = version.tags.get("onnx_sha256")
+    if not (folder / "model.onnx").is_file() or sha256_of(folder / "model.onnx") != expected:
+        if folder.exists():
+            shutil.rmtree(folder)
+        staging = folder.with_name(folder.name + ".partial")
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+        mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(staging))
+        downloaded = staging / "model" if (staging / "model").is_dir() else staging
+        downloaded.rename(folder)
+        shutil.rmtree(staging, ignore_errors=True)
+        if sha256_of(folder / "model.onnx") != expected:
+            raise ModelNotAvailableError(
+                f"{name} version {version.version}: model.onnx checksum differs from the "
+                "registry tag"
+            )
+    spec = check_model_folder(folder)
+    return ResolvedModel(
+        name=name,
+        version=str(version.version),
+        alias=alias,
+        folder=folder,
+        spec=spec,
+        training_data=version.tags.get("training_data", "unknown"),
+    )

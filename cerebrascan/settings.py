@@ -1,0 +1,139 @@
+"""One settings object for the whole server, read from the environment and an optional YAML file.
+
+Precedence (highest first): constructor arguments, environment variables (``CEREBRASCAN_*``,
+nested with ``__``, plus ``MLFLOW_TRACKING_URI``), the YAML file named by ``CEREBRASCAN_CONFIG``,
+then the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, BaseModel, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+ORT_PROVIDERS = (
+    "CPUExecutionProvider",
+    "CUDAExecutionProvider",
+    "TensorrtExecutionProvider",
+)
+
+
+class RunnerSettings(BaseModel):
+    """How the segmentation network is executed."""
+
+    providers: list[str] = Field(
+        default_factory=lambda: ["CPUExecutionProvider"],
+        description="ONNX Runtime execution providers, in order of preference.",
+    )
+    intra_op_threads: int = Field(
+        default=0, ge=0, description="ONNX Runtime intra-op threads; 0 lets ORT decide."
+    )
+    tile_batch_size: int = Field(default=2, ge=1, le=64, description="Tiles per network call.")
+    tile_step: float = Field(
+        default=0.5, gt=0.0, le=1.0, description="Sliding-window step as a fraction of the patch."
+    )
+    mirror_tta: bool = Field(default=False, description="Mirror test-time augmentation.")
+
+    @field_validator("providers")
+    @classmethod
+    def _known_providers(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("providers must name at least one ONNX Runtime execution provider")
+        unknown = [p for p in value if p not in ORT_PROVIDERS]
+        if unknown:
+            raise ValueError(
+                f"unknown execution provider(s) {unknown}; choose from {ORT_PROVIDERS}"
+            )
+        return value
+
+
+class LimitSettings(BaseModel):
+    """Bounds on what one request may make the server read and allocate."""
+
+    max_upload_mb: float = Field(default=512.0, gt=0, description="Whole request body, in MB.")
+    max_voxels: int = Field(
+        default=400 * 400 * 400, gt=0, description="Voxels per image a header may declare."
+    )
+
+
+class Settings(BaseSettings):
+    """All configuration of a CerebraScan server or pipeline run."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CEREBRASCAN_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        protected_namespaces=(),
+        populate_by_name=True,
+    )
+
+    data_dir: Path = Field(default=Path("data"), description="Root of local state.")
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("CEREBRASCAN_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI"),
+        description="MLflow tracking/registry URI; default: a sqlite file under data_dir.",
+    )
+    model_name: str = Field(default="cerebrascan-brats-unet", description="Registered model.")
+    model_alias: str = Field(default="champion", description="Registry alias served.")
+    bundled_model_dir: Path = Field(
+        default=Path(__file__).resolve().parent.parent / "models" / "default",
+        description="Folder of the committed default model (registered on first start).",
+    )
+    runner: RunnerSettings = Field(default_factory=RunnerSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("CEREBRASCAN_CONFIG")
+        if config_file:
+            if not Path(config_file).is_file():
+                raise FileNotFoundError(f"CEREBRASCAN_CONFIG={config_file!r} is not a file")
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+    @property
+    def tracking_uri(self) -> str:
+        """The MLflow URI in force (explicit, or the sqlite file under ``data_dir``)."""
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        return f"sqlite:///{(self.data_dir / 'mlflow' / 'mlflow.db').resolve()}"
+
+    @property
+    def artifact_root(self) -> Path:
+        """Where MLflow stores artefacts of experiments this project creates."""
+        return (self.data_dir / "mlflow" / "artifacts").resolve()
+
+    @property
+    def model_cache_dir(self) -> Path:
+        """Where resolved registry artefacts are downloaded for serving."""
+        return (self.data_dir / "model-cache").resolve()
+
+    @property
+    def studies_dir(self) -> Path:
+        """Artefact folder of analysed studies (segmentations, results)."""
+        return (self.data_dir / "studies").resolve()
+
+    def masked(self) -> dict[str, Any]:
+        """Settings as a dict for logging, with credentials in URIs masked."""
+        dumped = self.model_dump(mode="json")
+        uri = dumped.get("mlflow_tracking_uri")
+        if uri and "@" in uri and "://" in uri:
+            scheme, rest = uri.split("://", 1)
+            dumped["mlflow_tracking_uri"] = f"{scheme}://***@{rest.split('@', 1)[1]}"
+        return dumped

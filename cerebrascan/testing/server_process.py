@@ -1,0 +1,94 @@
+"""Start and stop a real ``bentoml serve`` process on a free loopback port."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    """A started server: its base URL, process and log file."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+
+@contextmanager
+def bentoml_server(
+    env: Mapping[str, str], log_path: Path, ready_timeout_s: float = 180.0
+) -> Iterator[RunningServer]:
+    """Run ``bentoml serve service:CerebraScan`` until the block exits.
+
+    Args:
+        env: extra environment (settings) for the server.
+        log_path: where the server's stdout/stderr go.
+        ready_timeout_s: how long to wait for ``/readyz``.
+
+    Raises:
+        RuntimeError: the server exited or was not ready in time (the log tail is included).
+    """
+    port = free_port()
+    bentoml = Path(sys.executable).with_name("bentoml")
+    command = [
+        str(bentoml),
+        "serve",
+        "service:CerebraScan",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        command, cwd=REPO_ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_timeout_s
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode}:\n{_tail(log_path)}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server not ready in {ready_timeout_s} s:\n{_tail(log_path)}")
+            time.sleep(0.5)
+        yield RunningServer(url=url, process=process, log_path=log_path)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

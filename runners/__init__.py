@@ -1,0 +1,1 @@
+"""Segmentation runners: execute a network over a whole preprocessed volume."""

@@ -1,0 +1,1 @@
+"""Pydantic schemas: the contracts at CerebraScan's edges (HTTP, registry artefacts)."""

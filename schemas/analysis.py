@@ -1,0 +1,66 @@
+"""Request options and response of ``POST /analyze``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+RESEARCH_USE_NOTICE = (
+    "Research use only. The default model was trained on synthetic phantoms, not patients; "
+    "its output is not a clinical finding."
+)
+
+
+class AnalyzeOptions(BaseModel):
+    """Optional JSON ``options`` field of ``POST /analyze``."""
+
+    model_config = {"extra": "forbid"}
+
+    mirror_tta: bool | None = Field(
+        default=None, description="Mirror test-time augmentation; default from settings."
+    )
+
+
+class Geometry(BaseModel):
+    """Geometry of the input images (shared by all four modalities)."""
+
+    shape: tuple[int, int, int]
+    spacing_mm: tuple[float, float, float]
+    affine: list[list[float]] = Field(description="4x4 voxel-to-scanner-RAS matrix (mm).")
+    orientation: str = Field(description="Axis codes of the voxel axes, e.g. 'LAS'.")
+
+
+class RegionVolumes(BaseModel):
+    """Volumes in millilitres of BraTS labels and regions."""
+
+    NETC: float
+    SNFH: float
+    ET: float
+    TC: float
+    WT: float
+
+
+class ModelInfo(BaseModel):
+    """Which registry model version produced the segmentation and how it ran."""
+
+    name: str
+    version: str
+    alias: str
+    runner: str
+    providers: list[str]
+    mirror_tta: bool
+    trained_on: str = Field(description="Training data of the model, from its model card.")
+
+
+class AnalyzeResponse(BaseModel):
+    """Findings of one analysed study."""
+
+    study_id: str
+    created_at: datetime
+    model: ModelInfo
+    geometry: Geometry
+    volumes_ml: RegionVolumes
+    timings_ms: dict[str, float] = Field(description="Wall time per pipeline stage.")
+    segmentation_url: str = Field(description="Where the label map (NIfTI) can be fetched.")
+    notice: str = RESEARCH_USE_NOTICE

@@ -1,0 +1,74 @@
+"""CerebraScan's BentoML service: ``POST /analyze`` and the stored-study routes.
+
+Start with ``make serve`` (or ``bentoml serve service:CerebraScan``). Settings come from the
+environment and ``CEREBRASCAN_CONFIG`` (see :mod:`cerebrascan.settings`); they are read once
+when this module is imported, because the middleware and mounted routes need them before the
+service class is instantiated.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from pathlib import Path
+
+import bentoml
+from bentoml.exceptions import BentoMLException
+
+from cerebrascan.analysis import AnalysisPipeline
+from cerebrascan.errors import InputError
+from cerebrascan.http.studies import studies_app
+from cerebrascan.http.upload_limit import UploadLimitMiddleware
+from cerebrascan.registry import resolve_model
+from cerebrascan.settings import Settings
+from schemas.analysis import AnalyzeOptions, AnalyzeResponse
+
+logger = logging.getLogger("cerebrascan.service")
+
+SETTINGS = Settings()
+
+
+@bentoml.service(
+    name="cerebrascan",
+    traffic={"timeout": 600, "max_concurrency": 4},
+    workers=1,
+)
+@bentoml.asgi_app(studies_app(SETTINGS.studies_dir), path="/studies")
+class CerebraScan:
+    """Segments a 4-modality brain MRI and reports tumour volumes (research use only)."""
+
+    def __init__(self) -> None:
+        logger.info("starting with settings %s", SETTINGS.masked())
+        model = resolve_model(SETTINGS)
+        self.pipeline = AnalysisPipeline(SETTINGS, model)
+        logger.info("serving %s version %s (%s)", model.name, model.version, model.alias)
+
+    def __is_ready__(self) -> bool:
+        """Ready once the model is loaded (``/readyz``)."""
+        return self.pipeline is not None
+
+    @bentoml.api(route="/analyze")
+    def analyze(
+        self,
+        t1n: Path,
+        t1c: Path,
+        t2w: Path,
+        t2f: Path,
+        options: AnalyzeOptions | None = None,
+    ) -> AnalyzeResponse:
+        """Segment NETC / SNFH / ET and measure volumes.
+
+        Multipart fields ``t1n, t1c, t2w, t2f`` are NIfTI files (.nii or .nii.gz) on one grid;
+        ``options`` is optional JSON (see ``AnalyzeOptions``). The label map is then available
+        at ``segmentation_url``.
+        """
+        files = {"t1n": t1n, "t1c": t1c, "t2w": t2w, "t2f": t2f}
+        try:
+            return self.pipeline.analyze(files, options or AnalyzeOptions())
+        except InputError as exc:
+            raise BentoMLException(str(exc), error_code=HTTPStatus(exc.status_code)) from exc
+
+
+CerebraScan.add_asgi_middleware(
+    UploadLimitMiddleware, max_bytes=int(SETTINGS.limits.max_upload_mb * 1024 * 1024)
+)

@@ -1,0 +1,70 @@
+"""Shared fixtures. State (MLflow registry, studies) lives in a per-session temporary folder.
+
+The data folder is chosen here, at import time, because ``service.py`` reads its settings when
+it is imported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+SESSION_DATA_DIR = Path(tempfile.mkdtemp(prefix="cerebrascan-test-"))
+os.environ["CEREBRASCAN_DATA_DIR"] = str(SESSION_DATA_DIR)
+# A phantom case is ~22 MB gzipped; a low limit keeps the over-limit tests light.
+os.environ["CEREBRASCAN_LIMITS__MAX_UPLOAD_MB"] = "64"
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("CEREBRASCAN_CONFIG", None)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(SESSION_DATA_DIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def phantom_cases(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two phantom cases (generated once per session)."""
+    from cerebrascan.phantoms.writer import write_cohort
+
+    out = tmp_path_factory.mktemp("phantoms")
+    return write_cohort(out, seed=424242, n_cases=2, prefix="TEST")
+
+
+@pytest.fixture(scope="session")
+def phantom_case(phantom_cases: list[Path]) -> Path:
+    """One phantom case folder."""
+    return phantom_cases[0]
+
+
+@pytest.fixture(scope="session")
+def phantom_truth(phantom_case: Path) -> dict:
+    """truth.json of :func:`phantom_case`."""
+    return json.loads((phantom_case / "truth.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def registered_default_model() -> str:
+    """The bundled model registered in the session's sqlite registry; returns its version."""
+    from cerebrascan.registry import ensure_default_model
+    from cerebrascan.settings import Settings
+
+    return ensure_default_model(Settings())
+
+
+@pytest.fixture(scope="session")
+def asgi_client(registered_default_model: str) -> Iterator[object]:
+    """An in-process HTTP client on the BentoML service's ASGI app (lifespan runs)."""
+    from starlette.testclient import TestClient
+
+    from service import CerebraScan
+
+    with TestClient(CerebraScan.to_asgi()) as client:
+        yield client

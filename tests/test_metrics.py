@@ -1,0 +1,58 @@
+"""Dice / HD95 with BraTS conventions, checked on analytic shapes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cerebrascan.regions import structure_mask, volumes_ml
+from cerebrascan.training.metrics import EMPTY_HD95_MM, dice, hd95, region_metrics
+
+
+def _sphere(shape: tuple[int, int, int], centre: tuple[float, ...], radius: float) -> np.ndarray:
+    grid = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+    return sum((g - c) ** 2 for g, c in zip(grid, centre)) <= radius**2
+
+
+def test_dice_of_identical_disjoint_and_empty_masks() -> None:
+    a = _sphere((30, 30, 30), (15, 15, 15), 6)
+    assert dice(a, a) == 1.0
+    assert dice(a, np.roll(a, 14, axis=0)) == 0.0
+    assert dice(np.zeros_like(a), np.zeros_like(a)) == 1.0
+
+
+def test_hd95_of_concentric_spheres_is_the_radius_gap() -> None:
+    inner = _sphere((60, 60, 60), (30, 30, 30), 10)
+    outer = _sphere((60, 60, 60), (30, 30, 30), 15)
+    assert hd95(inner, outer, (1.0, 1.0, 1.0)) == pytest.approx(5.0, abs=1.0)
+    assert hd95(inner, outer, (2.0, 2.0, 2.0)) == pytest.approx(10.0, abs=2.0)
+
+
+def test_hd95_brats_conventions_for_empty_masks() -> None:
+    empty = np.zeros((10, 10, 10), bool)
+    full = _sphere((10, 10, 10), (5, 5, 5), 3)
+    assert hd95(empty, empty, (1, 1, 1)) == 0.0
+    assert hd95(full, empty, (1, 1, 1)) == EMPTY_HD95_MM
+
+
+def test_regions_nest_labels() -> None:
+    labels = np.array([0, 1, 2, 3, 3], dtype=np.uint8)
+    assert structure_mask(labels, "WT").tolist() == [False, True, True, True, True]
+    assert structure_mask(labels, "TC").tolist() == [False, True, False, True, True]
+    assert structure_mask(labels, "ET").tolist() == [False, False, False, True, True]
+    with pytest.raises(KeyError, match="unknown BraTS"):
+        structure_mask(labels, "XX")
+
+
+def test_volumes_in_millilitres_honour_spacing() -> None:
+    labels = np.zeros((10, 10, 10), np.uint8)
+    labels[:2] = 1
+    labels[2:5] = 2
+    labels[5:6] = 3
+    volumes = volumes_ml(labels, (2.0, 1.0, 1.0))
+    assert volumes == pytest.approx({"NETC": 0.4, "SNFH": 0.6, "ET": 0.2, "TC": 0.6, "WT": 1.2})
+
+
+def test_region_metrics_shape_mismatch_is_an_error() -> None:
+    with pytest.raises(ValueError, match="shape"):
+        region_metrics(np.zeros((2, 2, 2), np.uint8), np.zeros((2, 2, 3), np.uint8), (1, 1, 1))

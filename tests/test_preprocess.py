@@ -1,0 +1,97 @@
+"""Crop / normalise / resample and their inverse: labels come back on the input grid."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cerebrascan.imaging.postprocess import labels_on_input_grid, probabilities_to_input_grid
+from cerebrascan.imaging.preprocess import (
+    nonzero_bounding_box,
+    preprocess_images,
+    resample_channels,
+    shape_for_spacing,
+    zscore_inside_mask,
+)
+
+
+def _head(shape: tuple[int, int, int]) -> np.ndarray:
+    x, y, z = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+    c = [s / 2 for s in shape]
+    return (
+        (x - c[0]) ** 2 / (0.3 * shape[0]) ** 2
+        + (y - c[1]) ** 2 / (0.35 * shape[1]) ** 2
+        + (z - c[2]) ** 2 / (0.3 * shape[2]) ** 2
+    ) < 1
+
+
+def test_bounding_box_is_tight() -> None:
+    images = np.zeros((2, 20, 30, 40), np.float32)
+    images[1, 3:7, 10:12, 5:39] = 1
+    assert nonzero_bounding_box(images) == (slice(3, 7), slice(10, 12), slice(5, 39))
+
+
+def test_bounding_box_of_empty_image_is_an_error() -> None:
+    with pytest.raises(ValueError, match="every voxel"):
+        nonzero_bounding_box(np.zeros((1, 4, 4, 4), np.float32))
+
+
+def test_zscore_inside_mask_only() -> None:
+    rng = np.random.default_rng(0)
+    head = _head((30, 30, 30))
+    images = np.stack([rng.normal(50, 5, head.shape) * head, rng.normal(7, 2, head.shape) * head])
+    out = zscore_inside_mask(images.astype(np.float32))
+    for channel in out:
+        assert abs(channel[head].mean()) < 1e-4
+        assert channel[head].std() == pytest.approx(1.0, abs=1e-3)
+        assert np.all(channel[~head] == 0)
+
+
+def test_shape_for_spacing_rounds_like_nnunet() -> None:
+    assert shape_for_spacing((140, 172, 140), (1.0, 1.0, 1.0), (1.5, 1.5, 1.5)) == (93, 115, 93)
+    assert shape_for_spacing((100, 100, 40), (0.5, 0.5, 3.0), (1.0, 1.0, 1.0)) == (50, 50, 120)
+
+
+def test_resample_round_trip_preserves_a_smooth_image() -> None:
+    x = np.linspace(0, 1, 61)
+    smooth = (
+        np.sin(3 * x)[:, None, None] * np.cos(2 * x)[None, :, None] * np.ones(41)[None, None, :]
+    )
+    volume = smooth[None].astype(np.float32)
+    down = resample_channels(volume, (41, 41, 27), order=3)
+    back = resample_channels(down, (61, 61, 41), order=1)
+    assert back.shape == volume.shape
+    assert np.abs(back - volume).max() < 0.05
+
+
+def test_labels_come_back_on_the_exact_input_grid() -> None:
+    shape = (60, 64, 50)
+    head = _head(shape)
+    images = np.stack([head * 100.0] * 4).astype(np.float32)
+    tumour = np.zeros(shape, bool)
+    tumour[25:35, 28:40, 20:30] = True
+    images[1][tumour] = 300
+    case = preprocess_images(images, (1.0, 1.0, 1.0), (1.5, 1.5, 1.5))
+    assert case.input_shape == shape
+    assert case.data.shape[1:] == shape_for_spacing(case.cropped_shape, (1, 1, 1), (1.5, 1.5, 1.5))
+    # a perfect "network": probability of label ET where t1c is bright
+    bright = (case.data[1] > case.data[0] + 1).astype(np.float32)
+    probabilities = np.stack([1 - bright, np.zeros_like(bright), np.zeros_like(bright), bright])
+    cropped = probabilities_to_input_grid(probabilities, case)
+    labels = labels_on_input_grid(cropped, case, [0, 1, 2, 3])
+    assert labels.shape == shape and labels.dtype == np.uint8
+    assert set(np.unique(labels)) <= {0, 3}
+    et = labels == 3
+    dice = 2 * (et & tumour).sum() / (et.sum() + tumour.sum())
+    assert dice > 0.9
+    assert not labels[~head].any()
+
+
+def test_label_mapping_uses_output_labels() -> None:
+    case = preprocess_images(np.ones((1, 8, 8, 8), np.float32), (1, 1, 1), (1, 1, 1))
+    probabilities = np.zeros((3, 8, 8, 8), np.float32)
+    probabilities[2] = 1.0
+    labels = labels_on_input_grid(probabilities, case, [0, 2, 4])
+    assert np.all(labels == 4)
+    with pytest.raises(ValueError, match="probability channels"):
+        labels_on_input_grid(probabilities, case, [0, 1])
