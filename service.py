@@ -1,9 +1,11 @@
-"""CerebraScan's BentoML service: ``POST /analyze`` and the stored-study routes.
+"""CerebraScan's BentoML service: ``POST /analyze``, the stored-study routes and ``/plugins``.
 
 Start with ``make serve`` (or ``bentoml serve service:CerebraScan``). Settings come from the
 environment and ``CEREBRASCAN_CONFIG`` (see :mod:`cerebrascan.settings`); they are read once
 when this module is imported, because the middleware and mounted routes need them before the
-service class is instantiated.
+service class is instantiated. The analyzer plugins are loaded then too (:data:`HOST`); a plugin
+that fails to import is logged and listed at ``GET /plugins``, never fatal. ``HOST.reload()``
+picks up plugins installed later (the tests use it).
 """
 
 from __future__ import annotations
@@ -16,16 +18,34 @@ import bentoml
 from bentoml.exceptions import BentoMLException
 
 from cerebrascan.analysis import AnalysisPipeline
+from cerebrascan.atlas import AtlasNotInstalledError, preload_sri24
 from cerebrascan.errors import InputError
+from cerebrascan.http.plugins import plugins_app
 from cerebrascan.http.studies import studies_app
 from cerebrascan.http.upload_limit import UploadLimitMiddleware
 from cerebrascan.registry import resolve_model
 from cerebrascan.settings import Settings
+from plugins.host import AnalyzerHost
 from schemas.analysis import AnalyzeOptions, AnalyzeResponse
 
 logger = logging.getLogger("cerebrascan.service")
 
 SETTINGS = Settings()
+
+
+def _configure_logging() -> None:
+    """Our loggers to stderr at INFO (BentoML configures only its own); no patient data."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] [%(name)s] %(message)s"))
+    for name in ("cerebrascan", "plugins", "runners"):
+        project_logger = logging.getLogger(name)
+        if not project_logger.handlers:
+            project_logger.addHandler(handler)
+            project_logger.setLevel(logging.INFO)
+
+
+_configure_logging()
+HOST = AnalyzerHost(SETTINGS.plugins)
 
 
 @bentoml.service(
@@ -34,13 +54,18 @@ SETTINGS = Settings()
     workers=1,
 )
 @bentoml.asgi_app(studies_app(SETTINGS.studies_dir), path="/studies")
+@bentoml.asgi_app(plugins_app(HOST), path="/")
 class CerebraScan:
     """Segments a 4-modality brain MRI and reports tumour volumes (research use only)."""
 
     def __init__(self) -> None:
         logger.info("starting with settings %s", SETTINGS.masked())
+        try:
+            preload_sri24()  # so the first study does not pay for reading the atlas
+        except AtlasNotInstalledError as exc:
+            logger.warning("atlas analyzers will fail until the atlas is installed: %s", exc)
         model = resolve_model(SETTINGS)
-        self.pipeline = AnalysisPipeline(SETTINGS, model)
+        self.pipeline = AnalysisPipeline(SETTINGS, model, host=HOST)
         logger.info("serving %s version %s (%s)", model.name, model.version, model.alias)
 
     def __is_ready__(self) -> bool:
@@ -56,11 +81,12 @@ class CerebraScan:
         t2f: Path,
         options: AnalyzeOptions | None = None,
     ) -> AnalyzeResponse:
-        """Segment NETC / SNFH / ET and measure volumes.
+        """Segment NETC / SNFH / ET, measure volumes and run the analyzer plugins.
 
         Multipart fields ``t1n, t1c, t2w, t2f`` are NIfTI files (.nii or .nii.gz) on one grid;
-        ``options`` is optional JSON (see ``AnalyzeOptions``). The label map is then available
-        at ``segmentation_url``.
+        ``options`` is optional JSON (see ``AnalyzeOptions``; ``options.analyzers.<name>`` goes
+        to that analyzer). The label map is then available at ``segmentation_url``; each
+        analyzer's result, error or artefacts under ``analyzers.<name>``.
         """
         files = {"t1n": t1n, "t1c": t1c, "t2w": t2w, "t2f": t2f}
         try:

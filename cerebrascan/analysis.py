@@ -1,4 +1,4 @@
-"""The analysis pipeline behind ``POST /analyze``: decode -> segment -> measure -> store."""
+"""The analysis pipeline behind ``POST /analyze``: decode -> segment -> analyzers -> store."""
 
 from __future__ import annotations
 
@@ -11,12 +11,15 @@ from pathlib import Path
 
 import nibabel as nib
 
+from cerebrascan.errors import InputError
 from cerebrascan.imaging.nifti_decode import assemble_study, decode_nifti
 from cerebrascan.regions import volumes_ml
 from cerebrascan.registry import ResolvedModel
 from cerebrascan.segmentation import segment_study
 from cerebrascan.settings import Settings
-from cerebrascan.study_store import RESULT_FILE, SEGMENTATION_FILE, StudyStore
+from cerebrascan.study_store import RESULT_FILE, SEGMENTATION_FILE, StudyArtefactSink, StudyStore
+from plugins.analyzer import Need
+from plugins.host import AnalyzerHost, AnalyzerOptionsError, StudyInputs
 from runners.onnx_runner import OnnxSegmentationRunner
 from schemas.analysis import AnalyzeOptions, AnalyzeResponse, Geometry, ModelInfo, RegionVolumes
 
@@ -27,22 +30,31 @@ class AnalysisPipeline:
     """Holds the loaded model and runs one study at a time through every stage.
 
     Args:
-        settings: server settings (runner, limits, storage).
+        settings: server settings (runner, limits, storage, plugins).
         model: the registry version to serve.
+        host: the analyzer host; default: one built from ``settings.plugins``.
     """
 
-    def __init__(self, settings: Settings, model: ResolvedModel) -> None:
+    def __init__(
+        self, settings: Settings, model: ResolvedModel, host: AnalyzerHost | None = None
+    ) -> None:
         self.settings = settings
         self.model = model
         self.runner = OnnxSegmentationRunner(model.onnx_path, model.spec, settings.runner)
         self.store = StudyStore(settings.studies_dir)
+        self.host = host if host is not None else AnalyzerHost(settings.plugins)
 
     def analyze(self, files: Mapping[str, Path], options: AnalyzeOptions) -> AnalyzeResponse:
         """Analyse the uploaded modality files.
 
         Raises:
-            InputError: the files cannot be analysed (see :func:`decode_nifti`).
+            InputError: the files cannot be analysed (see :func:`decode_nifti`), or
+                ``options.analyzers`` names an unknown analyzer or holds invalid options (400).
         """
+        try:
+            analyzer_options = self.host.validate_options(options.analyzers)
+        except AnalyzerOptionsError as exc:
+            raise InputError(str(exc), status_code=400, field="options") from exc
         timings: dict[str, float] = {}
         clock = time.perf_counter()
         volumes = {
@@ -55,9 +67,33 @@ class AnalysisPipeline:
         mirror_tta = (
             self.settings.runner.mirror_tta if options.mirror_tta is None else options.mirror_tta
         )
-        segmentation = segment_study(study, self.runner, mirror_tta=mirror_tta)
+        needs = self.host.needs
+        segmentation = segment_study(
+            study,
+            self.runner,
+            mirror_tta=mirror_tta,
+            keep_probabilities=Need.PROBABILITIES in needs,
+            tta_disagreement=mirror_tta and Need.TTA_DISAGREEMENT in needs,
+        )
         timings.update(segmentation.timings_ms)
         study_id = uuid.uuid4().hex
+        clock = time.perf_counter()
+        outcomes = self.host.run(
+            StudyInputs(
+                study_id=study_id,
+                affine=study.affine,
+                spacing_mm=study.spacing,
+                modalities=study.modalities,
+                images=study.images,
+                segmentation=segmentation.labels,
+                probabilities=segmentation.probabilities,
+                tta_disagreement=segmentation.tta_disagreement,
+            ),
+            artefacts=StudyArtefactSink(self.store, study_id, study.affine, study.shape),
+            options=analyzer_options,
+        )
+        segmentation.probabilities = segmentation.tta_disagreement = None
+        timings["analyzers"] = (time.perf_counter() - clock) * 1000
         response = AnalyzeResponse(
             study_id=study_id,
             created_at=datetime.now(UTC),
@@ -79,6 +115,7 @@ class AnalysisPipeline:
             volumes_ml=RegionVolumes(**volumes_ml(segmentation.labels, study.spacing)),
             timings_ms=timings,
             segmentation_url=f"/studies/{study_id}/segmentation",
+            analyzers=outcomes,
         )
         clock = time.perf_counter()
         self.store.save(study_id, segmentation.labels, study.affine, response.model_dump_json())

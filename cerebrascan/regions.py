@@ -20,7 +20,8 @@ def structure_mask(labels: npt.NDArray[np.integer], name: str) -> npt.NDArray[np
     if name in BRATS_REGIONS:
         return np.isin(labels, BRATS_REGIONS[name])
     if name in BRATS_LABELS:
-        return labels == BRATS_LABELS[name]
+        mask: npt.NDArray[np.bool_] = labels == BRATS_LABELS[name]
+        return mask
     raise KeyError(f"unknown BraTS label or region {name!r}; known: {STRUCTURES}")
 
 

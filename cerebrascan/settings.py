@@ -64,6 +64,47 @@ class LimitSettings(BaseModel):
     )
 
 
+class PluginSettings(BaseModel):
+    """Which analyzer plugins load and how they run (see ``docs/plugins.md``).
+
+    ``allow`` and ``block`` name plugins: a built-in module's last dotted part (``volumetrics``)
+    or a third-party entry point's name. A blocked or not-allowed third-party plugin is never
+    imported. ``block`` wins over ``allow``.
+    """
+
+    model_config = {"extra": "forbid"}
+
+    allow: list[str] | None = Field(
+        default=None, description="Only these plugins load; None loads every installed one."
+    )
+    block: list[str] = Field(default_factory=list, description="Plugins that never load.")
+    entry_points: bool = Field(
+        default=True, description="Discover third-party plugins (entry-point group cerebrascan)."
+    )
+    trace: bool = Field(default=False, description="Log every hook call at DEBUG level.")
+    timeouts: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per-analyzer time limit in seconds, overriding the analyzer's timeout_s.",
+    )
+
+    @field_validator("allow", "block")
+    @classmethod
+    def _non_empty_names(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            bad = [name for name in value if not name.strip()]
+            if bad:
+                raise ValueError(f"plugin names must be non-empty, got {value}")
+        return value
+
+    @field_validator("timeouts")
+    @classmethod
+    def _positive_timeouts(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {name: seconds for name, seconds in value.items() if not seconds > 0}
+        if bad:
+            raise ValueError(f"analyzer timeouts must be > 0 seconds, got {bad}")
+        return value
+
+
 class Settings(BaseSettings):
     """All configuration of a CerebraScan server or pipeline run."""
 
@@ -89,6 +130,7 @@ class Settings(BaseSettings):
     )
     runner: RunnerSettings = Field(default_factory=RunnerSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    plugins: PluginSettings = Field(default_factory=PluginSettings)
 
     @classmethod
     def settings_customise_sources(

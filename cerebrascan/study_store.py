@@ -1,5 +1,5 @@
-"""Artefact folder of analysed studies: ``<studies_dir>/<study_id>/`` holding the label map and
-the JSON result.
+"""Artefact folder of analysed studies: ``<studies_dir>/<study_id>/`` holding the label map, the
+JSON result and the analyzers' NIfTI artefacts (``<name>.nii.gz``).
 
 Writes go to a temporary name first and are renamed into place, so a reader never sees a
 half-written file.
@@ -11,16 +11,22 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from typing import Any
 
+import nibabel as nib
 import numpy as np
 import numpy.typing as npt
 
 from cerebrascan.errors import InputError
 from cerebrascan.imaging.case_folder import write_labels
+from plugins.analyzer import ARTEFACT_NAME_PATTERN
 
 STUDY_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 SEGMENTATION_FILE = "segmentation.nii.gz"
 RESULT_FILE = "result.json"
+RESERVED_ARTEFACT_NAMES = frozenset({"segmentation"})
+"""Artefact names an analyzer may not use (the label map is served at its own route)."""
+NIFTI_DESCRIPTION_BYTES = 80
 
 
 class StudyStore:
@@ -58,6 +64,48 @@ class StudyStore:
             handle.write(result_json)
         os.replace(handle.name, folder / RESULT_FILE)
 
+    def save_artefact(
+        self,
+        study_id: str,
+        name: str,
+        array: npt.NDArray[Any],
+        affine: npt.NDArray[np.float64],
+        *,
+        description: str = "",
+    ) -> Path:
+        """Write ``array`` as ``<name>.nii.gz`` in the study's folder, atomically.
+
+        bool is stored as uint8, float16 and float64 as float32, int64 as int32 (NIfTI has no
+        float16); ``description`` goes into the header's ``descrip`` (cut to 80 bytes).
+
+        Raises:
+            ValueError: the name does not match ``ARTEFACT_NAME_PATTERN`` or is reserved.
+        """
+        path = self.folder(study_id) / artefact_file_name(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = _storable(array)
+        image = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64))
+        image.set_data_dtype(data.dtype)
+        encoded = description.encode("utf-8", errors="replace")[: NIFTI_DESCRIPTION_BYTES - 1]
+        image.header["descrip"] = encoded
+        staging = path.with_name(f".{path.name}.partial.nii.gz")
+        nib.save(image, str(staging))
+        os.replace(staging, path)
+        return path
+
+    def named_artefact(self, study_id: str, name: str) -> Path:
+        """Path of an analyzer artefact ``<name>.nii.gz``.
+
+        Raises:
+            InputError: 400 if the name is malformed, 404 if the study or artefact is absent.
+        """
+        if not ARTEFACT_NAME_PATTERN.match(name):
+            raise InputError(
+                f"artefact name {name[:80]!r} must match {ARTEFACT_NAME_PATTERN.pattern}",
+                status_code=400,
+            )
+        return self.artefact(study_id, f"{name}.nii.gz")
+
     def artefact(self, study_id: str, name: str) -> Path:
         """Path of a stored artefact.
 
@@ -68,3 +116,73 @@ class StudyStore:
         if not path.is_file():
             raise InputError(f"no {name} for study {study_id}", status_code=404)
         return path
+
+
+def artefact_file_name(name: str) -> str:
+    """File name of an analyzer artefact.
+
+    Raises:
+        ValueError: the name does not match ``ARTEFACT_NAME_PATTERN`` or is reserved.
+    """
+    if not ARTEFACT_NAME_PATTERN.match(name):
+        raise ValueError(f"artefact name {name!r} must match {ARTEFACT_NAME_PATTERN.pattern}")
+    if name in RESERVED_ARTEFACT_NAMES:
+        raise ValueError(f"artefact name {name!r} is reserved")
+    return f"{name}.nii.gz"
+
+
+def _storable(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    data = np.asarray(array)
+    if data.dtype == np.bool_:
+        return data.astype(np.uint8)
+    if data.dtype in (np.float16, np.float64):  # NIfTI has no float16
+        return data.astype(np.float32)
+    if data.dtype == np.int64:
+        return data.astype(np.int32)
+    if data.dtype == np.uint64:
+        return data.astype(np.uint32)
+    return data
+
+
+class StudyArtefactSink:
+    """Writes one study's analyzer artefacts into the :class:`StudyStore`.
+
+    Implements :class:`plugins.analyzer.ArtefactSink`; URLs are
+    ``/studies/<study_id>/artefacts/<name>``.
+
+    Args:
+        store: the study store.
+        study_id: the study being analysed.
+        affine: the input grid's voxel-to-RAS affine.
+        shape: the input grid's spatial shape; every artefact must start with it.
+    """
+
+    def __init__(
+        self,
+        store: StudyStore,
+        study_id: str,
+        affine: npt.NDArray[np.float64],
+        shape: tuple[int, int, int],
+    ) -> None:
+        self.store = store
+        self.study_id = study_id
+        self.affine = affine
+        self.shape = shape
+
+    def write_nifti(self, name: str, array: npt.NDArray[Any], *, description: str) -> str:
+        """Save ``array`` as ``<name>.nii.gz``; return its URL.
+
+        Raises:
+            ValueError: a bad or reserved name, or an array that is not on the study's grid.
+        """
+        artefact_file_name(name)
+        data = np.asarray(array)
+        if data.ndim not in (3, 4) or tuple(data.shape[:3]) != tuple(self.shape):
+            raise ValueError(
+                f"artefact {name!r} has shape {data.shape}; it must be {self.shape} or "
+                f"{(*self.shape, 'n')} (the study's grid)"
+            )
+        if not (np.issubdtype(data.dtype, np.number) or data.dtype == np.bool_):
+            raise ValueError(f"artefact {name!r} has dtype {data.dtype}; it must be numeric")
+        self.store.save_artefact(self.study_id, name, data, self.affine, description=description)
+        return f"/studies/{self.study_id}/artefacts/{name}"

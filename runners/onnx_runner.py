@@ -10,7 +10,8 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from cerebrascan.settings import RunnerSettings
-from runners.sliding_window import sliding_window_logits, softmax
+from runners.prediction import RunnerPrediction
+from runners.sliding_window import sliding_window_predict, softmax
 from schemas.model_spec import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -65,10 +66,30 @@ class OnnxSegmentationRunner:
         self, volume: npt.NDArray[np.float32], *, mirror_tta: bool
     ) -> npt.NDArray[np.float32]:
         """Class probabilities ``(K, *spatial)`` for a preprocessed ``(C, *spatial)`` volume."""
+        return self.predict(volume, mirror_tta=mirror_tta).probabilities
+
+    def predict(
+        self,
+        volume: npt.NDArray[np.float32],
+        *,
+        mirror_tta: bool,
+        tta_disagreement: bool = False,
+    ) -> RunnerPrediction:
+        """Class probabilities and, with mirror TTA, optionally the flips' disagreement.
+
+        Args:
+            volume: preprocessed ``(C, *spatial)`` float32.
+            mirror_tta: average the network over every flip of ``spec.mirror_axes``.
+            tta_disagreement: also return the per-voxel disagreement between the flips
+                (ignored without ``mirror_tta``).
+
+        Raises:
+            ValueError: ``volume`` does not have one channel per modality of the network.
+        """
         expected = len(self.spec.modalities)
         if volume.ndim != 4 or volume.shape[0] != expected:
             raise ValueError(f"volume must be ({expected}, x, y, z), got shape {volume.shape}")
-        logits = sliding_window_logits(
+        output = sliding_window_predict(
             volume,
             self.predict_tiles,
             patch_size=self.spec.patch_size,
@@ -76,5 +97,8 @@ class OnnxSegmentationRunner:
             step=self.settings.tile_step,
             batch_size=self.settings.tile_batch_size,
             mirror_axes=self.spec.mirror_axes if mirror_tta else (),
+            return_disagreement=tta_disagreement and mirror_tta,
         )
-        return softmax(logits, axis=0)
+        return RunnerPrediction(
+            probabilities=softmax(output.logits, axis=0), tta_disagreement=output.disagreement
+        )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -96,6 +97,17 @@ def pad_to_patch(
     return np.pad(volume, [(0, 0), *pads], mode="constant"), tuple(unpad)
 
 
+@dataclass(frozen=True)
+class SlidingWindowOutput:
+    """What :func:`sliding_window_predict` returns."""
+
+    logits: FloatArray
+    """(num_classes, x, y, z) float32 Gaussian-weighted average of the tile logits."""
+    disagreement: FloatArray | None
+    """(x, y, z) float32 disagreement between mirror flips (see
+    :func:`sliding_window_predict`), or None when it was not asked for or no axis is mirrored."""
+
+
 def sliding_window_logits(
     volume: FloatArray,
     predict: TilePredictor,
@@ -120,12 +132,82 @@ def sliding_window_logits(
     Returns:
         (num_classes, x, y, z) float32 logits.
     """
+    return sliding_window_predict(
+        volume,
+        predict,
+        patch_size=patch_size,
+        num_classes=num_classes,
+        step=step,
+        batch_size=batch_size,
+        mirror_axes=mirror_axes,
+    ).logits
+
+
+def flip_disagreement(flip_logits: Sequence[FloatArray]) -> FloatArray:
+    """Per-voxel disagreement of several predictions of one tile (already un-flipped).
+
+    The mean over predictions of the L1 distance between each prediction's softmax and the
+    mean softmax: 0 where every flip agrees, at most ``2 (1 - 1/n)`` for ``n`` predictions.
+
+    Args:
+        flip_logits: one ``(num_classes, *patch)`` logit array per mirror flip.
+
+    Returns:
+        ``patch``-shaped float32.
+
+    Raises:
+        ValueError: no predictions were given.
+    """
+    if not flip_logits:
+        raise ValueError("flip_disagreement needs at least one prediction, got none")
+    probabilities = [softmax(np.array(logits, dtype=np.float32)) for logits in flip_logits]
+    mean = np.mean(probabilities, axis=0, dtype=np.float32)
+    distance = np.zeros(mean.shape[1:], dtype=np.float32)
+    for probability in probabilities:
+        distance += np.abs(probability - mean).sum(axis=0)
+    distance /= len(probabilities)
+    return distance
+
+
+def sliding_window_predict(
+    volume: FloatArray,
+    predict: TilePredictor,
+    *,
+    patch_size: tuple[int, int, int],
+    num_classes: int,
+    step: float = 0.5,
+    batch_size: int = 2,
+    mirror_axes: Sequence[int] = (),
+    return_disagreement: bool = False,
+) -> SlidingWindowOutput:
+    """Gaussian-weighted tile logits and, optionally, how much the mirror flips disagree.
+
+    With ``return_disagreement`` and at least one mirrored axis, each tile's disagreement
+    (:func:`flip_disagreement`) is blended with the same Gaussian weights as the logits. It
+    costs one extra float32 volume and a per-tile softmax of every flip; the logits are the
+    same as without it.
+
+    Args:
+        volume: (channels, x, y, z) network input.
+        predict: maps (B, channels, *patch) to (B, num_classes, *patch) logits.
+        patch_size: network tile size.
+        num_classes: logit channels.
+        step: tile step as a fraction of the patch.
+        batch_size: tiles per ``predict`` call (all mirror flips of a tile travel together).
+        mirror_axes: spatial axes (0-2) to mirror for test-time augmentation; empty for none.
+        return_disagreement: also compute the flips' disagreement (needs ``mirror_axes``).
+
+    Raises:
+        ValueError: the network returned logits of the wrong shape.
+    """
     padded, unpad = pad_to_patch(volume, patch_size)
     spatial = padded.shape[1:]
     weights = gaussian_importance_map(tuple(patch_size))
     logit_sum = np.zeros((num_classes, *spatial), dtype=np.float32)
     weight_sum = np.zeros(spatial, dtype=np.float32)
     flips = mirror_combinations(mirror_axes)
+    with_disagreement = return_disagreement and len(flips) > 1
+    disagreement_sum = np.zeros(spatial, dtype=np.float32) if with_disagreement else None
     tiles = list(_tile_slices(tile_starts(spatial, patch_size, step), patch_size))
     tiles_per_call = max(1, batch_size // len(flips)) if len(flips) > 1 else batch_size
     for first in range(0, len(tiles), tiles_per_call):
@@ -147,14 +229,24 @@ def sliding_window_logits(
             )
         for index, tile in enumerate(group):
             tile_logits = np.zeros((num_classes, *patch_size), dtype=np.float32)
+            unflipped: list[FloatArray] = []
             for offset, flip in enumerate(flips):
                 out = logits[index * len(flips) + offset]
-                tile_logits += np.flip(out, axis=tuple(a + 1 for a in flip)) if flip else out
+                restored = np.flip(out, axis=tuple(a + 1 for a in flip)) if flip else out
+                tile_logits += restored
+                if disagreement_sum is not None:
+                    unflipped.append(restored)
             tile_logits /= len(flips)
             logit_sum[(slice(None), *tile)] += tile_logits * weights
             weight_sum[tile] += weights
+            if disagreement_sum is not None:
+                disagreement_sum[tile] += flip_disagreement(unflipped) * weights
     averaged: FloatArray = (logit_sum / weight_sum).astype(np.float32, copy=False)
-    return averaged[unpad]
+    disagreement: FloatArray | None = None
+    if disagreement_sum is not None:
+        disagreement_sum /= weight_sum
+        disagreement = disagreement_sum[unpad[1:]]
+    return SlidingWindowOutput(logits=averaged[unpad], disagreement=disagreement)
 
 
 def softmax(logits: FloatArray, axis: int = 0) -> FloatArray:

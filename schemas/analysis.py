@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, Field
+
+from schemas.analyzers import AnalyzerOutcome
 
 RESEARCH_USE_NOTICE = (
     "Research use only. The default model was trained on synthetic phantoms, not patients; "
@@ -19,6 +22,11 @@ class AnalyzeOptions(BaseModel):
 
     mirror_tta: bool | None = Field(
         default=None, description="Mirror test-time augmentation; default from settings."
+    )
+    analyzers: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Options per analyzer name (see each analyzer's options_schema at "
+        "GET /plugins); an unknown analyzer name is refused.",
     )
 
 
@@ -63,4 +71,8 @@ class AnalyzeResponse(BaseModel):
     volumes_ml: RegionVolumes
     timings_ms: dict[str, float] = Field(description="Wall time per pipeline stage.")
     segmentation_url: str = Field(description="Where the label map (NIfTI) can be fetched.")
+    analyzers: dict[str, AnalyzerOutcome] = Field(
+        default_factory=dict,
+        description="Outcome of every installed analyzer, in the order they ran.",
+    )
     notice: str = RESEARCH_USE_NOTICE

@@ -56,3 +56,11 @@ def test_bad_upload_over_http_is_4xx(server) -> None:
     response = httpx.post(f"{server.url}/analyze", files=files, timeout=60)
     assert response.status_code == 400
     assert "not a NIfTI" in response.text
+
+
+def test_plugins_are_listed_over_http(server) -> None:
+    response = httpx.get(f"{server.url}/plugins", timeout=60)
+    assert response.status_code == 200
+    listing = response.json()
+    assert "volumetrics" in {p["name"] for p in listing["plugins"]}
+    assert listing["failed_to_load"] == {}

@@ -48,3 +48,30 @@ def test_missing_config_file_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_secrets_in_uri_are_masked() -> None:
     settings = Settings(mlflow_tracking_uri="postgresql://user:secret@db:5432/mlflow")
     assert "secret" not in str(settings.masked())
+
+
+def test_plugin_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CEREBRASCAN_PLUGINS__BLOCK", '["hotspot"]')
+    monkeypatch.setenv("CEREBRASCAN_PLUGINS__TRACE", "true")
+    monkeypatch.setenv("CEREBRASCAN_PLUGINS__TIMEOUTS", '{"volumetrics": 5}')
+    plugins = Settings().plugins
+    assert plugins.block == ["hotspot"]
+    assert plugins.allow is None
+    assert plugins.trace is True
+    assert plugins.timeouts == {"volumetrics": 5.0}
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("CEREBRASCAN_PLUGINS__TIMEOUTS", '{"volumetrics": 0}', "'volumetrics': 0"),
+        ("CEREBRASCAN_PLUGINS__ALLOW", '["volumetrics", " "]', "plugin names must be non-empty"),
+        ("CEREBRASCAN_PLUGINS__BLOK", '["x"]', "blok"),
+    ],
+)
+def test_bad_plugin_settings_are_named(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        Settings()

@@ -14,7 +14,9 @@ from cerebrascan.study_store import RESULT_FILE, SEGMENTATION_FILE, StudyStore
 
 
 def studies_app(root: Path) -> Starlette:
-    """Routes ``GET /{study_id}`` (result JSON) and ``GET /{study_id}/segmentation`` (NIfTI)."""
+    """Routes ``GET /{study_id}`` (result JSON), ``GET /{study_id}/segmentation`` (NIfTI) and
+    ``GET /{study_id}/artefacts/{name}`` (an analyzer's NIfTI map; 400 for a malformed name,
+    404 if absent)."""
     store = StudyStore(root)
 
     def _error(exc: InputError) -> Response:
@@ -35,9 +37,21 @@ def studies_app(root: Path) -> Starlette:
             return _error(exc)
         return FileResponse(path, media_type="application/gzip", filename=f"{study_id}-seg.nii.gz")
 
+    async def artefact(request: Request) -> Response:
+        study_id = request.path_params["study_id"]
+        name = request.path_params["name"]
+        try:
+            path = store.named_artefact(study_id, name)
+        except InputError as exc:
+            return _error(exc)
+        return FileResponse(
+            path, media_type="application/gzip", filename=f"{study_id}-{name}.nii.gz"
+        )
+
     return Starlette(
         routes=[
             Route("/{study_id}", result, methods=["GET"]),
             Route("/{study_id}/segmentation", segmentation, methods=["GET"]),
+            Route("/{study_id}/artefacts/{name}", artefact, methods=["GET"]),
         ]
     )

@@ -4,20 +4,23 @@ The T1 is the skull-stripped SRI24 template on the BraTS grid; structure masks a
 to it by voxel index (their headers carry a different sign convention, the grids are equal).
 The atlas ventricle mask is generous (it includes periventricular tissue); :class:`Anatomy`
 keeps it as ``ventricle_region`` and derives ``ventricles`` as the CSF-dark voxels inside it.
+:func:`load_anatomy` also keeps every SRI24 structure mask of
+:data:`cerebrascan.atlas.SRI24_STRUCTURES`, clipped to the brain, as ``structures`` (the
+generator warps them to compute ``truth["structure_distances_mm"]``).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from cerebrascan.atlas import sri24_structure_mask_path, sri24_t1_path
+from cerebrascan.atlas import SRI24_STRUCTURES, load_sri24_structure_mask, load_sri24_t1
 from cerebrascan.phantoms.contrasts import estimate_tissue_means
 
 logger = logging.getLogger(__name__)
@@ -90,6 +93,8 @@ class Anatomy:
         supratentorial: bool supratentorial brain (no brainstem / cerebellum), used for
             tumour placement.
         affine: 4x4 float64 voxel-to-RAS affine of the grid.
+        structures: read-only bool structure masks clipped to the brain, by name (may be
+            empty, e.g. for an anatomy built from arrays in tests).
     """
 
     t1: np.ndarray
@@ -98,6 +103,7 @@ class Anatomy:
     ventricle_region: np.ndarray
     supratentorial: np.ndarray
     affine: np.ndarray
+    structures: Mapping[str, np.ndarray] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -116,6 +122,7 @@ def anatomy_from_arrays(
     ventricle_region: np.ndarray,
     supratentorial: np.ndarray,
     affine: np.ndarray,
+    structures: Mapping[str, np.ndarray] | None = None,
 ) -> Anatomy:
     """Build an :class:`Anatomy` from in-memory arrays (pure; used by the loader and tests).
 
@@ -124,6 +131,7 @@ def anatomy_from_arrays(
         ventricle_region: 3D ventricle mask, nonzero inside.
         supratentorial: 3D mask of the placement region, nonzero inside.
         affine: 4x4 voxel-to-RAS affine.
+        structures: optional named structure masks (nonzero inside), clipped to the brain.
 
     Returns:
         The read-only anatomy.
@@ -155,18 +163,17 @@ def anatomy_from_arrays(
     region = masks["ventricle_region"] & brain
     ventricles = region & (t1 < 0.5 * (m_csf + m_gm))
     supratentorial = masks["supratentorial"] & brain
+    clipped: dict[str, np.ndarray] = {}
+    for name, mask in (structures or {}).items():
+        mask = np.asarray(mask)
+        if mask.shape != t1.shape:
+            raise ValueError(f"structure {name!r} shape {mask.shape} does not match t1 {t1.shape}")
+        clipped[name] = (mask > 0.5) & brain
+        clipped[name].flags.writeable = False
     arrays = (t1, brain, ventricles, region, supratentorial, affine)
     for array in arrays:
         array.flags.writeable = False
-    return Anatomy(*arrays)
-
-
-def _load_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    image = nib.load(str(path))
-    data = np.asarray(image.dataobj)
-    if data.ndim == 4 and data.shape[-1] == 1:
-        data = data[..., 0]
-    return data, np.asarray(image.affine, dtype=np.float64)
+    return Anatomy(*arrays, structures=MappingProxyType(clipped))
 
 
 @functools.lru_cache(maxsize=1)
@@ -180,17 +187,15 @@ def load_anatomy() -> Anatomy:
         cerebrascan.atlas.AtlasNotInstalledError: if the atlas wheels are missing.
         ValueError: if a mask grid does not match the T1 grid.
     """
-    t1, affine = _load_volume(sri24_t1_path())
-    ventricle_region, _ = _load_volume(sri24_structure_mask_path("ventricles"))
+    t1, affine = load_sri24_t1()
+    structures = {name: load_sri24_structure_mask(name) for name in SRI24_STRUCTURES}
     cerebral = np.zeros(t1.shape, dtype=bool)
     for name in CEREBRAL_STRUCTURES:
-        mask, _ = _load_volume(sri24_structure_mask_path(name))
-        if mask.shape != t1.shape:
-            raise ValueError(f"mask {name!r} has shape {mask.shape}, T1 has {t1.shape}")
-        cerebral |= mask > 0.5
-    brainstem, _ = _load_volume(sri24_structure_mask_path("brainstem"))
-    supratentorial = supratentorial_mask(t1 > 0, cerebral, brainstem > 0.5, affine)
-    anatomy = anatomy_from_arrays(t1, ventricle_region, supratentorial, affine)
+        cerebral |= load_sri24_structure_mask(name)
+    supratentorial = supratentorial_mask(t1 > 0, cerebral, structures["brainstem"], affine)
+    anatomy = anatomy_from_arrays(
+        t1, structures["ventricles"], supratentorial, affine, structures=structures
+    )
     logger.info(
         "loaded SRI24 anatomy: shape %s, %d brain voxels, %d ventricle CSF voxels",
         anatomy.shape,

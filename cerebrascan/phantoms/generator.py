@@ -13,6 +13,13 @@ One case is built in five steps, all driven by ``numpy.random.SeedSequence(seed)
 5. Each modality is synthesised from the warped T1 (:mod:`cerebrascan.phantoms.contrasts`),
    the tumour blended in with partial-volume weights, then bias field, noise and a global
    scale are applied; the background is exactly 0.
+
+Optional extras (all off by default: default cases keep bit-identical images and labels):
+``random_warp=False`` keeps the atlas anatomy unwarped (identity affine, no mass effect),
+``tumour_centre_atlas_voxel`` fixes the tumour centre, ``focus=True`` plants a small, strongly
+enhancing, heterogeneous nodule in the enhancing tumour (``truth["focus"]``) and
+``truth_structures`` warps SRI24 structure masks with the anatomy to record the exact tumour
+to structure distances (``truth["structure_distances_mm"]``, ``truth["structure_overlap_ml"]``).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from cerebrascan.atlas import SRI24_STRUCTURES
 from cerebrascan.phantoms.anatomy import Anatomy, load_anatomy
 from cerebrascan.phantoms.contrasts import (
     LABEL_NAMES,
@@ -46,15 +54,18 @@ from cerebrascan.phantoms.tumour import (
     PHENOTYPES,
     TumourShape,
     build_tumour_labels,
+    plant_focus,
     quaternion_to_matrix,
     smooth_random_field,
 )
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "1.0.0"
+GENERATOR_VERSION = "1.1.0"
 _CASE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_STREAMS = ("params", "placement", "fields", "noise")
+# appending a stream keeps the earlier ones unchanged (SeedSequence children are by index)
+_STREAMS = ("params", "placement", "fields", "noise", "focus")
+_NON_RANGE_TUPLES = ("phenotype_probs", "tumour_centre_atlas_voxel", "truth_structures")
 
 
 @dataclass(frozen=True)
@@ -102,6 +113,21 @@ class PhantomParams:
         snr: range of the signal-to-noise ratio (WM level / noise std).
         global_scale: range of the global intensity scale (log-uniform), arbitrary units.
         tail_gain: continuation of the T1-to-contrast mapping beyond the CSF/WM means.
+        random_warp: False keeps the atlas anatomy unwarped: identity global affine and no
+            mass effect (the knobs are still drawn, so every other draw is unchanged).
+        tumour_centre_atlas_voxel: fixed tumour centre (atlas voxel indices, inside the
+            brain) instead of a random placement; None draws it.
+        focus: plant a high-grade focus: a ball of ``focus_radius_mm`` around a deep voxel of
+            the enhancing tumour becomes ET with ``focus_t1c_gain`` times the ET t1c signal
+            and a voxel-scale texture of relative std ``focus_heterogeneity``; its centre is
+            ``truth["focus"]["centre_voxel"]`` (``truth["focus"]`` is None without ET).
+        focus_radius_mm: radius of the focus ball.
+        focus_t1c_gain: t1c signal of the focus relative to the surrounding ET (>= 1).
+        focus_heterogeneity: relative std of the focus texture on t1c.
+        truth_structures: SRI24 structure names (see :data:`cerebrascan.atlas.SRI24_STRUCTURES`)
+            warped with the anatomy to record ``truth["structure_distances_mm"]`` (minimum
+            distance between voxel centres of WT and the structure, 0 when they overlap) and
+            ``truth["structure_overlap_ml"]``.
     """
 
     rotation_max_deg: float = 6.0
@@ -137,12 +163,19 @@ class PhantomParams:
     snr: tuple[float, float] = (20.0, 40.0)
     global_scale: tuple[float, float] = (200.0, 4000.0)
     tail_gain: float = 0.3
+    random_warp: bool = True
+    tumour_centre_atlas_voxel: tuple[int, int, int] | None = None
+    focus: bool = False
+    focus_radius_mm: float = 3.0
+    focus_t1c_gain: float = 1.6
+    focus_heterogeneity: float = 0.25
+    truth_structures: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         """Validate ranges and probabilities; errors name the offending field and value."""
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, tuple) and f.name != "phenotype_probs":
+            if isinstance(value, tuple) and f.name not in _NON_RANGE_TUPLES:
                 if len(value) != 2 or not value[0] <= value[1]:
                     raise ValueError(f"{f.name} must be a (lo, hi) pair with lo <= hi, got {value}")
                 if value[0] < 0:
@@ -179,6 +212,19 @@ class PhantomParams:
                 f"patchy_et_fraction, edema_gm_factor and core_fraction must lie in [0, 1], "
                 f"got {self.patchy_et_fraction}, {self.edema_gm_factor}, {self.core_fraction}"
             )
+        centre = self.tumour_centre_atlas_voxel
+        if centre is not None and (len(centre) != 3 or any(int(v) != v for v in centre)):
+            raise ValueError(f"tumour_centre_atlas_voxel must be 3 integers, got {centre}")
+        if self.focus_radius_mm <= 0 or self.focus_t1c_gain < 1:
+            raise ValueError(
+                f"focus_radius_mm must be > 0 and focus_t1c_gain >= 1, got "
+                f"{self.focus_radius_mm} and {self.focus_t1c_gain}"
+            )
+        unknown = [name for name in self.truth_structures if name not in SRI24_STRUCTURES]
+        if unknown:
+            raise ValueError(
+                f"truth_structures has unknown names {unknown}; choose from {SRI24_STRUCTURES}"
+            )
 
 
 @dataclass
@@ -210,12 +256,14 @@ class WarpedAnatomy:
         ventricles: bool warped ventricular CSF.
         tissue: uint8 dominant tissue class (0 outside, 1 CSF, 2 GM, 3 WM) of the normal
             anatomy, ignoring the tumour.
+        structures: bool warped SRI24 structure masks of ``PhantomParams.truth_structures``.
     """
 
     t1: np.ndarray
     brain: np.ndarray
     ventricles: np.ndarray
     tissue: np.ndarray
+    structures: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def case_seed(cohort_seed: int, index: int) -> int:
@@ -350,6 +398,14 @@ def sample_case_params(seed: int, params: PhantomParams = PhantomParams()) -> di
             mod: [float(c) for c in rng.standard_normal(9)] for mod in MODALITIES
         },
     }
+    if not params.random_warp:
+        transform = {
+            **transform,
+            "rotation_deg": 0.0,
+            "scale": [1.0, 1.0, 1.0],
+            "translation_vox": [0.0, 0.0, 0.0],
+        }
+        mass_effect = {**mass_effect, "displacement_mm": 0.0}
     return {
         "anatomy_transform": transform,
         "mass_effect": mass_effect,
@@ -439,6 +495,48 @@ def _place_centre(
         "candidates": int(feasible.size),
     }
     return table.coords[pick].astype(np.float64), info
+
+
+def _fixed_centre(
+    anatomy: Anatomy, voxel: tuple[int, int, int]
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The requested tumour centre (atlas voxel), checked to lie inside the atlas brain."""
+    index = tuple(int(v) for v in voxel)
+    inside = all(0 <= v < n for v, n in zip(index, anatomy.shape, strict=True))
+    if not inside or not anatomy.brain[index]:
+        raise ValueError(
+            f"tumour_centre_atlas_voxel {list(index)} is not inside the atlas brain "
+            f"(grid {anatomy.shape})"
+        )
+    info = {"centre_atlas_voxel": list(index), "fixed": True}
+    return np.asarray(index, dtype=np.float64), info
+
+
+def _structure_truth(
+    tumour: np.ndarray,
+    structures: dict[str, np.ndarray],
+    spacing_mm: tuple[float, float, float],
+    affine: np.ndarray,
+) -> dict[str, Any]:
+    """Exact WT-to-structure distances (mm, between voxel centres) and overlaps (mL).
+
+    Uses a Euclidean distance transform of the tumour's complement with the voxel spacing,
+    so the distance of a structure is the smallest centre-to-centre distance from any of its
+    voxels to any tumour voxel (0 when they overlap). All arrays share one grid.
+    """
+    voxel_ml = float(abs(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1000.0
+    if not tumour.any():
+        return {
+            "structure_distances_mm": {name: None for name in structures},
+            "structure_overlap_ml": {name: 0.0 for name in structures},
+        }
+    distance = ndimage.distance_transform_edt(~tumour, sampling=spacing_mm)
+    distances: dict[str, float | None] = {}
+    overlaps: dict[str, float] = {}
+    for name, mask in structures.items():
+        overlaps[name] = _json_float(np.count_nonzero(mask & tumour) * voxel_ml)
+        distances[name] = _json_float(distance[mask].min()) if mask.any() else None
+    return {"structure_distances_mm": distances, "structure_overlap_ml": overlaps}
 
 
 def _global_affine(transform: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -622,9 +720,12 @@ def generate_case_with_anatomy(
     shape = tumour_shape_from_params(drawn["tumour"])
 
     # 1. Tumour placement (atlas space) and case-space centre.
-    centre_src, placement = _place_centre(
-        table, shape, drawn["tumour"]["supratentorial"], params, rngs["placement"]
-    )
+    if params.tumour_centre_atlas_voxel is None:
+        centre_src, placement = _place_centre(
+            table, shape, drawn["tumour"]["supratentorial"], params, rngs["placement"]
+        )
+    else:
+        centre_src, placement = _fixed_centre(anatomy, params.tumour_centre_atlas_voxel)
     matrix, translation = _global_affine(drawn["anatomy_transform"])
     centre = matrix @ (centre_src - table.centroid) + table.centroid + translation
     placement["centre_case_voxel"] = [_json_float(v) for v in centre]
@@ -659,6 +760,16 @@ def generate_case_with_anatomy(
     t1 = sample(anatomy.t1)
     brain = sample(anatomy.brain.astype(np.float32)) > 0.5
     ventricles = (sample(anatomy.ventricles.astype(np.float32)) > 0.5) & brain
+    missing = [name for name in params.truth_structures if name not in anatomy.structures]
+    if missing:
+        raise ValueError(
+            f"truth_structures {missing} are not in the anatomy "
+            f"(it has {sorted(anatomy.structures)})"
+        )
+    structures_crop = {
+        name: (sample(anatomy.structures[name].astype(np.float32)) > 0.5) & brain
+        for name in params.truth_structures
+    }
     del coords
     t1[~brain] = 0.0
 
@@ -679,6 +790,32 @@ def generate_case_with_anatomy(
     labels_box = build_tumour_labels(
         shape, c_local - box_lo, brain[box], ventricles[box], wm_box, rngs["fields"]
     )
+    focus_weight: np.ndarray | None = None
+    focus_texture: np.ndarray | None = None
+    focus_truth: dict[str, Any] | None = None
+    if params.focus:
+        labels_box, focus_centre, focus_ball = plant_focus(
+            labels_box, params.focus_radius_mm, rngs["focus"]
+        )
+        if focus_centre is None:
+            logger.warning("%s: no enhancing tumour, no focus planted", case_id)
+        else:
+            focus_weight = ndimage.gaussian_filter(
+                focus_ball.astype(np.float32), sigma=params.partial_volume_sigma_mm
+            )
+            focus_texture = smooth_random_field(rngs["focus"], labels_box.shape, 1.0)
+            centre_voxel = [int(v) for v in focus_centre + box_lo + out_lo]
+            focus_truth = {
+                "centre_voxel": centre_voxel,
+                "centre_ras_mm": [
+                    _json_float(v)
+                    for v in (anatomy.affine @ np.append(np.asarray(centre_voxel, float), 1.0))[:3]
+                ],
+                "radius_mm": params.focus_radius_mm,
+                "voxels": int(focus_ball.sum()),
+                "t1c_gain": params.focus_t1c_gain,
+                "heterogeneity": params.focus_heterogeneity,
+            }
     seg_crop = np.zeros(crop_shape, dtype=np.uint8)
     seg_crop[box] = labels_box
 
@@ -709,6 +846,12 @@ def generate_case_with_anatomy(
             intensity["texture_amplitude"],
             intensity["edema_blend"],
         )
+        if mod == "t1c" and focus_weight is not None and focus_texture is not None:
+            focus_signal = np.float32(params.focus_t1c_gain) * (
+                1.0 + np.float32(params.focus_heterogeneity) * focus_texture
+            )
+            gain = np.maximum(1.0 + focus_weight * (focus_signal - 1.0), np.float32(0.2))
+            relative[box] *= gain
         values = relative[brain] * polynomial_bias_field(
             norm_coords,
             np.asarray(intensity["bias_coefficients"][mod]),
@@ -726,6 +869,11 @@ def generate_case_with_anatomy(
     segmentation = np.zeros(anatomy.shape, dtype=np.uint8)
     segmentation[crop] = seg_crop
     affine = np.array(anatomy.affine, dtype=np.float64)
+    extras: dict[str, Any] = {}
+    if params.focus:
+        extras["focus"] = focus_truth
+    if structures_crop:
+        extras.update(_structure_truth(seg_crop > 0, structures_crop, anatomy.spacing_mm, affine))
     truth = {
         "case_id": case_id,
         "seed": int(seed),
@@ -734,6 +882,7 @@ def generate_case_with_anatomy(
         "spacing_mm": list(anatomy.spacing_mm),
         "affine": affine.tolist(),
         **compute_truth(segmentation, affine),
+        **extras,
         "params": {
             **drawn,
             "placement": placement,
@@ -755,11 +904,15 @@ def generate_case_with_anatomy(
     tissue_crop = np.zeros(crop_shape, dtype=np.uint8)
     tissue_crop[brain] = (np.argmax(memberships, axis=1) + 1).astype(np.uint8)
     full["tissue"][crop] = tissue_crop
+    structures_full: dict[str, np.ndarray] = {}
+    for name, mask in structures_crop.items():
+        structures_full[name] = np.zeros(anatomy.shape, dtype=bool)
+        structures_full[name][crop] = mask
     logger.debug("generated %s (seed %d) in %.2f s", case_id, seed, time.perf_counter() - start)
     case = PhantomCase(
         case_id=case_id, images=images, segmentation=segmentation, affine=affine, truth=truth
     )
-    return case, WarpedAnatomy(**full)
+    return case, WarpedAnatomy(**full, structures=structures_full)
 
 
 def generate_case(

@@ -280,3 +280,43 @@ def build_tumour_labels(
     labels[netc] = 1
     labels[et] = 3
     return labels
+
+
+def plant_focus(
+    labels: np.ndarray, radius_mm: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Turn a small ball deep in the enhancing tumour into a nodular focus (label ET).
+
+    The centre is drawn among the ET voxels at least 60 % as deep (distance to the ET
+    boundary) as the deepest one; the ball of ``radius_mm`` around it, limited to the tumour
+    core, becomes ET.
+
+    Args:
+        labels: uint8 labels of a box (1 NETC, 2 SNFH, 3 ET); not modified.
+        radius_mm: ball radius (1 mm voxels), > 0.
+        rng: random generator (consumed only when there is ET).
+
+    Returns:
+        ``(labels, centre, ball)``: the new labels, the centre voxel of the box (None when the
+        box holds no ET, labels then unchanged) and the bool focus mask (ball within the core).
+
+    Raises:
+        ValueError: for a non-positive radius.
+    """
+    if radius_mm <= 0:
+        raise ValueError(f"radius_mm must be > 0, got {radius_mm}")
+    et = labels == 3
+    if not et.any():
+        return labels, None, np.zeros(labels.shape, dtype=bool)
+    depth = ndimage.distance_transform_edt(np.pad(et, 1))[1:-1, 1:-1, 1:-1]
+    candidates = np.argwhere(depth >= 0.6 * float(depth.max()))
+    centre = candidates[int(rng.integers(candidates.shape[0]))]
+    offsets = [
+        (np.arange(n) - int(c)).reshape([-1 if k == axis else 1 for k in range(3)])
+        for axis, (n, c) in enumerate(zip(labels.shape, centre, strict=True))
+    ]
+    ball = offsets[0] ** 2 + offsets[1] ** 2 + offsets[2] ** 2 <= radius_mm**2
+    ball &= (labels == 1) | et
+    out = labels.copy()
+    out[ball] = 3
+    return out, centre, ball

@@ -1,7 +1,8 @@
 """Segmentation metrics with BraTS conventions: Dice and HD95 per region (WT, TC, ET).
 
 Conventions (as the BraTS evaluation): both masks empty gives Dice 1 and HD95 0; exactly one
-empty gives Dice 0 and HD95 ``EMPTY_HD95_MM`` (374 mm, the BraTS 2023 penalty). HD95 is the
+empty gives Dice 0 and HD95 ``EMPTY_HD95_MM`` (373 mm, the penalty of the official
+``brats-evaluation`` package: the diagonal of the SRI24 cube). HD95 is the
 larger of the two directed 95th-percentile surface distances (mm, honouring voxel spacing),
 surfaces being mask voxels with a background neighbour (full 3x3x3 connectivity).
 """
@@ -14,7 +15,7 @@ from scipy import ndimage
 
 from cerebrascan.regions import structure_mask
 
-EMPTY_HD95_MM = 374.0
+EMPTY_HD95_MM = 373.0
 REGIONS: tuple[str, ...] = ("WT", "TC", "ET")
 
 BoolArray = npt.NDArray[np.bool_]

@@ -1,0 +1,3 @@
+"""Example CerebraScan analyzer plugin (edema index); the hooks live in ``.plugin``."""
+
+__version__ = "0.1.0"

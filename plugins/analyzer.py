@@ -1,0 +1,126 @@
+"""The analyzer contract: what an analyzer declares, what it is given, what it returns.
+
+An analyzer is a class with a ``name``, a ``version``, the inputs it ``needs``, the other
+analyzers it ``depends_on``, a pydantic ``result_model`` and optionally an ``options_model``. The
+host gives it an :class:`AnalysisContext` holding only what it declared, and expects an instance
+of ``result_model`` back. Analyzers do maths; artefacts (NIfTI maps) are written through
+``context.artefacts``, never by opening files themselves.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel
+
+from schemas.analyzers import AnalyzerOutcome
+
+AnalyzerOutcomes = Mapping[str, AnalyzerOutcome]
+
+ANALYZER_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+"""Analyzer names: lowercase letter first, then lowercase letters, digits, underscores."""
+ARTEFACT_NAME_PATTERN = re.compile(r"^[a-z0-9_\-]{1,64}$")
+"""Artefact names (also checked by ``GET /studies/{id}/artefacts/{name}``)."""
+
+
+class Need(enum.StrEnum):
+    """Inputs an analyzer may ask for; the host provides only those declared."""
+
+    IMAGES = "images"
+    """The four input modalities, ``(4, x, y, z)`` float32, on the input grid."""
+    SEGMENTATION = "segmentation"
+    """BraTS labels ``(x, y, z)`` uint8 on the input grid."""
+    PROBABILITIES = "probabilities"
+    """Class probabilities ``(4, x, y, z)`` float16 (background, NETC, SNFH, ET), input grid."""
+    TTA_DISAGREEMENT = "tta_disagreement"
+    """Per-voxel disagreement between mirror-TTA passes, ``(x, y, z)`` float16, or None when
+    the runner ran without TTA."""
+    PRIOR_STUDIES = "prior_studies"
+    """The same patient's earlier studies (longitudinal analyzers)."""
+
+
+class ArtefactSink(Protocol):
+    """Where an analyzer writes its artefacts; returns the URL a client fetches it from."""
+
+    def write_nifti(self, name: str, array: npt.NDArray[Any], *, description: str) -> str:
+        """Save ``array`` on the study's grid as ``<name>.nii.gz``; return its URL.
+
+        Args:
+            name: matches :data:`ARTEFACT_NAME_PATTERN`, unique within the study (the first
+                analyzer to write a name owns it) and not ``segmentation``.
+            array: ``(x, y, z)`` or ``(x, y, z, n)`` on the input grid; bool is stored as uint8,
+                float16 and float64 as float32, int64 as int32.
+            description: one line saying what the map holds (kept in the NIfTI header and
+                listed with the analyzer's outcome).
+
+        Raises:
+            ValueError: a bad name, a name already written, or an array not on the grid.
+            RuntimeError: the analyzer's time is up (a timed-out analyzer cannot write).
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class AnalysisContext:
+    """Everything an analyzer may read. Fields it did not declare in ``needs`` are None.
+
+    Arrays are read-only views shared with the other analyzers: copy before changing them.
+    ``prior_studies`` is None until the server stores patient histories.
+    """
+
+    study_id: str
+    affine: npt.NDArray[np.float64]
+    """4x4 voxel-to-scanner-RAS (mm) matrix of the input grid."""
+    spacing_mm: tuple[float, float, float]
+    modalities: tuple[str, ...]
+    artefacts: ArtefactSink
+    images: npt.NDArray[np.float32] | None = None
+    segmentation: npt.NDArray[np.uint8] | None = None
+    probabilities: npt.NDArray[np.float16] | None = None
+    tta_disagreement: npt.NDArray[np.float16] | None = None
+    prior_studies: tuple[Any, ...] | None = None
+    results: Mapping[str, BaseModel] = field(default_factory=dict)
+    """Results of the analyzers named in ``depends_on`` (only those that succeeded)."""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """This analyzer's options from the request (``options.analyzers.<name>``), validated by
+    ``options_model`` (defaults filled in) when the analyzer declares one."""
+
+
+class Analyzer(ABC):
+    """Base class of every analyzer (built-in or third-party)."""
+
+    name: ClassVar[str]
+    """Unique identifier matching :data:`ANALYZER_NAME_PATTERN`; the key of the result in
+    ``/analyze`` answers and of the analyzer's options."""
+    version: ClassVar[str]
+    """Version of the analyzer's method; echoed with every result."""
+    result_model: ClassVar[type[BaseModel]]
+    """Pydantic model of the result; its JSON schema is published at ``GET /plugins``."""
+    options_model: ClassVar[type[BaseModel] | None] = None
+    """Pydantic model of ``options.analyzers.<name>``. When set, the host validates the request's
+    options against it before segmentation starts (invalid options: a 400 naming the field) and
+    publishes its JSON schema at ``GET /plugins``; when None, options reach the analyzer as
+    sent."""
+    needs: ClassVar[frozenset[Need]] = frozenset()
+    """Inputs to provide; every other input field of the context is None."""
+    depends_on: ClassVar[tuple[str, ...]] = ()
+    """Analyzers that must run first; their results arrive in ``context.results``. If one of
+    them fails or is skipped, this analyzer is skipped."""
+    timeout_s: ClassVar[float] = 30.0
+    """Wall time after which the host records a timeout error and moves on (settings may
+    override it per analyzer: ``plugins.timeouts``)."""
+
+    @abstractmethod
+    def analyze(self, context: AnalysisContext) -> BaseModel:
+        """Compute the result for one study.
+
+        Raises:
+            Any exception: the host turns it into an error entry for this analyzer only.
+        """

@@ -1,0 +1,1 @@
+"""Built-in analyzer plugins, registered by :data:`plugins.host.BUILTIN_PLUGINS`."""
