@@ -34,14 +34,9 @@ SETTINGS = Settings()
 
 
 def _configure_logging() -> None:
-    """Our loggers to stderr at INFO (BentoML configures only its own); no patient data."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] [%(name)s] %(message)s"))
+    """Let our INFO messages through; BentoML's handlers print them (no patient data)."""
     for name in ("cerebrascan", "plugins", "runners"):
-        project_logger = logging.getLogger(name)
-        if not project_logger.handlers:
-            project_logger.addHandler(handler)
-            project_logger.setLevel(logging.INFO)
+        logging.getLogger(name).setLevel(logging.INFO)
 
 
 _configure_logging()

@@ -74,6 +74,7 @@ class AnalysisPipeline:
             mirror_tta=mirror_tta,
             keep_probabilities=Need.PROBABILITIES in needs,
             tta_disagreement=mirror_tta and Need.TTA_DISAGREEMENT in needs,
+            min_component_ml=self.settings.runner.min_component_ml,
         )
         timings.update(segmentation.timings_ms)
         study_id = uuid.uuid4().hex
@@ -105,6 +106,8 @@ class AnalysisPipeline:
                 providers=self.runner.providers,
                 mirror_tta=mirror_tta,
                 trained_on=self.model.training_data,
+                min_component_ml=self.settings.runner.min_component_ml,
+                removed_islands=segmentation.removed_islands,
             ),
             geometry=Geometry(
                 shape=study.shape,

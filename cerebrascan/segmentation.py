@@ -13,6 +13,7 @@ from cerebrascan.imaging.postprocess import (
     labels_on_input_grid,
     probabilities_on_input_grid,
     probabilities_to_input_grid,
+    remove_small_components,
     scalar_map_on_input_grid,
 )
 from cerebrascan.imaging.preprocess import preprocess_images
@@ -48,6 +49,8 @@ class SegmentationResult:
     tta_disagreement: npt.NDArray[np.float16] | None = None
     """(x, y, z) float16 disagreement between mirror-TTA flips (0 outside the crop). None
     unless asked for with mirror TTA on."""
+    removed_islands: int = 0
+    """Whole-tumour islands under ``min_component_ml`` set to background."""
 
 
 def segment_study(
@@ -57,6 +60,7 @@ def segment_study(
     mirror_tta: bool,
     keep_probabilities: bool = False,
     tta_disagreement: bool = False,
+    min_component_ml: float = 0.0,
 ) -> SegmentationResult:
     """Segment a study with ``runner``; everything comes back on the study's exact grid.
 
@@ -67,6 +71,7 @@ def segment_study(
         keep_probabilities: also return the class probabilities (float16, ~2 bytes x classes
             per voxel).
         tta_disagreement: also return the flips' disagreement (only with ``mirror_tta``).
+        min_component_ml: tumour islands smaller than this (mL) become background; 0 keeps all.
 
     Raises:
         ValueError: the study's modalities differ from the network's.
@@ -86,6 +91,7 @@ def segment_study(
     clock = time.perf_counter()
     cropped = probabilities_to_input_grid(prediction.probabilities, case)
     labels = labels_on_input_grid(cropped, case, spec.output_labels)
+    labels, removed = remove_small_components(labels, study.spacing, min_component_ml)
     probabilities = (
         probabilities_on_input_grid(cropped, case, spec.output_labels)
         if keep_probabilities
@@ -103,4 +109,5 @@ def segment_study(
         timings_ms=timings,
         probabilities=probabilities,
         tta_disagreement=disagreement,
+        removed_islands=removed,
     )

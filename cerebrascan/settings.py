@@ -41,6 +41,11 @@ class RunnerSettings(BaseModel):
         default=0.5, gt=0.0, le=1.0, description="Sliding-window step as a fraction of the patch."
     )
     mirror_tta: bool = Field(default=False, description="Mirror test-time augmentation.")
+    min_component_ml: float = Field(
+        default=0.05,
+        ge=0.0,
+        description="Tumour islands smaller than this (mL) are removed; 0 keeps every voxel.",
+    )
 
     @field_validator("providers")
     @classmethod

@@ -59,6 +59,8 @@ class ModelInfo(BaseModel):
     providers: list[str]
     mirror_tta: bool
     trained_on: str = Field(description="Training data of the model, from its model card.")
+    min_component_ml: float = Field(description="Tumour islands under this volume were removed.")
+    removed_islands: int = Field(description="How many tumour islands were removed.")
 
 
 class AnalyzeResponse(BaseModel):

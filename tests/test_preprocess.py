@@ -95,3 +95,24 @@ def test_label_mapping_uses_output_labels() -> None:
     assert np.all(labels == 4)
     with pytest.raises(ValueError, match="probability channels"):
         labels_on_input_grid(probabilities, case, [0, 1])
+
+
+def test_small_islands_are_removed_and_counted() -> None:
+    from cerebrascan.imaging.postprocess import remove_small_components
+
+    labels = np.zeros((40, 40, 40), np.uint8)
+    labels[5:15, 5:15, 5:15] = 2  # 1 mL at 1 mm
+    labels[8:12, 8:12, 8:12] = 3
+    labels[30:33, 30:33, 30:33] = 1  # 27 voxels = 0.027 mL, far away
+    labels[35, 2, 2] = 3  # a single voxel
+    cleaned, removed = remove_small_components(labels, (1.0, 1.0, 1.0), 0.05)
+    assert removed == 2
+    assert not cleaned[30:, :, :].any() and not cleaned[35, 2, 2]
+    assert np.array_equal(cleaned[:20, :20, :20], labels[:20, :20, :20])
+    # with 2 mm voxels the 27-voxel island is 0.216 mL and stays
+    _, removed_coarse = remove_small_components(labels, (2.0, 2.0, 2.0), 0.05)
+    assert removed_coarse == 1
+    unchanged, none_removed = remove_small_components(labels, (1.0, 1.0, 1.0), 0.0)
+    assert none_removed == 0 and unchanged is labels
+    with pytest.raises(ValueError, match="min_volume_ml"):
+        remove_small_components(labels, (1.0, 1.0, 1.0), -1.0)

@@ -36,7 +36,12 @@ def evaluate_model(params: PipelineParams, model_dir: Path, test_dir: Path) -> d
         study = read_case(folder)
         reference = read_labels(folder)
         clock = time.perf_counter()
-        result = segment_study(study, runner, mirror_tta=params.evaluate.mirror_tta)
+        result = segment_study(
+            study,
+            runner,
+            mirror_tta=params.evaluate.mirror_tta,
+            min_component_ml=params.evaluate.min_component_ml,
+        )
         seconds = time.perf_counter() - clock
         metrics = region_metrics(result.labels, reference, study.spacing)
         predicted = volumes_ml(result.labels, study.spacing)
@@ -64,10 +69,7 @@ def evaluate_model(params: PipelineParams, model_dir: Path, test_dir: Path) -> d
     return {
         "training_data": "phantoms",
         "held_out_cases": len(per_case),
-        "settings": {
-            "tile_step": params.evaluate.tile_step,
-            "mirror_tta": params.evaluate.mirror_tta,
-        },
+        "settings": params.evaluate.model_dump(),
         "mean": mean,
         "targets_dice": TARGET_DICE,
         "targets_met": {r: mean[f"{r}_dice"] >= t for r, t in TARGET_DICE.items()},

@@ -44,6 +44,7 @@ class EvaluateParams(BaseModel):
 
     tile_step: float = 0.5
     mirror_tta: bool = False
+    min_component_ml: float = Field(default=0.05, ge=0)
 
 
 class PipelineParams(BaseModel):
