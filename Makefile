@@ -22,7 +22,7 @@ $(VENV)/.serve-installed: $(BIN)/python pyproject.toml $(CONSTRAINTS) requiremen
 	touch $@
 
 $(VENV)/.dev-installed: $(VENV)/.serve-installed
-	$(PIP) install -q -c $(CONSTRAINTS) -e '.[train,test]'
+	$(PIP) install -q -c $(CONSTRAINTS) --build-constraint $(CONSTRAINTS) -e '.[train,test,radiomics]'
 	touch $@
 
 install: $(VENV)/.serve-installed

@@ -20,6 +20,7 @@ from scipy.spatial.distance import cdist
 
 from cerebrascan.regions import structure_mask, volumes_ml
 from plugins.analyzer import AnalysisContext, Analyzer, Need
+from plugins.builtin._support import bounding_box
 from plugins.hookspecs import hookimpl
 
 logger = logging.getLogger(__name__)
@@ -247,18 +248,6 @@ def _ratios(volumes: dict[str, float]) -> VolumeRatios:
         netc_tc=_ratio(volumes["NETC"], volumes["TC"]),
         snfh_wt=_ratio(volumes["SNFH"], volumes["WT"]),
     )
-
-
-def bounding_box(mask: npt.NDArray[np.bool_]) -> tuple[slice, slice, slice] | None:
-    """Smallest box holding every true voxel of a 3-D mask, or None if it is empty."""
-    slices = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        present = np.flatnonzero(mask.any(axis=other))
-        if present.size == 0:
-            return None
-        slices.append(slice(int(present[0]), int(present[-1]) + 1))
-    return (slices[0], slices[1], slices[2])
 
 
 def voxel_to_ras(
