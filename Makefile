@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 CONSTRAINTS := constraints.txt
 
-.PHONY: serve test install install-dev lint typecheck format bench repro clean
+.PHONY: serve test install install-dev postgres-server lint typecheck format bench repro clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; v = sys.version_info; assert v >= (3, 11), "Python >= 3.11 is required, found %d.%d" % v[:2]'
@@ -22,7 +22,7 @@ $(VENV)/.serve-installed: $(BIN)/python pyproject.toml $(CONSTRAINTS) requiremen
 	touch $@
 
 $(VENV)/.dev-installed: $(VENV)/.serve-installed
-	$(PIP) install -q -c $(CONSTRAINTS) --build-constraint $(CONSTRAINTS) -e '.[train,test,radiomics]'
+	$(PIP) install -q -c $(CONSTRAINTS) --build-constraint $(CONSTRAINTS) -e '.[train,test,radiomics,nnunet]'
 	touch $@
 
 install: $(VENV)/.serve-installed
@@ -33,7 +33,22 @@ serve: install
 	$(BIN)/cerebrascan registry ensure-default
 	$(BIN)/bentoml serve service:CerebraScan --host $(HOST) --port $(PORT)
 
-test: install-dev
+# The study-store tests start a private PostgreSQL server (tests/postgres_server.py) with the
+# server binaries; as root on Debian/Ubuntu they are installed when missing.
+postgres-server:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 \
+		|| [ -n "$$CEREBRASCAN_TEST_POSTGRES_URL" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "Installing the PostgreSQL server (apt-get install postgresql) for the store tests"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; \
+	else \
+		echo "PostgreSQL server binaries (initdb, pg_ctl) are missing. Install them (Debian:" \
+			"sudo apt-get install postgresql; macOS: brew install postgresql) or set" \
+			"CEREBRASCAN_TEST_POSTGRES_URL to a server the tests may use." >&2; \
+		exit 1; \
+	fi
+
+test: install-dev postgres-server
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install-dev

@@ -67,6 +67,57 @@ def registry_register(folder: Path, name: str | None, alias: str) -> None:
     click.echo(f"{name or settings.model_name} version {version} (alias {alias})")
 
 
+@main.command("import-nnunet")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("more_folds", nargs=-1, metavar="")
+@click.option("--name", required=True, help="Registered model name.")
+@click.option(
+    "--folds",
+    multiple=True,
+    help="Folds to ensemble: `--folds 0 1 2`, `--folds 0,1` or repeated (default: all).",
+)
+@click.option("--checkpoint", default="checkpoint_final.pth", show_default=True)
+@click.option("--alias", default="champion", show_default=True)
+@click.option(
+    "--modalities",
+    default=None,
+    help="Comma-separated modality per nnU-Net channel, e.g. t1n,t1c,t2w,t2f (default: guessed "
+    "from dataset.json channel_names).",
+)
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None)
+def import_nnunet(
+    folder: Path,
+    more_folds: tuple[str, ...],
+    name: str,
+    folds: tuple[str, ...],
+    checkpoint: str,
+    alias: str,
+    modalities: str | None,
+    out_dir: Path | None,
+) -> None:
+    """Import an nnU-Net v2 training folder (plans.json, dataset.json, fold_*/) as ONE version.
+
+    Needs the `nnunet` extra. A broken folder is refused and nothing is registered.
+    """
+    from cerebrascan.nnunet_import import NnunetImportError, import_nnunet_folder
+
+    fold_list = [f for item in (*folds, *more_folds) for f in item.split(",") if f]
+    try:
+        result = import_nnunet_folder(
+            Settings(),
+            folder,
+            name=name,
+            alias=alias,
+            out_dir=out_dir,
+            folds=fold_list or None,
+            checkpoint_name=checkpoint,
+            modalities=modalities.split(",") if modalities else None,
+        )
+    except NnunetImportError as exc:
+        raise click.ClickException(f"refused, nothing registered: {exc}") from exc
+    click.echo(f"{name} version {result.version} (alias {alias}) from {result.folder}")
+
+
 @main.group()
 @click.option(
     "--params", "params_path", type=click.Path(exists=True, path_type=Path), default=DEFAULT_PARAMS

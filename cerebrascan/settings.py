@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel, Field, field_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -133,6 +133,17 @@ class Settings(BaseSettings):
         default=Path(__file__).resolve().parent.parent / "models" / "default",
         description="Folder of the committed default model (registered on first start).",
     )
+    store_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the study store, e.g. postgresql+psycopg://user:pw@db/cs; "
+        "default: a SQLite file under data_dir.",
+    )
+    patient_id_key: SecretStr | None = Field(
+        default=None,
+        min_length=16,
+        description="HMAC key: name-like patient ids are stored as its keyed hash (the same key "
+        "on every server sharing a store); unset refuses them.",
+    )
     runner: RunnerSettings = Field(default_factory=RunnerSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     plugins: PluginSettings = Field(default_factory=PluginSettings)
@@ -176,11 +187,23 @@ class Settings(BaseSettings):
         """Artefact folder of analysed studies (segmentations, results)."""
         return (self.data_dir / "studies").resolve()
 
+    @property
+    def store_database_url(self) -> str:
+        """The study store URL in force (``store_url``, or the SQLite file under ``data_dir``)."""
+        if self.store_url:
+            return self.store_url
+        return f"sqlite:///{(self.data_dir / 'store' / 'studies.sqlite3').resolve()}"
+
     def masked(self) -> dict[str, Any]:
-        """Settings as a dict for logging, with credentials in URIs masked."""
+        """Settings as a dict for logging, with credentials in URIs and secrets masked."""
         dumped = self.model_dump(mode="json")
-        uri = dumped.get("mlflow_tracking_uri")
-        if uri and "@" in uri and "://" in uri:
-            scheme, rest = uri.split("://", 1)
-            dumped["mlflow_tracking_uri"] = f"{scheme}://***@{rest.split('@', 1)[1]}"
+        for name in ("mlflow_tracking_uri", "store_url"):
+            uri = dumped.get(name)
+            if uri and "@" in uri and "://" in uri:
+                scheme, rest = uri.split("://", 1)
+                dumped[name] = f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+            if uri and "password=" in uri:
+                dumped[name] = uri.split("?", 1)[0] + "?***"
+        if dumped.get("patient_id_key") is not None:
+            dumped["patient_id_key"] = "***"
         return dumped

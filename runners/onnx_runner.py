@@ -11,7 +11,7 @@ import onnxruntime as ort
 
 from cerebrascan.settings import RunnerSettings
 from runners.prediction import RunnerPrediction
-from runners.sliding_window import sliding_window_predict, softmax
+from runners.sliding_window import sigmoid, sliding_window_predict, softmax
 from schemas.model_spec import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -93,12 +93,19 @@ class OnnxSegmentationRunner:
             volume,
             self.predict_tiles,
             patch_size=self.spec.patch_size,
-            num_classes=len(self.spec.output_labels),
+            num_classes=self.spec.num_outputs,
             step=self.settings.tile_step,
             batch_size=self.settings.tile_batch_size,
             mirror_axes=self.spec.mirror_axes if mirror_tta else (),
             return_disagreement=tta_disagreement and mirror_tta,
         )
+        probabilities = (
+            sigmoid(output.logits)
+            if self.spec.output_kind == "sigmoid_regions"
+            else softmax(output.logits, axis=0)
+        )
         return RunnerPrediction(
-            probabilities=softmax(output.logits, axis=0), tta_disagreement=output.disagreement
+            probabilities=probabilities,
+            tta_disagreement=output.disagreement,
+            logits=output.logits,
         )

@@ -13,6 +13,10 @@ class RunnerPrediction:
     """A runner's output on the network grid."""
 
     probabilities: npt.NDArray[np.float32]
-    """(classes, *spatial) softmax probabilities."""
+    """(outputs, *spatial) softmax probabilities, or one sigmoid per region for
+    ``output_kind == "sigmoid_regions"``."""
     tta_disagreement: npt.NDArray[np.float32] | None = None
     """(*spatial) disagreement between mirror-TTA flips, or None when not computed."""
+    logits: npt.NDArray[np.float32] | None = None
+    """(outputs, *spatial) the averaged logits the probabilities came from (nnU-Net-style
+    export resamples logits, not probabilities), or None when the runner does not keep them."""

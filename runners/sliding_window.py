@@ -256,3 +256,9 @@ def softmax(logits: FloatArray, axis: int = 0) -> FloatArray:
     shifted /= shifted.sum(axis=axis, keepdims=True)
     result: FloatArray = shifted.astype(np.float32, copy=False)
     return result
+
+
+def sigmoid(logits: FloatArray) -> FloatArray:
+    """Element-wise logistic function (region-based networks), float32."""
+    result: FloatArray = (1.0 / (1.0 + np.exp(-logits.astype(np.float32)))).astype(np.float32)
+    return result

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from schemas.analyzers import AnalyzerOutcome
 
+ISO_DATE_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+EARLIEST_STUDY_DATE = date(1900, 1, 1)
 RESEARCH_USE_NOTICE = (
     "Research use only. The default model was trained on synthetic phantoms, not patients; "
     "its output is not a clinical finding."
@@ -28,6 +31,35 @@ class AnalyzeOptions(BaseModel):
         description="Options per analyzer name (see each analyzer's options_schema at "
         "GET /plugins); an unknown analyzer name is refused.",
     )
+    patient_id: str | None = Field(
+        default=None,
+        description="Pseudonymous patient id (e.g. 'PAT-0001'), so that studies of one patient "
+        "can be followed over time. A name-like id is stored as a keyed hash or refused.",
+    )
+    study_date: date | None = Field(
+        default=None, description="Acquisition date of the study, ISO YYYY-MM-DD."
+    )
+
+    @field_validator("study_date", mode="before")
+    @classmethod
+    def _iso_date(cls, value: object) -> object:
+        if value is None or (isinstance(value, date) and not isinstance(value, datetime)):
+            parsed = value
+        elif isinstance(value, str) and ISO_DATE_PATTERN.match(value):
+            try:
+                parsed = date.fromisoformat(value)
+            except ValueError as exc:
+                raise ValueError(f"study_date {value!r} is not a valid date: {exc}") from None
+        else:
+            raise ValueError(f"study_date {str(value)[:40]!r} is not an ISO date (YYYY-MM-DD)")
+        if isinstance(parsed, date):
+            latest = datetime.now(UTC).date() + timedelta(days=1)
+            if not EARLIEST_STUDY_DATE <= parsed <= latest:
+                raise ValueError(
+                    f"study_date {parsed.isoformat()!r} is outside {EARLIEST_STUDY_DATE} .. "
+                    f"{latest} (today, UTC, plus one day)"
+                )
+        return parsed
 
 
 class Geometry(BaseModel):

@@ -1,0 +1,255 @@
+"""Repository API of the study store: save and find analysed studies and their patients.
+
+The embedded default is a SQLite file under the data folder (WAL mode, ``BEGIN IMMEDIATE``
+transactions, a 30 s busy timeout); teams point ``Settings.store_url`` at PostgreSQL
+(``postgresql+psycopg://user:password@host/db``). Each study is saved in one transaction; saving a
+study id that is already stored changes nothing and is not an error. Patient ids go through
+:func:`~cerebrascan.store.patient_ids.normalise_patient_id` and are never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from sqlalchemy import CursorResult, Engine, create_engine, event, select
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.orm import sessionmaker
+
+from cerebrascan.store import migrations
+from cerebrascan.store.models import Patient, Study
+from cerebrascan.store.patient_ids import normalise_patient_id
+
+if TYPE_CHECKING:
+    from cerebrascan.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+STUDY_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """One stored study.
+
+    ``patient_id`` is the stored key (the pseudonymous id, or ``hmac-...`` for a name-like id);
+    it is left out of ``repr`` so that a logged record never carries it.
+    """
+
+    study_id: str
+    patient_id: str | None = field(repr=False)
+    study_date: date | None
+    created_at: datetime
+    model_name: str
+    model_version: str
+    analyzer_versions: dict[str, str]
+    findings: dict[str, Any] = field(repr=False)
+    artefacts: dict[str, str]
+
+
+def normalise_url(url: str) -> URL:
+    """Parse a store URL; a bare ``postgresql://`` (or ``postgres://``) uses psycopg 3.
+
+    Raises:
+        ValueError: the URL is neither SQLite nor PostgreSQL (the password is masked).
+    """
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        shown = parsed.render_as_string(hide_password=True)
+        raise ValueError(f"store URL {shown!r} is not sqlite:/// or postgresql://")
+    return parsed
+
+
+def create_store_engine(url: str) -> Engine:
+    """An engine for the store at ``url``; SQLite gets WAL mode and immediate transactions."""
+    parsed = normalise_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        return create_engine(parsed, pool_pre_ping=True)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
+        # Let SQLAlchemy's "begin" event below open transactions (pysqlite's own are deferred).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _sqlite_begin(connection: Any) -> None:
+        # Take the write lock up front: two writers queue instead of failing on lock upgrade.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+class StudyRepository:
+    """Saves and finds studies in the study store.
+
+    Args:
+        url: SQLAlchemy URL of the store (``sqlite:///path`` or ``postgresql+psycopg://...``).
+        patient_id_key: HMAC key for name-like patient ids; None refuses them.
+        migrate: run ``alembic upgrade head`` now (the default; tests of migrations turn it off).
+    """
+
+    def __init__(
+        self, url: str, *, patient_id_key: bytes | None = None, migrate: bool = True
+    ) -> None:
+        self.engine = create_store_engine(url)
+        self.dialect = self.engine.dialect.name
+        self._patient_id_key = patient_id_key
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        if migrate:
+            migrations.upgrade(self.engine)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StudyRepository:
+        """The store configured by ``settings`` (``store_url`` or SQLite under ``data_dir``)."""
+        key = settings.patient_id_key
+        return cls(
+            settings.store_database_url,
+            patient_id_key=key.get_secret_value().encode("utf-8") if key is not None else None,
+        )
+
+    def close(self) -> None:
+        """Release pooled connections."""
+        self.engine.dispose()
+
+    def patient_key(self, patient_id: str) -> str:
+        """The key ``patient_id`` is stored under (see :func:`normalise_patient_id`).
+
+        Raises:
+            PatientIdError: the id is refused; the message never repeats it.
+        """
+        return normalise_patient_id(patient_id, self._patient_id_key)
+
+    def save_study(
+        self,
+        study_id: str,
+        *,
+        findings: Mapping[str, Any],
+        model_name: str,
+        model_version: str,
+        patient_id: str | None = None,
+        study_date: date | None = None,
+        created_at: datetime | None = None,
+        analyzer_versions: Mapping[str, str] | None = None,
+        artefacts: Mapping[str, str] | None = None,
+    ) -> StudyRecord:
+        """Store a study (and its patient, if new) in one transaction.
+
+        Saving a ``study_id`` that is already stored keeps the first record and returns it.
+
+        Args:
+            study_id: 32 lowercase hex characters.
+            findings: the ``AnalyzeResponse`` as JSON-compatible data.
+            model_name: registry name of the model that segmented the study.
+            model_version: its registry version.
+            patient_id: pseudonymous patient id (normalised, maybe hashed); None for none.
+            study_date: acquisition date of the study.
+            created_at: when the study was analysed (aware); default now.
+            analyzer_versions: analyzer name -> version.
+            artefacts: artefact name -> location (``file://`` URI).
+
+        Raises:
+            ValueError: a malformed study id or a naive ``created_at``.
+            PatientIdError: the patient id is refused.
+        """
+        _check_study_id(study_id)
+        key = self.patient_key(patient_id) if patient_id is not None else None
+        now = datetime.now(UTC)
+        row = {
+            "id": study_id,
+            "patient_id": key,
+            "study_date": study_date,
+            "created_at": created_at or now,
+            "model_name": model_name,
+            "model_version": model_version,
+            "analyzer_versions": dict(analyzer_versions or {}),
+            "findings": dict(findings),
+            "artefacts": dict(artefacts or {}),
+        }
+        with self._sessions.begin() as session:
+            if key is not None:
+                session.execute(
+                    self._insert(Patient)
+                    .values(id=key, created_at=now)
+                    .on_conflict_do_nothing(index_elements=["id"])
+                )
+            result = session.execute(
+                self._insert(Study).values(**row).on_conflict_do_nothing(index_elements=["id"])
+            )
+            inserted = cast("CursorResult[Any]", result).rowcount
+        if not inserted:
+            logger.info("study %s is already stored; kept the first record", study_id)
+        record = self.get_study(study_id)
+        if record is None:  # pragma: no cover - the insert above committed
+            raise RuntimeError(f"study {study_id} vanished right after it was saved")
+        return record
+
+    def get_study(self, study_id: str) -> StudyRecord | None:
+        """The stored study ``study_id``, or None if there is none.
+
+        Raises:
+            ValueError: the id is not 32 lowercase hex characters.
+        """
+        _check_study_id(study_id)
+        with self._sessions() as session:
+            study = session.get(Study, study_id)
+            return _record(study) if study is not None else None
+
+    def studies_for_patient(self, patient_id: str) -> list[StudyRecord]:
+        """A patient's studies, by study date (undated last), then created time, then id.
+
+        Raises:
+            PatientIdError: the patient id is refused.
+        """
+        key = self.patient_key(patient_id)
+        query = (
+            select(Study)
+            .where(Study.patient_id == key)
+            .order_by(Study.study_date.asc().nulls_last(), Study.created_at, Study.id)
+        )
+        with self._sessions() as session:
+            return [_record(study) for study in session.scalars(query)]
+
+    def _insert(self, model: type[Patient] | type[Study]) -> Any:
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            return pg_insert(model)
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(model)
+
+
+def _check_study_id(study_id: str) -> None:
+    if not isinstance(study_id, str) or not STUDY_ID_PATTERN.match(study_id):
+        raise ValueError(f"study id {str(study_id)[:64]!r} is not 32 lowercase hex characters")
+
+
+def _record(study: Study) -> StudyRecord:
+    return StudyRecord(
+        study_id=study.id,
+        patient_id=study.patient_id,
+        study_date=study.study_date,
+        created_at=study.created_at,
+        model_name=study.model_name,
+        model_version=study.model_version,
+        analyzer_versions=dict(study.analyzer_versions),
+        findings=dict(study.findings),
+        artefacts=dict(study.artefacts),
+    )
