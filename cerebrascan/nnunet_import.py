@@ -23,7 +23,6 @@ import logging
 import os
 import shutil
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,8 +39,6 @@ from schemas.model_spec import (
 
 logger = logging.getLogger(__name__)
 
-ONNX_OPSET = 17
-PARITY_TOLERANCE = 1e-3
 SUPPORTED_READERS = ("SimpleITKIO", "NibabelIO", "Tiff3DIO")
 SUPPORTED_RESAMPLING = "resample_data_or_seg_to_shape"
 
@@ -179,11 +176,12 @@ def _build(
     import inspect
     from importlib.metadata import version as package_version
 
-    import onnxruntime as ort
     import torch
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from cerebrascan.training.export import PARITY_TOLERANCE, export_verified_onnx
 
     plans = json.loads((source / "plans.json").read_text())
     dataset = json.loads((source / "dataset.json").read_text())
@@ -366,29 +364,10 @@ def _build(
     ensemble = FoldMean(networks).eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / "model.onnx"
-    example = torch.randn(
-        2, num_inputs, *spec.patch_size, generator=torch.Generator().manual_seed(0)
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            ensemble,
-            (example,),
-            str(onnx_path),
-            input_names=[spec.input_name],
-            output_names=[spec.output_name],
-            dynamic_axes={spec.input_name: {0: "batch"}, spec.output_name: {0: "batch"}},
-            opset_version=ONNX_OPSET,
-            dynamo=False,
-        )
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    with torch.no_grad():
-        reference = ensemble(example).numpy()
-    (exported,) = session.run([spec.output_name], {spec.input_name: example.numpy()})
-    difference = float(np.max(np.abs(exported - reference)))
-    if exported.shape != (2, num_outputs, *spec.patch_size) or difference > PARITY_TOLERANCE:
+    difference, exported_shape = export_verified_onnx(ensemble, spec, num_inputs, onnx_path)
+    if exported_shape != (2, num_outputs, *spec.patch_size) or difference > PARITY_TOLERANCE:
         raise NnunetImportError(
-            f"exported ONNX differs from torch: shape {exported.shape}, max |Δ| {difference:.3g}"
+            f"exported ONNX differs from torch: shape {exported_shape}, max |Δ| {difference:.3g}"
         )
     (out_dir / "model_spec.json").write_text(spec.model_dump_json(indent=2))
     metrics = {
