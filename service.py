@@ -23,6 +23,8 @@ from cerebrascan.errors import InputError
 from cerebrascan.http.plugins import plugins_app
 from cerebrascan.http.studies import studies_app
 from cerebrascan.http.upload_limit import UploadLimitMiddleware
+from cerebrascan.http.uploads_only import refuse_remote_file_fields
+from cerebrascan.observability import record_serving_model
 from cerebrascan.registry import resolve_model
 from cerebrascan.settings import Settings
 from plugins.host import AnalyzerHost
@@ -40,6 +42,7 @@ def _configure_logging() -> None:
 
 
 _configure_logging()
+refuse_remote_file_fields()
 HOST = AnalyzerHost(SETTINGS.plugins)
 
 
@@ -61,6 +64,7 @@ class CerebraScan:
             logger.warning("atlas analyzers will fail until the atlas is installed: %s", exc)
         model = resolve_model(SETTINGS)
         self.pipeline = AnalysisPipeline(SETTINGS, model, host=HOST)
+        record_serving_model(model.name, model.version, model.alias)
         logger.info("serving %s version %s (%s)", model.name, model.version, model.alias)
 
     def __is_ready__(self) -> bool:

@@ -14,6 +14,7 @@ import nibabel as nib
 
 from cerebrascan.errors import InputError
 from cerebrascan.imaging.nifti_decode import assemble_study, decode_nifti
+from cerebrascan.observability import record_study
 from cerebrascan.regions import volumes_ml
 from cerebrascan.registry import ResolvedModel
 from cerebrascan.segmentation import segment_study
@@ -148,6 +149,7 @@ class AnalysisPipeline:
         self._save_record(response, json.loads(result_json), patient_key, options)
         timings["store"] = (time.perf_counter() - clock) * 1000
         response.timings_ms = {k: round(v, 1) for k, v in timings.items()}
+        record_study(timings, outcomes)
         logger.info("study %s analysed in %s ms", study_id, response.timings_ms)
         return response
 

@@ -64,3 +64,31 @@ def test_plugins_are_listed_over_http(server) -> None:
     listing = response.json()
     assert "volumetrics" in {p["name"] for p in listing["plugins"]}
     assert listing["failed_to_load"] == {}
+
+
+def test_metrics_expose_stage_and_analyzer_latency_and_model_version(
+    server, phantom_case: Path
+) -> None:
+    # BentoML's /metrics needs the real server (its in-process ASGI app never answers it).
+    files = {
+        m: (f"{m}.nii.gz", modality_path(phantom_case, m).read_bytes(), "application/gzip")
+        for m in ("t1n", "t1c", "t2w", "t2f")
+    }
+    answer = httpx.post(f"{server.url}/analyze", files=files, timeout=300).json()
+    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    for stage in ("decode", "preprocess", "inference", "postprocess", "analyzers", "store"):
+        assert f'cerebrascan_stage_duration_seconds_count{{stage="{stage}"}}' in text, stage
+    assert 'cerebrascan_analyzer_duration_seconds_count{analyzer="volumetrics"}' in text
+    model = answer["model"]
+    # multiprocess gauges carry a pid label too
+    served = [
+        line for line in text.splitlines() if line.startswith("cerebrascan_serving_model_info{")
+    ]
+    assert any(
+        f'name="{model["name"]}"' in line
+        and f'version="{model["version"]}"' in line
+        and 'alias="champion"' in line
+        and line.endswith(" 1.0")
+        for line in served
+    ), served
+    assert answer["study_id"] not in text

@@ -130,6 +130,24 @@ def test_affine_mismatch_is_refused(asgi_client, phantom_case: Path) -> None:
     assert "t2w: affine differs" in _error_text(response)
 
 
+def test_file_field_sent_as_a_url_is_refused_not_fetched(
+    asgi_client, phantom_case: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import httpx
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the server tried to fetch a client-supplied URL")
+
+    monkeypatch.setattr(httpx.AsyncClient, "get", no_network)
+    files = _files(phantom_case)
+    del files["t1n"]
+    response = asgi_client.post(
+        "/analyze", files=files, data={"t1n": "http://127.0.0.1:9/brain.nii.gz"}
+    )
+    assert response.status_code == 400
+    assert "must be uploaded files" in response.text
+
+
 def test_missing_modality_is_a_400_naming_it(asgi_client, phantom_case: Path) -> None:
     files = _files(phantom_case)
     del files["t2f"]
