@@ -48,12 +48,14 @@ def nonzero_bounding_box(images: FloatArray) -> Box:
     return (box[0], box[1], box[2])
 
 
-def zscore_inside_mask(images: FloatArray) -> FloatArray:
+def zscore_inside_mask(images: FloatArray, mask: npt.NDArray[np.bool_] | None = None) -> FloatArray:
     """Per-channel z-score over the voxels that are non-zero in any channel; zero elsewhere.
 
-    This is nnU-Net's ``ZScoreNormalization`` with ``use_mask_for_norm=True``.
+    This is nnU-Net's ``ZScoreNormalization`` with ``use_mask_for_norm=True``. ``mask`` is that
+    non-zero mask when the caller already has it.
     """
-    mask = np.any(images != 0, axis=0)
+    if mask is None:
+        mask = np.any(images != 0, axis=0)
     out = np.zeros_like(images, dtype=np.float32)
     for channel in range(images.shape[0]):
         values = images[channel][mask]
@@ -107,15 +109,14 @@ def preprocess_images(
     """
     box = nonzero_bounding_box(images)
     cropped = images[(slice(None), *box)]
-    normalised = zscore_inside_mask(cropped)
+    head = np.any(cropped != 0, axis=0)
+    normalised = zscore_inside_mask(cropped, head)
     cropped_shape = (int(cropped.shape[1]), int(cropped.shape[2]), int(cropped.shape[3]))
     target_shape = shape_for_spacing(cropped_shape, spacing, target_spacing)
     resampled = resample_channels(normalised, target_shape, order=3)
     # Spline overshoot must not invent signal outside the head.
-    head = resample_channels(
-        np.any(cropped != 0, axis=0, keepdims=True).astype(np.float32), target_shape, order=1
-    )[0]
-    resampled[:, head < 0.5] = 0.0
+    head_resampled = resample_channels(head[None].astype(np.float32), target_shape, order=1)[0]
+    resampled[:, head_resampled < 0.5] = 0.0
     return PreprocessedCase(
         data=resampled,
         crop_box=box,

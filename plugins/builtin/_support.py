@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ValidationError
 
+from cerebrascan.atlas import SRI24_STRUCTURES
 from plugins.analyzer import AnalysisContext
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -83,3 +84,19 @@ def bounding_box(mask: npt.NDArray[np.bool_], margin: int = 0) -> tuple[slice, s
 def voxel_volume_ml(affine: npt.NDArray[Any]) -> float:
     """Volume of one voxel in mL from the affine's 3x3 part."""
     return float(abs(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3]))) / 1000.0
+
+
+def known_structure_names(field: str, value: list[str], *, allow_empty: bool) -> list[str]:
+    """Validate an option naming SRI24 structures; return it without duplicates, in order.
+
+    Raises:
+        ValueError: a name is not an SRI24 structure, or the list is empty when not allowed.
+    """
+    unknown = [name for name in value if name not in SRI24_STRUCTURES]
+    if unknown or (not value and not allow_empty):
+        qualifier = "" if allow_empty else "non-empty "
+        raise ValueError(
+            f"{field} must be a {qualifier}subset of {list(SRI24_STRUCTURES)}, got {value} "
+            f"(unknown: {unknown})"
+        )
+    return list(dict.fromkeys(value))

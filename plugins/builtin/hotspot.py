@@ -36,7 +36,13 @@ from scipy import ndimage
 from cerebrascan.atlas import SRI24_STRUCTURES
 from cerebrascan.atlas_registration import DEFAULT_MIN_BRAIN_DICE, DEFAULT_MIN_NCC
 from plugins.analyzer import AnalysisContext, Analyzer, Need
-from plugins.builtin._support import bounding_box, channel, parse_options, segmentation_of
+from plugins.builtin._support import (
+    bounding_box,
+    channel,
+    known_structure_names,
+    parse_options,
+    segmentation_of,
+)
 from plugins.builtin.nogo import map_atlas
 from plugins.hookspecs import hookimpl
 
@@ -84,13 +90,7 @@ class HotspotOptions(BaseModel):
     @field_validator("exclude_structures")
     @classmethod
     def _known_structures(cls, value: list[str]) -> list[str]:
-        unknown = [name for name in value if name not in SRI24_STRUCTURES]
-        if unknown:
-            raise ValueError(
-                f"exclude_structures must be a subset of {list(SRI24_STRUCTURES)}, got {value} "
-                f"(unknown: {unknown})"
-            )
-        return list(dict.fromkeys(value))
+        return known_structure_names("exclude_structures", value, allow_empty=True)
 
     @model_validator(mode="after")
     def _some_weight(self) -> HotspotOptions:

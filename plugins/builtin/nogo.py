@@ -52,6 +52,7 @@ from plugins.analyzer import AnalysisContext, Analyzer, Need
 from plugins.builtin._support import (
     bounding_box,
     channel,
+    known_structure_names,
     parse_options,
     segmentation_of,
     voxel_volume_ml,
@@ -119,13 +120,7 @@ class NoGoOptions(BaseModel):
     @field_validator("structures")
     @classmethod
     def _known_structures(cls, value: list[str]) -> list[str]:
-        unknown = [name for name in value if name not in SRI24_STRUCTURES]
-        if unknown or not value:
-            raise ValueError(
-                f"structures must be a non-empty subset of {list(SRI24_STRUCTURES)}, "
-                f"got {value} (unknown: {unknown})"
-            )
-        return list(dict.fromkeys(value))
+        return known_structure_names("structures", value, allow_empty=False)
 
     @model_validator(mode="after")
     def _ordered_thresholds(self) -> NoGoOptions:
