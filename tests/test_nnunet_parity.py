@@ -338,20 +338,31 @@ def test_parity_with_nnunet_predictor(imported, test_cases, kind, mirror, case) 
 
 @pytest.mark.slow
 def test_parity_against_unpatched_fp16_predictor(imported, test_cases) -> None:
-    """The stock predictor (fp16 logit accumulation): labels still agree.
+    """The stock predictor (fp16 logit accumulation): labels differ only where it is a near-tie.
 
-    Our probabilities come back as float16 (the API's storage type): 2.4e-4 of the max |dp|
-    measured in the fp32 parity tests is that rounding."""
+    nnU-Net's float16 accumulator moves probabilities by up to ~0.1, so a voxel whose two best
+    classes are closer than that can flip either way; Dice of a tiny ET region is no measure of
+    that (one flipped voxel of ~20 costs 0.05). Instead: every voxel where the labels disagree
+    must be such a near-tie in our fp32 probabilities, and disagreements must be rare."""
     source, folder = imported["labels"]
     image, spacing = test_cases["aniso_2p5x3x4"]
     ref_seg, ref_probs = _reference(source, image, spacing, False, fp32=False)
     spec, labels, probs = _ours(folder, image, spacing, False)
     max_diff = float(np.abs(probs - ref_probs).max())
-    dices = {lab: _dice(labels == lab, ref_seg == lab) for lab in spec.output_labels[1:]}
-    print(f"stock fp16 predictor: max|dp|={max_diff:.2e} dice={dices}")
-    assert min(dices.values()) >= DICE_MIN
-    # Measured 9.1e-2 (nnU-Net's float16 accumulator, not ours); labels agree regardless.
+    disagree = labels != ref_seg
+    top2 = np.sort(probs.astype(np.float32), axis=0)[-2:]
+    margin = (top2[1] - top2[0])[disagree]
+    foreground = int(((labels > 0) | (ref_seg > 0)).sum())
+    print(
+        f"stock fp16 predictor: max|dp|={max_diff:.2e} disagreeing={int(disagree.sum())}"
+        f"/{foreground} foreground voxels, widest margin there={margin.max(initial=0.0):.3f}"
+    )
+    assert foreground > 0, "empty segmentation: the comparison would be vacuous"
+    # Measured 7.4e-2 .. 9.1e-2 (nnU-Net's float16 accumulator, not ours).
     assert max_diff <= 0.15
+    # A flip needs the two probability vectors to cross: margin <= 2 * max|dp|.
+    assert float(margin.max(initial=0.0)) <= 2 * max_diff
+    assert disagree.sum() <= 0.01 * foreground
 
 
 def test_spec_records_nnunet_contract(imported) -> None:
