@@ -35,6 +35,7 @@ from schemas.model_spec import (
     ModelSpec,
     NnunetSource,
     Resampling,
+    TorchNetwork,
 )
 
 logger = logging.getLogger(__name__)
@@ -181,7 +182,12 @@ def _build(
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from cerebrascan.training.export import PARITY_TOLERANCE, export_verified_onnx
+    from cerebrascan.training.export import (
+        PARITY_TOLERANCE,
+        export_verified_onnx,
+        save_torch_weights,
+    )
+    from runners.torch_network import FoldMean
 
     plans = json.loads((source / "plans.json").read_text())
     dataset = json.loads((source / "dataset.json").read_text())
@@ -348,19 +354,6 @@ def _build(
         ),
     )
 
-    class FoldMean(torch.nn.Module):
-        """Mean of the folds' logits, as nnU-Net's predictor averages folds."""
-
-        def __init__(self, members: list[torch.nn.Module]) -> None:
-            super().__init__()
-            self.members = torch.nn.ModuleList(members)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            total = self.members[0](x)
-            for member in self.members[1:]:
-                total = total + member(x)
-            return total / len(self.members) if len(self.members) > 1 else total
-
     ensemble = FoldMean(networks).eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / "model.onnx"
@@ -369,6 +362,13 @@ def _build(
         raise NnunetImportError(
             f"exported ONNX differs from torch: shape {exported_shape}, max |Δ| {difference:.3g}"
         )
+    description = _torch_description(trainer_class, config, num_inputs, num_outputs, folds)
+    if description is not None:
+        example = torch.randn(1, num_inputs, *spec.patch_size)
+        save_torch_weights(networks, description, out_dir, example)
+        spec = spec.model_copy(update={"torch_network": description})
+    else:
+        logger.warning("trainer %s builds its own network: no torch engine for it", trainer_name)
     (out_dir / "model_spec.json").write_text(spec.model_dump_json(indent=2))
     metrics = {
         "training_data": f"nnU-Net {plans.get('dataset_name')}",
@@ -379,6 +379,33 @@ def _build(
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out_dir / "model_card.md").write_text(_model_card(spec, dataset))
     return ImportedModel(folder=out_dir, spec=spec, max_onnx_difference=difference)
+
+
+def _torch_description(
+    trainer_class: Any, config: Any, num_inputs: int, num_outputs: int, folds: list[str]
+) -> TorchNetwork | None:
+    """The torch-engine description of the folds' network, or None when it cannot be made.
+
+    Only for trainers that build the network from the plans as nnU-Net's own trainer does
+    (``get_network_from_plans``) and for nnU-Net's U-Net classes; a custom trainer's network is
+    served by ONNX Runtime / TensorRT only.
+    """
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    if trainer_class.build_network_architecture is not nnUNetTrainer.build_network_architecture:
+        return None
+    try:
+        return TorchNetwork(
+            class_path=config.network_arch_class_name,
+            kwargs=dict(config.network_arch_init_kwargs),
+            requires_import=list(config.network_arch_init_kwargs_req_import),
+            input_channels=num_inputs,
+            num_outputs=num_outputs,
+            weights=[f"fold_{fold}.safetensors" for fold in folds],
+        )
+    except ValueError as exc:
+        logger.warning("no torch engine for this network: %s", exc)
+        return None
 
 
 def _model_card(spec: ModelSpec, dataset: dict[str, Any]) -> str:

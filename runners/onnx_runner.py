@@ -1,24 +1,129 @@
-"""ONNX Runtime runner: the default, torch-free way to execute a segmentation network."""
+"""ONNX Runtime runner: the default, torch-free way to execute a segmentation network.
+
+Execution providers come from settings, in order of preference:
+
+- ``CPUExecutionProvider``: tiles are cut and accumulated in host memory (numpy).
+- ``CUDAExecutionProvider``: the volume is copied to the GPU once; tiles, flips and the
+  Gaussian accumulation stay there and the network is called through IO binding on the
+  tensors' addresses, so nothing returns to the host between tiles (needs torch for the device
+  arrays; without it the host path is used and a warning says so).
+- ``TensorrtExecutionProvider``: as CUDA, plus fp16 (``runner.precision``), an engine cache and a
+  timing cache keyed by network, precision, profile and ORT build (:mod:`runners.engine_cache`),
+  and one optimisation profile covering every tile batch the sliding window sends. An fp16
+  engine is checked against fp32 on a reference tile when built (:mod:`runners.precision_guard`)
+  and rebuilt in fp32 if they disagree.
+"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
 from cerebrascan.settings import RunnerSettings
+from runners.engine_cache import engine_cache_key, file_digest, tile_profile, timing_cache_key
+from runners.errors import RunnerConfigError
+from runners.precision_guard import PrecisionDecision, compare_precisions, reference_tile
 from runners.prediction import RunnerPrediction
 from runners.sliding_window import sigmoid, sliding_window_predict, softmax
 from schemas.model_spec import ModelSpec
 
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["OnnxSegmentationRunner", "RunnerConfigError", "provider_options"]
+
 logger = logging.getLogger(__name__)
 
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+TENSORRT = "TensorrtExecutionProvider"
 
-class RunnerConfigError(RuntimeError):
-    """The configured runner cannot be built on this machine (e.g. a missing provider)."""
+
+def _gpu_identity(device_id: int) -> tuple[str, str]:
+    """GPU name and compute capability for cache keys ('unknown' without torch/CUDA)."""
+    try:
+        import torch
+    except ImportError:
+        return "unknown", "unknown"
+    if not torch.cuda.is_available():
+        return "unknown", "unknown"
+    major, minor = torch.cuda.get_device_capability(device_id)
+    return torch.cuda.get_device_name(device_id), f"{major}.{minor}"
+
+
+def provider_options(
+    spec: ModelSpec,
+    settings: RunnerSettings,
+    *,
+    onnx_sha256: str,
+    engine_cache_dir: Path | None,
+    precision: str,
+    gpu: tuple[str, str] = ("unknown", "unknown"),
+) -> list[tuple[str, dict[str, Any]]]:
+    """ONNX Runtime ``providers`` argument for the configured execution providers.
+
+    Args:
+        spec: the network (input name, channels, patch, mirror axes for the profile).
+        settings: providers, device, tile batch size.
+        onnx_sha256: digest of the ONNX file (part of the engine cache key).
+        engine_cache_dir: root of the TensorRT engine and timing caches.
+        precision: ``fp32`` or ``fp16`` (TensorRT EP only).
+        gpu: GPU name and compute capability, for the cache key.
+
+    Raises:
+        RunnerConfigError: the TensorRT EP without a cache folder, or reduced precision asked of
+            a provider that cannot provide it.
+    """
+    device_id = int(settings.device.split(":")[1]) if ":" in settings.device else 0
+    if precision != "fp32" and (precision != "fp16" or TENSORRT not in settings.providers):
+        raise RunnerConfigError(
+            f"runner.precision={precision!r} with onnxruntime needs "
+            f"{TENSORRT} and fp16 (providers: {settings.providers}); use precision fp32, or "
+            "engine torch / tensorrt"
+        )
+    result: list[tuple[str, dict[str, Any]]] = []
+    for provider in settings.providers:
+        if provider == TENSORRT:
+            if engine_cache_dir is None:
+                raise RunnerConfigError(f"{TENSORRT} needs an engine cache folder")
+            profile = tile_profile(spec, settings.tile_batch_size)
+            key = engine_cache_key(
+                onnx_sha256=onnx_sha256,
+                precision=precision,
+                profile=profile,
+                gpu_name=gpu[0],
+                compute_capability=gpu[1],
+                backend="onnxruntime-trt-ep",
+                backend_version=ort.__version__,
+            )
+            timing = timing_cache_key(
+                gpu_name=gpu[0], compute_capability=gpu[1], backend_version=ort.__version__
+            )
+            result.append(
+                (
+                    provider,
+                    {
+                        "device_id": device_id,
+                        "trt_fp16_enable": precision == "fp16",
+                        "trt_engine_cache_enable": True,
+                        "trt_engine_cache_path": str(engine_cache_dir / "ort-trt" / key),
+                        "trt_timing_cache_enable": True,
+                        "trt_timing_cache_path": str(engine_cache_dir / "ort-trt-timing" / timing),
+                        "trt_profile_min_shapes": profile.ort_option(profile.min_batch),
+                        "trt_profile_opt_shapes": profile.ort_option(profile.opt_batch),
+                        "trt_profile_max_shapes": profile.ort_option(profile.max_batch),
+                    },
+                )
+            )
+        elif provider == "CUDAExecutionProvider":
+            result.append((provider, {"device_id": device_id}))
+        else:
+            result.append((provider, {}))
+    return result
 
 
 class OnnxSegmentationRunner:
@@ -27,16 +132,23 @@ class OnnxSegmentationRunner:
     Args:
         model_path: the ``.onnx`` file; its batch axis must be dynamic.
         spec: the network's preprocessing and output contract.
-        settings: providers, threads, tile batch size and step, mirror TTA default.
+        settings: providers, device, precision, threads, tile batch size and step.
+        engine_cache_dir: root of the TensorRT caches (required with the TensorRT EP).
 
     Raises:
         RunnerConfigError: a requested execution provider is not available in the installed
-            onnxruntime build.
+            onnxruntime build, or the precision cannot be provided.
     """
 
     name = "onnxruntime"
 
-    def __init__(self, model_path: Path, spec: ModelSpec, settings: RunnerSettings) -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        spec: ModelSpec,
+        settings: RunnerSettings,
+        engine_cache_dir: Path | None = None,
+    ) -> None:
         available = ort.get_available_providers()
         missing = [p for p in settings.providers if p not in available]
         if missing:
@@ -44,16 +156,81 @@ class OnnxSegmentationRunner:
                 f"execution provider(s) {missing} not available in this onnxruntime build "
                 f"(available: {available}); install onnxruntime-gpu or change runner.providers"
             )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = settings.intra_op_threads
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(
-            str(model_path), sess_options=options, providers=list(settings.providers)
-        )
+        self.model_path = model_path
         self.spec = spec
         self.settings = settings
+        self.engine_cache_dir = engine_cache_dir
+        self._digest = file_digest(model_path) if TENSORRT in settings.providers else ""
+        device_id = int(settings.device.split(":")[1]) if ":" in settings.device else 0
+        self._gpu = _gpu_identity(device_id) if TENSORRT in settings.providers else ("", "")
+        self.session = self._session(settings.precision)
+        self.decision = PrecisionDecision(settings.precision, settings.precision)
+        if settings.precision != "fp32":
+            self.decision = self._guard(settings.precision)
+            if self.decision.used == "fp32":
+                self.session = self._session("fp32")
+        self.precision = self.decision.used
         self.providers: list[str] = list(self.session.get_providers())
-        logger.info("ONNX Runtime session ready on %s", self.providers)
+        self._device = self._device_for_binding()
+        logger.info(
+            "ONNX Runtime session ready on %s, precision %s%s",
+            self.providers,
+            self.precision,
+            f" ({self.decision.note})" if self.decision.note else "",
+        )
+
+    def _session(self, precision: str) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.settings.intra_op_threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = provider_options(
+            self.spec,
+            self.settings,
+            onnx_sha256=self._digest,
+            engine_cache_dir=self.engine_cache_dir,
+            precision=precision,
+            gpu=self._gpu,
+        )
+        for _, opts in providers:
+            for key in ("trt_engine_cache_path", "trt_timing_cache_path"):
+                if key in opts:
+                    Path(opts[key]).mkdir(parents=True, exist_ok=True)
+        return ort.InferenceSession(str(self.model_path), sess_options=options, providers=providers)
+
+    def _guard(self, precision: str) -> PrecisionDecision:
+        """Compare the reduced-precision session with fp32 on the CPU on a reference tile."""
+        tile = reference_tile(self.spec)
+        reference_session = ort.InferenceSession(
+            str(self.model_path), providers=["CPUExecutionProvider"]
+        )
+        (reference,) = reference_session.run([self.spec.output_name], {self.spec.input_name: tile})
+        try:
+            candidate = self.predict_tiles(tile)
+        except (RuntimeError, ort.capi.onnxruntime_pybind11_state.Fail) as exc:
+            return PrecisionDecision(
+                precision, "fp32", note=f"{precision} engine failed: {exc}"[:300]
+            )
+        return compare_precisions(
+            np.asarray(reference, dtype=np.float32),
+            candidate,
+            self.spec,
+            requested=precision,
+            min_agreement=self.settings.precision_guard_min_agreement,
+            max_probability_difference=self.settings.precision_guard_max_probability_difference,
+        )
+
+    def _device_for_binding(self) -> torch.device | None:
+        """The CUDA device for the device-resident path, or None for the host path."""
+        if not self.providers or self.providers[0] not in GPU_PROVIDERS:
+            return None
+        try:
+            import torch
+        except ImportError:
+            logger.warning(
+                "torch is not installed: tiles go through host memory between network calls"
+            )
+            return None
+        return torch.device(self.settings.device if "cuda" in self.settings.device else "cuda")
 
     def predict_tiles(self, tiles: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Logits for a batch of tiles ``(B, C, *patch)``."""
@@ -61,6 +238,44 @@ class OnnxSegmentationRunner:
             [self.spec.output_name], {self.spec.input_name: tiles.astype(np.float32, copy=False)}
         )
         return np.asarray(logits, dtype=np.float32)
+
+    def predict_bound_tiles(self, batch: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch of tiles held in a torch tensor, through IO binding.
+
+        Input and output stay where ``batch`` lives (a CUDA device, or the CPU): ONNX Runtime
+        reads and writes the tensors' memory directly.
+        """
+        import torch
+
+        batch = batch.float().contiguous()
+        output = torch.empty(
+            (batch.shape[0], self.spec.num_outputs, *self.spec.patch_size),
+            dtype=torch.float32,
+            device=batch.device,
+        )
+        device_type = batch.device.type
+        device_id = batch.device.index or 0
+        binding = self.session.io_binding()
+        binding.bind_input(
+            name=self.spec.input_name,
+            device_type=device_type,
+            device_id=device_id,
+            element_type=np.float32,
+            shape=tuple(batch.shape),
+            buffer_ptr=batch.data_ptr(),
+        )
+        binding.bind_output(
+            name=self.spec.output_name,
+            device_type=device_type,
+            device_id=device_id,
+            element_type=np.float32,
+            shape=tuple(output.shape),
+            buffer_ptr=output.data_ptr(),
+        )
+        if device_type == "cuda":
+            torch.cuda.synchronize(batch.device)
+        self.session.run_with_iobinding(binding)
+        return output
 
     def predict_probabilities(
         self, volume: npt.NDArray[np.float32], *, mirror_tta: bool
@@ -81,7 +296,7 @@ class OnnxSegmentationRunner:
             volume: preprocessed ``(C, *spatial)`` float32.
             mirror_tta: average the network over every flip of ``spec.mirror_axes``.
             tta_disagreement: also return the per-voxel disagreement between the flips
-                (ignored without ``mirror_tta``).
+                (ignored without ``mirror_tta``; computed on the host path).
 
         Raises:
             ValueError: ``volume`` does not have one channel per modality of the network.
@@ -89,23 +304,38 @@ class OnnxSegmentationRunner:
         expected = len(self.spec.modalities)
         if volume.ndim != 4 or volume.shape[0] != expected:
             raise ValueError(f"volume must be ({expected}, x, y, z), got shape {volume.shape}")
-        output = sliding_window_predict(
-            volume,
-            self.predict_tiles,
-            patch_size=self.spec.patch_size,
-            num_classes=self.spec.num_outputs,
-            step=self.settings.tile_step,
-            batch_size=self.settings.tile_batch_size,
-            mirror_axes=self.spec.mirror_axes if mirror_tta else (),
-            return_disagreement=tta_disagreement and mirror_tta,
-        )
+        mirror_axes = self.spec.mirror_axes if mirror_tta else ()
+        disagreement = None
+        if self._device is not None and not (tta_disagreement and mirror_tta):
+            from runners.device_sliding_window import device_sliding_window_logits
+
+            logits = device_sliding_window_logits(
+                volume,
+                self.predict_bound_tiles,
+                device=self._device,
+                patch_size=self.spec.patch_size,
+                num_classes=self.spec.num_outputs,
+                step=self.settings.tile_step,
+                batch_size=self.settings.tile_batch_size,
+                mirror_axes=mirror_axes,
+            )
+        else:
+            output = sliding_window_predict(
+                volume,
+                self.predict_tiles,
+                patch_size=self.spec.patch_size,
+                num_classes=self.spec.num_outputs,
+                step=self.settings.tile_step,
+                batch_size=self.settings.tile_batch_size,
+                mirror_axes=mirror_axes,
+                return_disagreement=tta_disagreement and mirror_tta,
+            )
+            logits, disagreement = output.logits, output.disagreement
         probabilities = (
-            sigmoid(output.logits)
+            sigmoid(logits)
             if self.spec.output_kind == "sigmoid_regions"
-            else softmax(output.logits, axis=0)
+            else softmax(logits, axis=0)
         )
         return RunnerPrediction(
-            probabilities=probabilities,
-            tta_disagreement=output.disagreement,
-            logits=output.logits,
+            probabilities=probabilities, tta_disagreement=disagreement, logits=logits
         )

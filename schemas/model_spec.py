@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -71,6 +72,47 @@ class NnunetSource(BaseModel):
     """Folds are averaged inside the one ONNX graph, on logits, as nnU-Net's predictor does."""
 
 
+TORCH_IMPORTABLE_PREFIX = "torch.nn."
+"""Constructor arguments named in ``requires_import`` must be classes under this package."""
+WEIGHTS_FILE_PATTERN = r"^[A-Za-z0-9_\-]{1,64}\.safetensors$"
+
+
+class TorchNetwork(BaseModel):
+    """How to rebuild the network in PyTorch from its weights (the ``torch`` engine).
+
+    Mirrors nnU-Net's ``architecture`` entry of plans.json: a class, its constructor keyword
+    arguments, and which of those name a class to import (``conv_op``, ``norm_op``, ...).
+    Weights are safetensors files (no pickle), one per fold; fold logits are averaged.
+    """
+
+    model_config = {"extra": "forbid"}
+
+    class_path: Literal[
+        "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+        "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet",
+    ]
+    kwargs: dict[str, Any]
+    requires_import: list[str] = Field(default_factory=list)
+    input_channels: int = Field(ge=1)
+    num_outputs: int = Field(ge=1)
+    weights: list[str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> TorchNetwork:
+        for key in self.requires_import:
+            value = self.kwargs.get(key)
+            if value is not None and (
+                not isinstance(value, str) or not value.startswith(TORCH_IMPORTABLE_PREFIX)
+            ):
+                raise ValueError(
+                    f"kwargs[{key!r}] = {value!r} must name a class under {TORCH_IMPORTABLE_PREFIX}"
+                )
+        bad = [w for w in self.weights if not re.match(WEIGHTS_FILE_PATTERN, w)]
+        if bad:
+            raise ValueError(f"weights {bad} must be plain *.safetensors file names")
+        return self
+
+
 class ModelSpec(BaseModel):
     """Everything a runner needs to reproduce the training-time preprocessing of a network.
 
@@ -115,6 +157,8 @@ class ModelSpec(BaseModel):
     label_names: dict[str, int | list[int]] | None = None
     """Label (or region) names from nnU-Net's dataset.json, for the model card."""
     nnunet: NnunetSource | None = None
+    torch_network: TorchNetwork | None = None
+    """For the ``torch`` engine; models without it are served by ONNX Runtime/TensorRT only."""
 
     @property
     def num_outputs(self) -> int:

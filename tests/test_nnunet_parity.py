@@ -16,8 +16,8 @@ the stock fp16 predictor separately.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import functools
 import json
 import os
 import shutil
@@ -38,6 +38,7 @@ from cerebrascan.nnunet_import import (  # noqa: E402
 )
 from cerebrascan.segmentation import segment_study  # noqa: E402
 from cerebrascan.settings import RunnerSettings, Settings  # noqa: E402
+from cerebrascan.testing.nnunet_reference import fp32_accumulation  # noqa: E402
 from runners.onnx_runner import OnnxSegmentationRunner  # noqa: E402
 from schemas.model_spec import ModelSpec  # noqa: E402
 
@@ -241,10 +242,9 @@ def _reference(
     model: Path, image: np.ndarray, spacing: tuple[float, ...], mirror: bool, fp32: bool
 ):
     """nnUNetPredictor on the (x, y, z) image; results back in (x, y, z)."""
-    from nnunetv2.inference import predict_from_raw_data as pfr
-    from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    predictor = pfr.nnUNetPredictor(
+    predictor = nnUNetPredictor(
         tile_step_size=0.5,
         use_gaussian=True,
         use_mirroring=mirror,
@@ -255,29 +255,10 @@ def _reference(
         allow_tqdm=False,
     )
     predictor.initialize_from_trained_model_folder(str(model), use_folds=(0, 1))
-    patched = {}
-    if fp32:
-
-        class _Fp32Torch:
-            half = torch.float32
-
-            def __getattr__(self, name: str) -> Any:
-                return getattr(torch, name)
-
-        patched = {
-            "torch": _Fp32Torch(),
-            "compute_gaussian": functools.partial(compute_gaussian, dtype=torch.float32),
-        }
-    saved = {k: getattr(pfr, k) for k in patched}
-    try:
-        for k, v in patched.items():
-            setattr(pfr, k, v)
+    with fp32_accumulation() if fp32 else contextlib.nullcontext():
         seg, probs = predictor.predict_single_npy_array(
             image.transpose(0, 3, 2, 1).copy(), {"spacing": list(spacing[::-1])}, None, None, True
         )
-    finally:
-        for k, v in saved.items():
-            setattr(pfr, k, v)
     return np.asarray(seg).transpose(2, 1, 0), np.asarray(probs, dtype=np.float32).transpose(
         0, 3, 2, 1
     )
@@ -347,7 +328,7 @@ def test_parity_against_unpatched_fp16_predictor(imported, test_cases) -> None:
     source, folder = imported["labels"]
     image, spacing = test_cases["aniso_2p5x3x4"]
     ref_seg, ref_probs = _reference(source, image, spacing, False, fp32=False)
-    spec, labels, probs = _ours(folder, image, spacing, False)
+    _, labels, probs = _ours(folder, image, spacing, False)
     max_diff = float(np.abs(probs - ref_probs).max())
     disagree = labels != ref_seg
     top2 = np.sort(probs.astype(np.float32), axis=0)[-2:]
@@ -439,3 +420,76 @@ def test_channel_count_mismatch_with_matching_checkpoint(label_model: Path, tmp_
         torch.save(checkpoint, path)
     with pytest.raises(NnunetImportError, match="channels"):
         build_nnunet_model_folder(broken, tmp_path / "m")
+
+
+def _post_case(url: str, folder: Path, options: dict[str, Any]) -> dict[str, Any]:
+    import httpx
+
+    files = {
+        m: (f"{m}.nii.gz", (folder / f"{m}.nii.gz").read_bytes(), "application/gzip")
+        for m in MODALITIES
+    }
+    response = httpx.post(
+        f"{url}/analyze", files=files, data={"options": json.dumps(options)}, timeout=600
+    )
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_cli_import_is_served_by_analyze(label_model: Path, test_cases, tmp_path: Path) -> None:
+    """`cerebrascan import-nnunet` then a real `bentoml serve` of that registry version: the
+    label map that /analyze returns is nnUNetPredictor's (fp32) on the same image; the torch
+    engine, built from the same import, gives the same labels as ONNX Runtime."""
+    import gzip
+
+    import httpx
+    import nibabel as nib
+    from click.testing import CliRunner
+
+    from cerebrascan.analysis import AnalysisPipeline
+    from cerebrascan.cli import main
+    from cerebrascan.registry import resolve_model
+    from cerebrascan.testing.server_process import bentoml_server
+    from schemas.analysis import AnalyzeOptions
+    from tests.conftest import SESSION_DATA_DIR
+
+    name = "nnunet-served"
+    result = CliRunner().invoke(
+        main, ["import-nnunet", str(label_model), "--name", name, "--out", str(tmp_path / "m")]
+    )
+    assert result.exit_code == 0, result.output
+    image, spacing = test_cases["aniso_2p5x3x4"]
+    case = tmp_path / "case"
+    case.mkdir()
+    for index, modality in enumerate(MODALITIES):
+        _write_nifti(image[index], spacing, case / f"{modality}.nii.gz")
+    reference, _ = _reference(label_model, image, spacing, False, fp32=True)
+    env = {
+        "CEREBRASCAN_DATA_DIR": str(SESSION_DATA_DIR),
+        "CEREBRASCAN_MODEL_NAME": name,
+        "CEREBRASCAN_RUNNER__MIN_COMPONENT_ML": "0",
+    }
+    with bentoml_server(env, tmp_path / "serve.log") as server:
+        served = _post_case(server.url, case, {"mirror_tta": False})
+        download = httpx.get(f"{server.url}{served['segmentation_url']}", timeout=60)
+    assert served["model"]["name"] == name
+    assert served["model"]["runner"].startswith("onnxruntime")
+    assert served["model"]["precision"] == "fp32"
+    labels = np.asarray(
+        nib.Nifti1Image.from_bytes(gzip.decompress(download.content)).dataobj, np.uint8
+    )
+    assert labels.shape == reference.shape
+    dices = {lab: _dice(labels == lab, reference == lab) for lab in (1, 2, 3)}
+    assert any((reference == lab).any() for lab in (1, 2, 3)), "empty reference"
+    assert min(dices.values()) >= DICE_MIN, dices
+
+    settings = Settings(model_name=name, runner={"engine": "torch", "min_component_ml": 0})
+    pipeline = AnalysisPipeline(settings, resolve_model(settings))
+    files = {m: case / f"{m}.nii.gz" for m in MODALITIES}
+    answer = pipeline.analyze(files, AnalyzeOptions(mirror_tta=False))
+    assert answer.model.runner == "torch" and answer.model.precision == "fp32"
+    torch_labels = np.asarray(nib.load(pipeline.segmentation_path(answer.study_id)).dataobj)
+    agreement = float((torch_labels == labels).mean())
+    assert agreement >= 0.999, agreement

@@ -1,0 +1,305 @@
+"""CerebraScan's runner vs nnU-Net v2's ``nnUNetPredictor``: same weights, same case, one process.
+
+An nnU-Net v2 training folder is written with random weights (nnU-Net's own
+``build_network_architecture`` and checkpoint format) from ``benchmarks/data/
+nnunet_plans_template.json`` with the chosen architecture; it is imported with
+``cerebrascan.nnunet_import`` exactly as ``cerebrascan import-nnunet`` does, and both predict the
+same brain-sized case at 1 mm (nnU-Net's BraTS spacing: no resampling, so the network dominates).
+
+Timed: the whole per-case prediction — nnU-Net's ``predict_single_npy_array`` (preprocess,
+sliding window, export) vs CerebraScan's ``segment_study`` (preprocess, runner, postprocess) —
+median of ``--repeats`` after one warm-up. Agreement: fraction of voxels with the same label.
+
+Networks:
+    brats  nnU-Net's BraTS 3d_fullres PlainConvUNet (6 stages, 32-320 features, patch 128^3,
+           965 GFLOP per patch): the network of ../shared/bench (GPU).
+    small  5 stages, 16-256 features, patch 96^3: the same family, sized so a CPU run takes
+           minutes, not hours (a 128^3 patch of the BraTS net takes ~16-19 s on 2 cores).
+
+Usage:
+    python benchmarks/bench_nnunet.py --device cpu --network small
+    python benchmarks/bench_nnunet.py --device cuda --network brats --engines torch-fp16 \
+        torch-fp16-compile
+Prints a table; with ``--json PATH`` (or $OUT set) also writes the figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+logger = logging.getLogger("bench_nnunet")
+
+NETWORKS: dict[str, dict[str, Any]] = {
+    "brats": {"features": [32, 64, 128, 256, 320, 320], "patch": [128, 128, 128]},
+    "small": {"features": [16, 32, 64, 128, 256], "patch": [96, 96, 96]},
+}
+CASES = {"crop": (4, 140, 172, 140), "full": (4, 155, 240, 240), "tiny": (4, 112, 112, 104)}
+ENGINES = ("onnxruntime", "torch-fp32", "torch-fp16", "torch-fp16-compile", "torch-bf16")
+
+
+def _plans(network: str) -> dict[str, Any]:
+    template = json.loads((REPO / "benchmarks" / "data" / "nnunet_plans_template.json").read_text())
+    plans = copy.deepcopy(template)
+    config = plans["configurations"]["3d_fullres"]
+    shape = NETWORKS[network]
+    stages = len(shape["features"])
+    config["patch_size"] = shape["patch"]
+    config["spacing"] = [1.0, 1.0, 1.0]
+    config["architecture"]["arch_kwargs"].update(
+        n_stages=stages,
+        features_per_stage=shape["features"],
+        kernel_sizes=[[3, 3, 3]] * stages,
+        strides=[[1, 1, 1]] + [[2, 2, 2]] * (stages - 1),
+        n_conv_per_stage=[2] * stages,
+        n_conv_per_stage_decoder=[2] * (stages - 1),
+    )
+    return plans
+
+
+def write_nnunet_folder(root: Path, network: str) -> Path:
+    """An nnU-Net v2 results folder (plans, dataset, fold_0 checkpoint) with random weights."""
+    import torch
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    plans = _plans(network)
+    dataset = {
+        "channel_names": {"0": "T1", "1": "T1ce", "2": "T2", "3": "FLAIR"},
+        "labels": {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [1, 3], "ET": [3]},
+        "regions_class_order": [2, 1, 3],
+        "numTraining": 1,
+        "file_ending": ".nii.gz",
+    }
+    manager = PlansManager(plans)
+    config = manager.get_configuration("3d_fullres")
+    torch.manual_seed(0)
+    net = nnUNetTrainer.build_network_architecture(
+        manager, config, 4, 3, enable_deep_supervision=False
+    )
+    folder = root / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    (folder / "fold_0").mkdir(parents=True)
+    (folder / "plans.json").write_text(json.dumps(plans))
+    (folder / "dataset.json").write_text(json.dumps(dataset))
+    torch.save(
+        {
+            "network_weights": net.state_dict(),
+            "optimizer_state": None,
+            "grad_scaler_state": None,
+            "logging": {},
+            "_best_ema": None,
+            "current_epoch": 1,
+            "init_args": {
+                "plans": plans,
+                "configuration": "3d_fullres",
+                "fold": 0,
+                "dataset_json": dataset,
+                "device": torch.device("cpu"),
+            },
+            "trainer_name": "nnUNetTrainer",
+            "inference_allowed_mirroring_axes": (0, 1, 2),
+        },
+        folder / "fold_0" / "checkpoint_final.pth",
+    )
+    return folder
+
+
+def brain_case(shape: tuple[int, ...]) -> np.ndarray:
+    """Smooth noise inside an ellipsoidal 'head' (zero outside, as skull-stripped BraTS is)."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(0)
+    image = gaussian_filter(rng.standard_normal(shape), sigma=(0, 2, 2, 2)).astype(np.float32)
+    grid = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape[1:]], indexing="ij")
+    head = sum(g**2 for g in grid) < 0.95
+    image *= head
+    image[:, head] += np.linspace(1, 4, shape[0])[:, None]
+    return np.ascontiguousarray(image)
+
+
+def _timed(fn: Any, repeats: int, sync: Any, warmup: int) -> tuple[float, list[float], Any]:
+    result = None
+    for _ in range(warmup):
+        result = fn()
+        sync()
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        result = fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--network", choices=tuple(NETWORKS), default="small")
+    parser.add_argument("--case", choices=tuple(CASES), default="crop")
+    parser.add_argument("--tta", choices=("off", "on", "both"), default="both")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs first")
+    parser.add_argument("--tile-batch", type=int, default=0, help="0: 2 on CPU, 8 on CUDA")
+    parser.add_argument("--engines", nargs="+", choices=ENGINES, default=None)
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--fp32-reference",
+        action="store_true",
+        help="also compare with nnUNetPredictor accumulating in fp32 (untimed; nnU-Net's stock "
+        "fp16 accumulator flips near-tied voxels, many with random weights)",
+    )
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    from cerebrascan.imaging.study import Study
+    from cerebrascan.nnunet_import import build_nnunet_model_folder
+    from cerebrascan.segmentation import segment_study
+    from cerebrascan.settings import RunnerSettings
+    from cerebrascan.testing.nnunet_reference import fp32_accumulation
+    from runners.factory import build_runner
+    from schemas.model_spec import ModelSpec
+
+    engines = args.engines or (
+        ["onnxruntime"] if args.device == "cpu" else ["torch-fp16", "torch-fp16-compile"]
+    )
+    tile_batch = args.tile_batch or (2 if args.device == "cpu" else 8)
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
+    if args.device == "cuda":
+        torch.backends.cudnn.benchmark = True
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        source = write_nnunet_folder(root / "nnunet", args.network)
+        imported = build_nnunet_model_folder(source, root / "imported")
+        spec = ModelSpec.model_validate_json((imported.folder / "model_spec.json").read_text())
+        image = brain_case(CASES[args.case])
+        spacing = (1.0, 1.0, 1.0)
+        study = Study(images=image, affine=np.eye(4), modalities=tuple(spec.modalities))
+        for tta in {"off": [False], "on": [True], "both": [False, True]}[args.tta]:
+            predictor = nnUNetPredictor(
+                tile_step_size=0.5,
+                use_gaussian=True,
+                use_mirroring=tta,
+                perform_everything_on_device=args.device == "cuda",
+                device=device,
+                verbose=False,
+                verbose_preprocessing=False,
+                allow_tqdm=False,
+            )
+            predictor.initialize_from_trained_model_folder(str(source), use_folds=(0,))
+            nnunet_input = image.transpose(0, 3, 2, 1).copy()
+            reference_s, reference_all, reference_seg = _timed(
+                lambda p=predictor, x=nnunet_input: p.predict_single_npy_array(
+                    x, {"spacing": list(spacing[::-1])}, None, None, False
+                ),
+                args.repeats,
+                sync,
+                args.warmup,
+            )
+            reference_labels = np.asarray(reference_seg).transpose(2, 1, 0)
+            fp32_labels = None
+            if args.fp32_reference:
+                with fp32_accumulation():
+                    fp32_seg = predictor.predict_single_npy_array(
+                        nnunet_input, {"spacing": list(spacing[::-1])}, None, None, False
+                    )
+                fp32_labels = np.asarray(fp32_seg).transpose(2, 1, 0)
+            rows.append(
+                {
+                    "engine": "nnUNetPredictor",
+                    "tta": tta,
+                    "median_s": reference_s,
+                    "runs_s": reference_all,
+                    "speedup": 1.0,
+                    "agreement": 1.0,
+                }
+            )
+            del predictor
+            for engine in engines:
+                name, _, rest = engine.partition("-")
+                precision = rest.split("-")[0] if rest else "fp32"
+                settings = RunnerSettings(
+                    engine="onnxruntime" if name == "onnxruntime" else "torch",
+                    device=args.device if name == "torch" else "cpu",
+                    precision=precision,  # type: ignore[arg-type]
+                    torch_compile=engine.endswith("compile"),
+                    tile_batch_size=tile_batch,
+                    min_component_ml=0.0,
+                )
+                runner = build_runner(imported.folder, spec, settings, root / "engine-cache")
+                seconds, all_runs, result = _timed(
+                    lambda r=runner, t=tta: segment_study(study, r, mirror_tta=t),
+                    args.repeats,
+                    sync,
+                    args.warmup,
+                )
+                rows.append(
+                    {
+                        "engine": f"cerebrascan {engine} (batch {tile_batch})",
+                        "precision_used": runner.precision,
+                        "tta": tta,
+                        "median_s": seconds,
+                        "runs_s": all_runs,
+                        "speedup": reference_s / seconds,
+                        "agreement": float((result.labels == reference_labels).mean()),
+                        "agreement_fp32_reference": None
+                        if fp32_labels is None
+                        else float((result.labels == fp32_labels).mean()),
+                    }
+                )
+                del runner
+    device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else _cpu_name()
+    header = (
+        f"network {args.network} {NETWORKS[args.network]}, case {CASES[args.case]}, "
+        f"device {device_name}, torch {torch.__version__}"
+    )
+    print(header)
+    print(
+        f"{'engine':40s} {'tta':>5s} {'median s':>9s} {'speedup':>8s} {'agree':>8s} "
+        f"{'agree fp32 ref':>14s}"
+    )
+    for row in rows:
+        fp32 = row.get("agreement_fp32_reference")
+        print(
+            f"{row['engine']:40s} {row['tta']!s:>5s} {row['median_s']:9.3f} "
+            f"{row['speedup']:7.2f}x {row['agreement']:8.5f} "
+            f"{'' if fp32 is None else f'{fp32:.5f}':>14s}"
+        )
+    target = args.json
+    if target is None and "OUT" in os.environ:
+        target = Path(os.environ["OUT"]) / "bench_nnunet.json"
+    if target is not None:
+        target.write_text(json.dumps({"setup": header, "rows": rows}, indent=2))
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} x{os.cpu_count()}"
+    except OSError:
+        pass
+    return f"cpu x{os.cpu_count()}"
+
+
+if __name__ == "__main__":
+    main()
