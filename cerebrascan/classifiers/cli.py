@@ -1,0 +1,116 @@
+"""``cerebrascan classifiers ...``: the stages of the classifier pipeline (see ``dvc.yaml``)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+PARAMS_OPTION = click.option(
+    "--params",
+    "params_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=Path("params.yaml"),
+    show_default=True,
+)
+
+
+@click.group("classifiers")
+def classifiers() -> None:
+    """Tumour type / grade / IDH / MGMT classifiers on phantom cohorts (research use only)."""
+    logging.getLogger("radiomics").setLevel(logging.ERROR)
+
+
+@classifiers.command("cohort")
+@PARAMS_OPTION
+@click.option(
+    "--out", "out_dir", type=click.Path(path_type=Path), default=Path("data/classifiers/cohorts")
+)
+def cohort(params_path: Path, out_dir: Path) -> None:
+    """Truth records of the training, held-out and shifted cohorts."""
+    from cerebrascan.classifiers.pipeline import load_classifier_params, run_cohort_stage
+
+    run_cohort_stage(load_classifier_params(params_path), out_dir)
+
+
+@classifiers.command("features")
+@PARAMS_OPTION
+@click.option(
+    "--cohorts",
+    "cohort_dir",
+    type=click.Path(path_type=Path),
+    default=Path("data/classifiers/cohorts"),
+)
+@click.option(
+    "--out", "out_dir", type=click.Path(path_type=Path), default=Path("data/classifiers/features")
+)
+def features(params_path: Path, cohort_dir: Path, out_dir: Path) -> None:
+    """Render every case and extract its features on the ground-truth labels."""
+    from cerebrascan.classifiers.feature_stage import run_features_stage
+    from cerebrascan.classifiers.pipeline import load_classifier_params
+
+    run_features_stage(load_classifier_params(params_path).workers, cohort_dir, out_dir)
+
+
+@classifiers.command("train")
+@PARAMS_OPTION
+@click.option(
+    "--cohorts",
+    "cohort_dir",
+    type=click.Path(path_type=Path),
+    default=Path("data/classifiers/cohorts"),
+)
+@click.option(
+    "--features",
+    "features_dir",
+    type=click.Path(path_type=Path),
+    default=Path("data/classifiers/features"),
+)
+@click.option(
+    "--out", "out_dir", type=click.Path(path_type=Path), default=Path("models/classifiers")
+)
+def train(params_path: Path, cohort_dir: Path, features_dir: Path, out_dir: Path) -> None:
+    """Fit the four calibrated classifiers and their OOD detectors."""
+    from cerebrascan.classifiers.pipeline import load_classifier_params, run_train_stage
+
+    run_train_stage(load_classifier_params(params_path), cohort_dir, features_dir, out_dir)
+
+
+@classifiers.command("evaluate")
+@PARAMS_OPTION
+@click.option(
+    "--cohorts",
+    "cohort_dir",
+    type=click.Path(path_type=Path),
+    default=Path("data/classifiers/cohorts"),
+)
+@click.option(
+    "--features",
+    "features_dir",
+    type=click.Path(path_type=Path),
+    default=Path("data/classifiers/features"),
+)
+@click.option(
+    "--models", "models_dir", type=click.Path(path_type=Path), default=Path("models/classifiers")
+)
+def evaluate(params_path: Path, cohort_dir: Path, features_dir: Path, models_dir: Path) -> None:
+    """Held-out metrics, reliability plots, OOD rates and model cards."""
+    from cerebrascan.classifiers.pipeline import load_classifier_params, run_evaluate_stage
+
+    run_evaluate_stage(load_classifier_params(params_path), cohort_dir, features_dir, models_dir)
+
+
+@classifiers.command("register")
+@click.option(
+    "--models", "models_dir", type=click.Path(path_type=Path), default=Path("models/classifiers")
+)
+@click.option(
+    "--record", type=click.Path(path_type=Path), default=Path("data/classifiers/registered.json")
+)
+def register(models_dir: Path, record: Path) -> None:
+    """Register every classifier folder with alias ``champion``."""
+    from cerebrascan.classifiers.pipeline import run_register_stage
+
+    for task, version in run_register_stage(models_dir, record).items():
+        click.echo(f"{task}: version {version}")

@@ -1,0 +1,272 @@
+"""Classifier model folders: save, load safely, register in and resolve from MLflow (I/O).
+
+A folder (``models/classifiers/<task>/``) holds:
+
+* ``model.skops``: the calibrated scikit-learn classifier, saved with skops (no pickle);
+* ``ood.skops``: the out-of-distribution detector's scikit-learn transform;
+* ``spec.json``: task, classes, feature names, OOD numbers, versions, training data;
+* ``metrics.json`` and ``model_card.md`` (held-out metrics) and ``reliability.png``.
+
+Loading never unpickles: skops refuses every type not listed as trusted, and only
+scikit-learn and numpy types are trusted here (anything else is refused with its name).
+Registration follows :mod:`cerebrascan.registry`: MLflow client only, one registered model per
+task with alias ``champion``, the skops file's SHA-256 as a version tag checked after download.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+from cerebrascan.classifiers.models import OodDetector
+from cerebrascan.registry import client_for, ensure_experiment, sha256_of
+from cerebrascan.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILES: tuple[str, ...] = (
+    "model.skops",
+    "ood.skops",
+    "spec.json",
+    "metrics.json",
+    "model_card.md",
+)
+OPTIONAL_FILES: tuple[str, ...] = ("reliability.png",)
+LOAD_FILES: tuple[str, ...] = ("model.skops", "ood.skops", "spec.json")
+REGISTRATION_EXPERIMENT = "cerebrascan-classifiers"
+_TRUSTED_PREFIXES = ("sklearn.", "numpy.", "builtins.", "scipy.")
+_load_lock = threading.Lock()
+_loaded: dict[tuple[str | None, ...], LoadedClassifier] = {}
+
+
+class ClassifierNotAvailableError(RuntimeError):
+    """No registered version for the task, or its files are missing or unsafe."""
+
+
+@dataclass(frozen=True)
+class LoadedClassifier:
+    """A classifier ready to predict.
+
+    Attributes:
+        task: ``tumour_type``, ``grade``, ``idh`` or ``mgmt``.
+        name: registered model name.
+        version: registry version.
+        model: the calibrated classifier.
+        ood: the out-of-distribution detector.
+        spec: the parsed ``spec.json``.
+    """
+
+    task: str
+    name: str
+    version: str
+    model: Any
+    ood: OodDetector
+    spec: dict[str, Any]
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Input features of the classifier, in column order."""
+        return list(self.spec["feature_names"])
+
+    @property
+    def ood_feature_names(self) -> list[str]:
+        """Input features of the OOD detector, in column order."""
+        return list(self.spec["ood_feature_names"])
+
+    @property
+    def classes(self) -> list[Any]:
+        """Class labels in the order of ``predict_proba`` columns."""
+        return list(self.spec["classes"])
+
+
+def save_skops(obj: Any, path: Path) -> None:
+    """Save a scikit-learn object with skops."""
+    import skops.io as sio
+
+    sio.dump(obj, path)
+
+
+def load_skops(path: Path) -> Any:
+    """Load a skops file, trusting only scikit-learn / numpy / scipy types.
+
+    Raises:
+        ClassifierNotAvailableError: the file holds another type (named) or is unreadable.
+    """
+    import skops.io as sio
+
+    try:
+        untrusted = sio.get_untrusted_types(file=path)
+    except Exception as exc:  # skops raises several types for a corrupt file
+        raise ClassifierNotAvailableError(f"{path} is not a readable skops file: {exc}") from exc
+    refused = [name for name in untrusted if not name.startswith(_TRUSTED_PREFIXES)]
+    if refused:
+        raise ClassifierNotAvailableError(f"{path} holds types that are not trusted: {refused}")
+    return sio.load(path, trusted=untrusted)
+
+
+def load_folder(folder: Path, *, task: str, name: str, version: str) -> LoadedClassifier:
+    """Load a classifier folder.
+
+    Raises:
+        ClassifierNotAvailableError: a file is missing, unsafe or the spec is for another task.
+    """
+    missing = [f for f in LOAD_FILES if not (folder / f).is_file()]
+    if missing:
+        raise ClassifierNotAvailableError(f"classifier folder {folder} lacks {missing}")
+    spec = json.loads((folder / "spec.json").read_text())
+    if spec.get("task") != task:
+        raise ClassifierNotAvailableError(
+            f"{folder / 'spec.json'} is for task {spec.get('task')!r}, expected {task!r}"
+        )
+    ood_state = spec["ood"]
+    thresholds = [float(v) for v in ood_state["statistic_thresholds"]]
+    detector = OodDetector(
+        transform=load_skops(folder / "ood.skops"),
+        components=int(ood_state["components"]),
+        statistic_thresholds=(thresholds[0], thresholds[1], thresholds[2]),
+        threshold=float(ood_state["threshold"]),
+        quantile=float(ood_state["quantile"]),
+    )
+    return LoadedClassifier(
+        task=task,
+        name=name,
+        version=version,
+        model=load_skops(folder / "model.skops"),
+        ood=detector,
+        spec=spec,
+    )
+
+
+def register_folder(
+    settings: Settings, folder: Path, *, name: str, alias: str, run_id: str | None = None
+) -> str:
+    """Register a classifier folder as a new version of ``name`` and point ``alias`` at it.
+
+    Returns:
+        The new version number.
+
+    Raises:
+        ClassifierNotAvailableError: the folder lacks a file.
+    """
+    missing = [f for f in MODEL_FILES if not (folder / f).is_file()]
+    if missing:
+        raise ClassifierNotAvailableError(f"classifier folder {folder} lacks {missing}")
+    client = client_for(settings)
+    if run_id is not None:
+        try:
+            client.get_run(run_id)
+        except MlflowException:
+            logger.warning("run %s is not in this registry's store; using a new run", run_id)
+            run_id = None
+    if run_id is None:
+        experiment_id = ensure_experiment(client, REGISTRATION_EXPERIMENT, settings)
+        run_id = client.create_run(experiment_id, run_name=f"register-{name}").info.run_id
+        client.set_terminated(run_id)
+    for file_name in MODEL_FILES + OPTIONAL_FILES:
+        if (folder / file_name).is_file():
+            client.log_artifact(run_id, str(folder / file_name), artifact_path="model")
+    artifact_uri = client.get_run(run_id).info.artifact_uri
+    card = (folder / "model_card.md").read_text()
+    try:
+        client.create_registered_model(name, description=card)
+    except MlflowException as exc:
+        if "already exists" not in str(exc).lower() and exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    spec = json.loads((folder / "spec.json").read_text())
+    version = client.create_model_version(
+        name,
+        source=f"{artifact_uri}/model",
+        run_id=run_id,
+        tags={
+            "model_sha256": sha256_of(folder / "model.skops"),
+            "ood_sha256": sha256_of(folder / "ood.skops"),
+            "training_data": str(spec.get("training_data", "unknown")),
+            "task": str(spec.get("task")),
+        },
+        description=card[:5000],
+    )
+    client.set_registered_model_alias(name, alias, version.version)
+    logger.info("registered %s version %s with alias %s", name, version.version, alias)
+    return str(version.version)
+
+
+def ensure_bundled_classifiers(settings: Settings) -> dict[str, str]:
+    """Register each bundled classifier (``settings.classifiers.bundled_dir/<task>``) whose
+    ``name@alias`` is not in the registry yet; tasks without a bundled folder are skipped.
+
+    Returns:
+        Task -> the version its alias points to.
+    """
+    client = client_for(settings)
+    config = settings.classifiers
+    versions: dict[str, str] = {}
+    for task, name in config.model_names.items():
+        try:
+            versions[task] = str(client.get_model_version_by_alias(name, config.alias).version)
+            continue
+        except MlflowException:
+            pass
+        folder = config.bundled_dir / task
+        if not (folder / "model.skops").is_file():
+            logger.info("no bundled classifier for %s in %s", task, folder)
+            continue
+        versions[task] = register_folder(settings, folder, name=name, alias=config.alias)
+    return versions
+
+
+def resolve_classifier(settings: Settings, task: str) -> LoadedClassifier:
+    """Download ``<name>@<alias>`` of ``task`` once per version and load it (cached).
+
+    Raises:
+        ClassifierNotAvailableError: no such alias, a checksum mismatch or unsafe files.
+    """
+    config = settings.classifiers
+    if task not in config.model_names:
+        raise ClassifierNotAvailableError(f"no model name configured for task {task!r}")
+    name = config.model_names[task]
+    client = client_for(settings)
+    try:
+        version = client.get_model_version_by_alias(name, config.alias)
+    except MlflowException as exc:
+        raise ClassifierNotAvailableError(
+            f"model not installed: registry has no {name}@{config.alias} (run `cerebrascan "
+            "registry ensure-default`)"
+        ) from exc
+    key = (settings.tracking_uri, name, str(version.version), version.tags.get("model_sha256"))
+    with _load_lock:
+        if key in _loaded:
+            return _loaded[key]
+        folder = settings.model_cache_dir / name / str(version.version)
+        expected = version.tags.get("model_sha256")
+        if not (folder / "model.skops").is_file() or sha256_of(folder / "model.skops") != expected:
+            if folder.exists():
+                shutil.rmtree(folder)
+            staging = folder.with_name(folder.name + ".partial")
+            if staging.exists():
+                shutil.rmtree(staging)
+            staging.mkdir(parents=True)
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=version.source,
+                dst_path=str(staging),
+                tracking_uri=settings.tracking_uri,
+            )
+            downloaded = staging / "model" if (staging / "model").is_dir() else staging
+            downloaded.rename(folder)
+            shutil.rmtree(staging, ignore_errors=True)
+        for file_name, tag in (("model.skops", "model_sha256"), ("ood.skops", "ood_sha256")):
+            if sha256_of(folder / file_name) != version.tags.get(tag):
+                raise ClassifierNotAvailableError(
+                    f"{name} version {version.version}: {file_name} checksum differs from the "
+                    "registry tag"
+                )
+        loaded = load_folder(folder, task=task, name=name, version=str(version.version))
+        _loaded[key] = loaded
+        return loaded

@@ -1,0 +1,165 @@
+"""The ``classification`` and ``radiogenomics`` analyzers through the plugin host, on rendered
+phantoms, with the bundled classifiers registered in a real MLflow sqlite registry."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cerebrascan.classifiers import serving, store
+from cerebrascan.classifiers.store import ensure_bundled_classifiers
+from cerebrascan.phantoms import PhantomCase, PhantomParams, generate_case
+from cerebrascan.phantoms.contrasts import MODALITIES
+from cerebrascan.settings import PluginSettings, Settings
+from plugins.host import AnalyzerHost
+from plugins.testing import MemoryArtefactSink, study_inputs
+from schemas.analyzers import AnalyzerOutcome
+
+PLUGINS = ("plugins.builtin.classification", "plugins.builtin.radiogenomics")
+#: The phantoms lie on the SRI24 grid: the atlas by voxel index, as the training features.
+NO_REGISTRATION = {"registration": "never"}
+
+
+@functools.lru_cache(maxsize=4)
+def typed(tumour_type: str, seed: int) -> PhantomCase:
+    """A rendered case of one type (session cache)."""
+    return generate_case(seed, f"ANALYZER-{tumour_type}", PhantomParams(tumour_type=tumour_type))
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """CEREBRASCAN_DATA_DIR pointing at a registry holding the bundled classifiers."""
+    data_dir = tmp_path_factory.mktemp("analyzer-registry")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CEREBRASCAN_DATA_DIR", str(data_dir))
+        ensure_bundled_classifiers(Settings())
+        yield data_dir
+    store._loaded.clear()
+    serving.clear_cache()
+
+
+def run(
+    case: PhantomCase, segmentation: np.ndarray | None = None, age: float | None = None
+) -> dict[str, AnalyzerOutcome]:
+    """Both analyzers on a case (the truth labels stand in for the predicted segmentation)."""
+    host = AnalyzerHost(PluginSettings(entry_points=False), builtin_plugins=PLUGINS)
+    images = np.stack([case.images[m] for m in MODALITIES]).astype(np.float32)
+    options = {**NO_REGISTRATION, **({} if age is None else {"patient_age_years": age})}
+    inputs = study_inputs(
+        case.segmentation if segmentation is None else segmentation,
+        affine=case.affine,
+        images=images,
+        study_id=f"{abs(hash(case.case_id)) % 10**12:032d}",
+    )
+    return host.run(
+        inputs,
+        artefacts=MemoryArtefactSink(),
+        options={"classification": options, "radiogenomics": options},
+    )
+
+
+def test_both_analyzers_are_listed_with_schemas() -> None:
+    host = AnalyzerHost(PluginSettings(entry_points=False), builtin_plugins=PLUGINS)
+    listing = {a.name: a for p in host.listing().plugins for a in p.analyzers}
+    assert set(listing) == {"classification", "radiogenomics"}
+    assert "predictions" in listing["classification"].result_schema["properties"]
+    assert "patient_age_years" in listing["radiogenomics"].options_schema["properties"]
+
+
+@pytest.mark.slow
+def test_glioma_gets_type_grade_idh_and_mgmt(registry: Path) -> None:
+    outcomes = run(typed("glioma", 31), age=45.0)
+    classification = outcomes["classification"]
+    assert classification.status == "ok", classification.error
+    result = classification.result
+    assert "Research use only" in result["research_use_only"]
+    assert result["age_given"] is True
+    by_task = {p["task"]: p for p in result["predictions"]}
+    assert set(by_task) == {"tumour_type", "grade"}
+    for prediction in by_task.values():
+        assert prediction["assessable"], prediction["reason"]
+        assert abs(sum(prediction["probabilities"].values()) - 1.0) < 1e-3
+        assert prediction["confidence"] == prediction["probabilities"][prediction["label"]]
+        assert prediction["top_features"] and prediction["model_version"]
+        assert prediction["ood_score"] <= prediction["ood_threshold"]
+    assert by_task["tumour_type"]["label"] == "glioma"
+    assert set(result["model_versions"]) == {
+        "cerebrascan-tumour-type",
+        "cerebrascan-grade",
+    }
+    genomics = outcomes["radiogenomics"]
+    assert genomics.status == "ok", genomics.error
+    tasks = {p["task"]: p for p in genomics.result["predictions"]}
+    assert set(tasks) == {"idh", "mgmt"}
+    assert tasks["idh"]["label"] in ("idh_mutant", "idh_wildtype")
+    assert "Research use only" in genomics.result["research_use_only"]
+
+
+@pytest.mark.slow
+def test_a_meningioma_is_typed_and_gets_no_idh(registry: Path) -> None:
+    case = typed("meningioma", 36)
+    # a typical one: solid, dural based (held-out meningiomas: F1 1.0; atypical, patchy ones can
+    # be taken for gliomas)
+    assert case.truth["diagnosis"]["phenotype"] == "solid"
+    assert case.truth["params"]["placement"]["intra_axial"] is False
+    outcomes = run(case, age=55.0)
+    result = outcomes["classification"].result
+    tumour_type = next(p for p in result["predictions"] if p["task"] == "tumour_type")
+    assert tumour_type["assessable"], tumour_type["reason"]
+    assert tumour_type["label"] == "meningioma"
+    genomics = outcomes["radiogenomics"].result
+    assert genomics["assessable"] is False
+    assert "apply to gliomas" in genomics["reason"]
+    assert all(p["label"] is None for p in genomics["predictions"])
+
+
+@pytest.mark.slow
+def test_an_implausible_case_is_out_of_distribution_not_labelled(registry: Path) -> None:
+    case = typed("glioma", 31)
+    images = {m: np.array(case.images[m]) for m in MODALITIES}
+    tumour = case.segmentation > 0
+    images["t1c"][tumour] *= 6.0  # an enhancement no training case had
+    implausible = PhantomCase(
+        case.case_id + "-X", images, case.segmentation, case.affine, dict(case.truth)
+    )
+    result = run(implausible)["classification"].result
+    for prediction in result["predictions"]:
+        assert not prediction["assessable"]
+        assert prediction["label"] is None and prediction["probabilities"] == {}
+        assert "outside the training distribution" in prediction["reason"]
+        assert prediction["ood_score"] > prediction["ood_threshold"]
+
+
+def test_empty_and_tiny_tumours_are_not_assessable_not_errors(registry: Path) -> None:
+    case = typed("meningioma", 34)
+    empty = np.zeros_like(case.segmentation)
+    outcome = run(case, empty)["classification"]
+    assert outcome.status == "ok", outcome.error
+    assert outcome.result["assessable"] is False
+    assert "too small" in outcome.result["reason"]
+    tiny = empty.copy()
+    tiny[100:104, 100:104, 60:64] = 3  # 0.064 mL
+    outcomes = run(case, tiny)
+    assert outcomes["classification"].result["assessable"] is False
+    assert outcomes["radiogenomics"].status == "ok"
+    assert outcomes["radiogenomics"].result["assessable"] is False
+
+
+def test_no_model_in_the_registry_is_not_assessable(tmp_path: Path) -> None:
+    case = typed("meningioma", 34)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CEREBRASCAN_DATA_DIR", str(tmp_path))
+        outcome = run(case)["classification"]
+    assert outcome.status == "ok", outcome.error
+    assert outcome.result["assessable"] is False
+    assert "model not installed" in outcome.result["reason"]
+
+
+def test_bad_options_are_refused_with_the_field_named() -> None:
+    host = AnalyzerHost(PluginSettings(entry_points=False), builtin_plugins=PLUGINS)
+    with pytest.raises(ValueError, match="patient_age_years"):
+        host.validate_options({"classification": {"patient_age_years": -3}})

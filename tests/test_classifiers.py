@@ -1,0 +1,190 @@
+"""The tumour classifiers: features, the OOD detector, safe loading, the committed models and
+their held-out metrics, and registration in a real MLflow sqlite registry."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cerebrascan.classifiers.cohort import TASKS
+from cerebrascan.classifiers.features import case_features, radiomics_features
+from cerebrascan.classifiers.models import build_classifier, feature_matrix, fit_ood_detector
+from cerebrascan.classifiers.pipeline import classification_metrics
+from cerebrascan.classifiers.serving import assess
+from cerebrascan.classifiers.store import (
+    ClassifierNotAvailableError,
+    ensure_bundled_classifiers,
+    load_folder,
+    load_skops,
+    resolve_classifier,
+    save_skops,
+)
+from cerebrascan.settings import Settings
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models" / "classifiers"
+
+
+@pytest.fixture(scope="session")
+def bundled() -> dict[str, object]:
+    """The committed classifiers, loaded from their folders."""
+    return {
+        task: load_folder(MODELS_DIR / task, task=task, name=task, version="bundled")
+        for task in TASKS
+    }
+
+
+def test_ood_detector_flags_shifted_rows_and_keeps_in_distribution_ones() -> None:
+    rng = np.random.default_rng(0)
+    mixing = rng.normal(size=(6, 30))
+    train = rng.normal(size=(300, 6)) @ mixing + 0.1 * rng.normal(size=(300, 30))
+    held_out = rng.normal(size=(200, 6)) @ mixing + 0.1 * rng.normal(size=(200, 30))
+    shifted = held_out.copy()
+    shifted[:, :10] += 3.0 * train[:, :10].std(axis=0)  # a correlation the training never saw
+    detector = fit_ood_detector(train, variance=0.9, quantile=0.95, seed=0)
+    assert np.mean(detector.scores(held_out) > detector.threshold) <= 0.12
+    assert np.mean(detector.scores(shifted) > detector.threshold) >= 0.9
+    with_nan = held_out[:5].copy()
+    with_nan[:, 3] = np.nan
+    assert np.isfinite(detector.scores(with_nan)).all()
+
+
+def test_skops_loader_refuses_untrusted_types(tmp_path: Path) -> None:
+    path = tmp_path / "model.skops"
+    save_skops({"a": np.arange(3)}, path)
+    assert load_skops(path)["a"].tolist() == [0, 1, 2]
+    save_skops(Path("x"), path)  # a pathlib object: not a scikit-learn/numpy type
+    with pytest.raises(ClassifierNotAvailableError, match="not trusted"):
+        load_skops(path)
+    path.write_bytes(b"not a zip file")
+    with pytest.raises(ClassifierNotAvailableError, match="not a readable skops file"):
+        load_skops(path)
+
+
+def test_metrics_of_perfect_and_uninformative_predictions() -> None:
+    classes = ["a", "b", "c"]
+    labels = ["a", "b", "c", "a", "b", "c"]
+    perfect = np.eye(3)[[0, 1, 2, 0, 1, 2]]
+    metrics = classification_metrics(classes, labels, perfect)
+    assert metrics["accuracy"] == metrics["macro_f1"] == metrics["roc_auc"] == 1.0
+    assert metrics["brier"] == 0.0
+    flat = np.full((6, 3), 1 / 3)
+    assert classification_metrics(classes, labels, flat)["roc_auc"] == 0.5
+    binary = classification_metrics(
+        ["n", "p"], ["n", "p", "p"], np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    )
+    assert binary["roc_auc"] == 1.0
+    assert math.isclose(binary["brier"], (0.01 + 0.04 + 0.36) / 3)
+
+
+def test_classifier_explanations_point_at_the_informative_feature() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(200, 5))
+    y = np.where(x[:, 2] > 0, "pos", "neg")
+    model = build_classifier(1.0, 0).fit(x, y)
+    from cerebrascan.classifiers.models import OodDetector, contributions
+
+    parts = contributions(model, x[:1], 5)
+    assert parts.shape == (1, 5)
+    assert int(np.argmax(np.abs(parts[0]))) == 2
+    detector = fit_ood_detector(x, variance=0.9, quantile=0.95, seed=0)
+    assert isinstance(detector, OodDetector)
+
+
+def test_features_of_an_empty_segmentation_raise_a_named_error() -> None:
+    images = {m: np.ones((8, 8, 8), np.float32) for m in ("t1n", "t1c", "t2w", "t2f")}
+    with pytest.raises(ValueError, match="no tumour voxel"):
+        radiomics_features(images, np.zeros((8, 8, 8), np.uint8), np.eye(4), images["t1n"] > 0)
+    with pytest.raises(ValueError, match="lack modalities"):
+        radiomics_features(
+            {"t1n": images["t1n"]}, np.ones((8, 8, 8), np.uint8), np.eye(4), images["t1n"] > 0
+        )
+
+
+def test_committed_models_load_safely_and_meet_the_held_out_targets(bundled: dict) -> None:
+    metrics = {task: json.loads((MODELS_DIR / task / "metrics.json").read_text()) for task in TASKS}
+    assert metrics["tumour_type"]["macro_f1"] >= 0.85
+    assert metrics["grade"]["roc_auc"] >= 0.85
+    assert metrics["idh"]["roc_auc"] >= 0.80
+    assert 0.0 <= metrics["mgmt"]["roc_auc"] <= 1.0
+    for task in TASKS:
+        # the OOD check keeps held-out phantoms; how much of the shifted cohorts it flags is
+        # measured and written in the card (below the 90 % target: see docs/classifiers.md)
+        assert metrics[task]["ood_flagged_in_distribution"] <= 0.10
+        assert 0.0 <= metrics[task]["ood_flagged_shifted"] <= 1.0
+    for task in TASKS:
+        card = (MODELS_DIR / task / "model_card.md").read_text()
+        assert "Research use only" in card and "phantoms" in card
+        assert f"{metrics[task]['roc_auc']:.3f}" in card
+        assert f"{metrics[task]['ood_flagged_shifted']:.1%}" in card
+        loaded = bundled[task]
+        assert loaded.spec["task"] == task
+        assert len(loaded.feature_names) == loaded.model.n_features_in_
+
+
+@pytest.fixture(scope="module")
+def registry_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """A fresh sqlite registry holding the bundled classifiers."""
+    data_dir = tmp_path_factory.mktemp("classifier-registry")
+    settings = Settings(data_dir=data_dir)
+    yield settings
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_bundled_classifiers_register_resolve_and_check_their_checksum(
+    registry_settings: Settings, bundled: dict
+) -> None:
+    versions = ensure_bundled_classifiers(registry_settings)
+    assert set(versions) == set(TASKS)
+    assert ensure_bundled_classifiers(registry_settings) == versions  # idempotent
+    loaded = resolve_classifier(registry_settings, "tumour_type")
+    assert loaded.version == versions["tumour_type"]
+    assert loaded.name == registry_settings.classifiers.model_names["tumour_type"]
+    row = feature_matrix([{}], loaded.feature_names)
+    assert row.shape == (1, len(loaded.feature_names))
+    # a tampered download is refused
+    name = registry_settings.classifiers.model_names["idh"]
+    cached = registry_settings.model_cache_dir / name / versions["idh"]
+    resolve_classifier(registry_settings, "idh")
+    (cached / "ood.skops").write_bytes((cached / "ood.skops").read_bytes() + b"x")
+    from cerebrascan.classifiers import store
+
+    store._loaded.clear()
+    with pytest.raises(ClassifierNotAvailableError, match="checksum"):
+        resolve_classifier(registry_settings, "idh")
+    empty = Settings(data_dir=registry_settings.data_dir / "empty")
+    with pytest.raises(ClassifierNotAvailableError, match="model not installed"):
+        resolve_classifier(empty, "grade")
+
+
+def test_an_out_of_distribution_vector_gets_no_label(bundled: dict) -> None:
+    loaded = bundled["tumour_type"]
+    weird = {name: 1e6 for name in loaded.feature_names}
+    answer = assess(loaded, weird, threshold_scale=1.0, top_features=3)
+    assert not answer.assessable and answer.label is None and answer.probabilities == {}
+    assert "outside the training distribution" in (answer.reason or "")
+
+
+@pytest.mark.slow
+def test_a_rendered_glioma_is_assessed_with_probabilities_and_reasons(bundled: dict) -> None:
+    from cerebrascan.atlas_registration import structure_atlas_for
+    from cerebrascan.phantoms import PhantomParams, generate_case
+
+    case = generate_case(21, "GLIOMA", PhantomParams(tumour_type="glioma"))
+    atlas = structure_atlas_for(case.images["t1n"], case.affine, mode="never").atlas
+    features = case_features(case.images, case.segmentation, case.affine, atlas, 60.0)
+    assert features["age_years"] == 60.0
+    assert 0.0 <= features["location_infratentorial_fraction"] <= 1.0
+    answer = assess(bundled["tumour_type"], features, threshold_scale=1.0, top_features=4)
+    assert answer.assessable, answer.reason
+    assert math.isclose(sum(answer.probabilities.values()), 1.0, abs_tol=1e-3)
+    assert answer.label == max(answer.probabilities, key=answer.probabilities.get)
+    assert answer.confidence == answer.probabilities[answer.label]
+    assert len(answer.top_features) == 4
+    contributions = [c for _, _, c in answer.top_features]
+    assert contributions == sorted(contributions, reverse=True)
