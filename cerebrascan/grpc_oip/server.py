@@ -1,0 +1,233 @@
+"""The gRPC server of the Open Inference Protocol, sharing the front service's pipeline.
+
+Implements ServerLive, ServerReady, ServerMetadata, ModelReady, ModelMetadata and ModelInfer of
+``inference.GRPCInferenceService`` (the stubs generated in ``tritonclient.grpc``); the other
+methods answer UNIMPLEMENTED. A ``ModelInfer`` writes the four channels as NIfTI files in a
+private temporary folder and runs the same :meth:`AnalysisPipeline.analyze` as ``POST
+/analyze``, so every validation, analyzer and the study store are shared; the label map comes
+back from the study store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import functools
+import logging
+import tempfile
+from collections.abc import Callable
+from concurrent import futures
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio.to_thread
+import grpc
+import nibabel as nib
+import numpy as np
+from pydantic import ValidationError
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+from typing_extensions import override
+
+from cerebrascan.errors import InputError
+from cerebrascan.grpc_oip.tensors import (
+    FINDINGS_OUTPUT,
+    INPUT_NAME,
+    SEGMENTATION_OUTPUT,
+    OipRequestError,
+    decode_infer_request,
+    serialize_bytes_elements,
+)
+from cerebrascan.settings import Settings
+from schemas.analysis import AnalyzeOptions
+
+if TYPE_CHECKING:
+    from cerebrascan.analysis import AnalysisPipeline
+
+logger = logging.getLogger(__name__)
+
+PipelineGetter = Callable[[], "AnalysisPipeline | None"]
+
+
+class OipServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    """OIP methods over one :class:`AnalysisPipeline`.
+
+    Args:
+        pipeline: returns the pipeline in service (None while it is loading).
+        model_name: the name clients use for the segmentation model.
+        loop: the BentoML service's event loop, when there is one: studies then run in its
+            AnyIO worker threads, where BentoML's dependency clients (the runner service) work.
+    """
+
+    def __init__(
+        self,
+        pipeline: PipelineGetter,
+        model_name: str,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.model_name = model_name
+        self.loop = loop
+
+    def _in_service_thread(self, function: Callable[..., Any], *args: Any) -> Any:
+        """``function(*args)`` in an AnyIO worker thread of the service's loop (if any)."""
+        if self.loop is None:
+            return function(*args)
+        call = functools.partial(anyio.to_thread.run_sync, functools.partial(function, *args))
+        return asyncio.run_coroutine_threadsafe(call(), self.loop).result()
+
+    @override
+    def ServerLive(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return service_pb2.ServerLiveResponse(live=True)
+
+    @override
+    def ServerReady(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return service_pb2.ServerReadyResponse(ready=self.pipeline() is not None)
+
+    @override
+    def ServerMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
+        from cerebrascan import __version__
+
+        return service_pb2.ServerMetadataResponse(
+            name="cerebrascan", version=str(__version__), extensions=[]
+        )
+
+    @override
+    def ModelReady(self, request: Any, context: grpc.ServicerContext) -> Any:
+        pipeline = self.pipeline()
+        ready = (
+            pipeline is not None
+            and request.name == self.model_name
+            and request.version in ("", pipeline.model.version)
+        )
+        return service_pb2.ModelReadyResponse(ready=ready)
+
+    @override
+    def ModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
+        pipeline = self._pipeline_for(request.name, request.version, context)
+        channels = len(pipeline.model.spec.modalities)
+        tensor = service_pb2.ModelMetadataResponse.TensorMetadata
+        return service_pb2.ModelMetadataResponse(
+            name=self.model_name,
+            versions=[pipeline.model.version],
+            platform=f"cerebrascan_{pipeline.runner.name}",
+            inputs=[tensor(name=INPUT_NAME, datatype="FP32", shape=[1, channels, -1, -1, -1])],
+            outputs=[
+                tensor(name=SEGMENTATION_OUTPUT, datatype="UINT8", shape=[1, -1, -1, -1]),
+                tensor(name=FINDINGS_OUTPUT, datatype="BYTES", shape=[1]),
+            ],
+        )
+
+    @override
+    def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:
+        pipeline = self._pipeline_for(request.model_name, request.model_version, context)
+        spec = pipeline.model.spec
+        try:
+            decoded = decode_infer_request(request, len(spec.modalities))
+            options = AnalyzeOptions.model_validate(decoded.options)
+        except OipRequestError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except ValidationError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"parameter 'options': {exc}")
+        try:
+            with tempfile.TemporaryDirectory(prefix="cerebrascan-oip-") as folder:
+                files = {}
+                for channel, modality in enumerate(spec.modalities):
+                    path = Path(folder) / f"{modality}.nii"
+                    nib.save(nib.Nifti1Image(decoded.images[channel], decoded.affine), path)
+                    files[modality] = path
+                response = self._in_service_thread(pipeline.analyze, files, options)
+        except InputError as exc:
+            code = (
+                grpc.StatusCode.NOT_FOUND
+                if exc.status_code == 404
+                else grpc.StatusCode.RESOURCE_EXHAUSTED
+                if exc.status_code == 413
+                else grpc.StatusCode.INVALID_ARGUMENT
+            )
+            context.abort(code, str(exc))
+        outputs = []
+        raw_outputs = []
+        output_tensor = service_pb2.ModelInferResponse.InferOutputTensor
+        for name in decoded.outputs:
+            if name == SEGMENTATION_OUTPUT:
+                stored = nib.load(pipeline.segmentation_path(response.study_id))
+                labels = np.asarray(stored.dataobj, dtype=np.uint8)
+                outputs.append(output_tensor(name=name, datatype="UINT8", shape=[1, *labels.shape]))
+                raw_outputs.append(np.ascontiguousarray(labels).tobytes())
+            else:
+                findings = response.model_dump_json().encode()
+                outputs.append(output_tensor(name=name, datatype="BYTES", shape=[1]))
+                raw_outputs.append(serialize_bytes_elements([findings]))
+        return service_pb2.ModelInferResponse(
+            model_name=self.model_name,
+            model_version=response.model.version,
+            id=request.id,
+            outputs=outputs,
+            raw_output_contents=raw_outputs,
+        )
+
+    def _pipeline_for(
+        self, name: str, version: str, context: grpc.ServicerContext
+    ) -> AnalysisPipeline:
+        """The pipeline, if ``name``/``version`` is the served model (else the call aborts)."""
+        pipeline = self.pipeline()
+        if pipeline is None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the model is still loading")
+        if name != self.model_name:
+            context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"unknown model {name!r}; this server serves {self.model_name!r}",
+            )
+        if version not in ("", pipeline.model.version):
+            context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"model {name!r} version {version!r} is not served "
+                f"(serving version {pipeline.model.version})",
+            )
+        return pipeline
+
+
+def start_oip_server(settings: Settings, pipeline: PipelineGetter) -> grpc.Server | None:
+    """Start the OIP gRPC server on ``settings.grpc.port`` in its own threads.
+
+    Several workers of the front service may share the port (SO_REUSEPORT, gRPC's default on
+    Linux). Port 0 disables the server. Called from the service's ``__init__`` (inside its
+    event loop), studies run in that loop's worker threads, as HTTP requests do.
+
+    Returns:
+        The started server (stopped at interpreter exit), or None when disabled or the port
+        cannot be bound (logged; HTTP keeps serving).
+    """
+    config = settings.grpc
+    if config.port == 0:
+        logger.info("gRPC (Open Inference Protocol) disabled: grpc.port is 0")
+        return None
+    max_bytes = int(config.max_message_mb * 1024 * 1024)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="oip-grpc"),
+        options=[
+            ("grpc.max_receive_message_length", max_bytes),
+            ("grpc.max_send_message_length", max_bytes),
+            ("grpc.so_reuseport", 1),
+        ],
+    )
+    try:
+        loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:  # not inside an event loop: run studies in the gRPC threads
+        loop = None
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+        OipServicer(pipeline, config.model_name, loop), server
+    )
+    address = f"{config.host}:{config.port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        logger.error("gRPC server not started: cannot bind %s (%s)", address, exc)
+        return None
+    if bound == 0:
+        logger.error("gRPC server not started: cannot bind %s", address)
+        return None
+    server.start()
+    atexit.register(server.stop, 2.0)
+    logger.info("gRPC (Open Inference Protocol) listening on %s", address)
+    return server
