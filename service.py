@@ -20,14 +20,21 @@ from bentoml.exceptions import BentoMLException
 from cerebrascan.analysis import AnalysisPipeline
 from cerebrascan.atlas import AtlasNotInstalledError, preload_sri24
 from cerebrascan.errors import InputError
+from cerebrascan.grpc_oip.server import start_oip_server
+from cerebrascan.http.admin import admin_app
+from cerebrascan.http.auth import ApiKeyMiddleware
+from cerebrascan.http.patients import patients_app
 from cerebrascan.http.plugins import plugins_app
 from cerebrascan.http.studies import studies_app
 from cerebrascan.http.upload_limit import UploadLimitMiddleware
 from cerebrascan.http.uploads_only import refuse_remote_file_fields
+from cerebrascan.jobs import configure_job_retention
+from cerebrascan.logging_config import RequestIdMiddleware, configure_logging
 from cerebrascan.observability import record_serving_model
 from cerebrascan.registry import resolve_model
 from cerebrascan.settings import Settings
 from plugins.host import AnalyzerHost
+from runners.runner_service import SegmentationRunnerService, remote_runner_factory
 from schemas.analysis import AnalyzeOptions, AnalyzeResponse
 
 logger = logging.getLogger("cerebrascan.service")
@@ -42,19 +49,38 @@ def _configure_logging() -> None:
 
 
 _configure_logging()
+configure_logging(SETTINGS.logging)
+configure_job_retention(SETTINGS.jobs)
 refuse_remote_file_fields()
 HOST = AnalyzerHost(SETTINGS.plugins)
+
+
+def _serving_pipeline() -> AnalysisPipeline | None:
+    """The started service's pipeline, for the admin routes (None before start-up)."""
+    try:
+        service = bentoml.get_current_service()
+    except BentoMLException:
+        return None
+    return getattr(service, "pipeline", None)
 
 
 @bentoml.service(
     name="cerebrascan",
     traffic={"timeout": 600, "max_concurrency": 4},
     workers=1,
+    # sync APIs run in this many threads (BentoML's default is 1: one study at a time)
+    threads=SETTINGS.batching.front_threads,
 )
-@bentoml.asgi_app(studies_app(SETTINGS.studies_dir), path="/studies")
+@bentoml.asgi_app(studies_app(SETTINGS.studies_dir, SETTINGS.report), path="/studies")
+@bentoml.asgi_app(patients_app(SETTINGS), path="/patients")
+@bentoml.asgi_app(admin_app(SETTINGS, HOST, _serving_pipeline), path="/admin")
 @bentoml.asgi_app(plugins_app(HOST), path="/")
 class CerebraScan:
     """Segments a 4-modality brain MRI and reports tumour volumes (research use only)."""
+
+    if SETTINGS.batching.remote_runner:
+        # the network runs in its own service, batching cases across requests (docs/serving.md)
+        runner_service = bentoml.depends(SegmentationRunnerService)
 
     def __init__(self) -> None:
         logger.info("starting with settings %s", SETTINGS.masked())
@@ -63,7 +89,16 @@ class CerebraScan:
         except AtlasNotInstalledError as exc:
             logger.warning("atlas analyzers will fail until the atlas is installed: %s", exc)
         model = resolve_model(SETTINGS)
-        self.pipeline = AnalysisPipeline(SETTINGS, model, host=HOST)
+        self.pipeline = AnalysisPipeline(
+            SETTINGS,
+            model,
+            host=HOST,
+            runner_factory=remote_runner_factory(self.runner_service, SETTINGS)
+            if SETTINGS.batching.remote_runner
+            else None,
+        )
+        # Open Inference Protocol over gRPC on its own port, sharing this pipeline
+        self.grpc_server = start_oip_server(SETTINGS, lambda: self.pipeline)
         record_serving_model(model.name, model.version, model.alias)
         logger.info("serving %s version %s (%s)", model.name, model.version, model.alias)
 
@@ -71,7 +106,8 @@ class CerebraScan:
         """Ready once the model is loaded (``/readyz``)."""
         return self.pipeline is not None
 
-    @bentoml.api(route="/analyze")
+    # a task: POST /analyze answers synchronously, /analyze/submit|status|get run it as a job
+    @bentoml.task(route="/analyze")
     def analyze(
         self,
         t1n: Path,
@@ -94,6 +130,9 @@ class CerebraScan:
             raise BentoMLException(str(exc), error_code=HTTPStatus(exc.status_code)) from exc
 
 
+# The first added is the outermost: request id, then API keys, then the upload limit.
+CerebraScan.add_asgi_middleware(RequestIdMiddleware)
+CerebraScan.add_asgi_middleware(ApiKeyMiddleware, settings=SETTINGS.auth)
 CerebraScan.add_asgi_middleware(
     UploadLimitMiddleware, max_bytes=int(SETTINGS.limits.max_upload_mb * 1024 * 1024)
 )

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
+import threading
 import time
 import uuid
-from collections.abc import Mapping
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping
+from datetime import UTC, date, datetime
 from pathlib import Path
+from types import MappingProxyType
 
 import nibabel as nib
 
 from cerebrascan.errors import InputError
 from cerebrascan.imaging.nifti_decode import assemble_study, decode_nifti
+from cerebrascan.imaging.study import Study
 from cerebrascan.observability import record_study
 from cerebrascan.regions import volumes_ml
 from cerebrascan.registry import ResolvedModel
@@ -27,9 +32,9 @@ from cerebrascan.study_store import (
     StudyStore,
     artefact_file_name,
 )
-from plugins.analyzer import Need
+from plugins.analyzer import Need, PatientHistory, PriorStudy
 from plugins.host import AnalyzerHost, AnalyzerOptionsError, StudyInputs
-from runners.onnx_runner import OnnxSegmentationRunner
+from runners.factory import SegmentationRunner, build_runner
 from schemas.analysis import AnalyzeOptions, AnalyzeResponse, Geometry, ModelInfo, RegionVolumes
 
 logger = logging.getLogger(__name__)
@@ -44,6 +49,8 @@ class AnalysisPipeline:
         host: the analyzer host; default: one built from ``settings.plugins``.
         records: the study store (records of studies); default: the one ``settings`` names,
             migrated to the newest schema.
+        runner_factory: builds the runner of a model (the front service's remote runner);
+            default: the in-process engine ``settings.runner`` names.
     """
 
     def __init__(
@@ -52,10 +59,14 @@ class AnalysisPipeline:
         model: ResolvedModel,
         host: AnalyzerHost | None = None,
         records: StudyRepository | None = None,
+        runner_factory: Callable[[ResolvedModel], SegmentationRunner] | None = None,
     ) -> None:
         self.settings = settings
+        self._swap_lock = threading.Lock()
         self.model = model
-        self.runner = OnnxSegmentationRunner(model.onnx_path, model.spec, settings.runner)
+        # the front service passes a factory for the remote runner service (batching.remote_runner)
+        self._runner_factory = runner_factory
+        self.runner = self._build_runner(model)
         self.store = StudyStore(settings.studies_dir)
         self.records = records if records is not None else StudyRepository.from_settings(settings)
         self.host = host if host is not None else AnalyzerHost(settings.plugins)
@@ -78,29 +89,40 @@ class AnalysisPipeline:
             )
         except PatientIdError as exc:
             raise InputError(str(exc), status_code=422, field="options") from None
+        # one consistent model and runner for the whole study, even if swap_model runs meanwhile
+        model, runner = self.serving
         timings: dict[str, float] = {}
         clock = time.perf_counter()
         volumes = {
             name: decode_nifti(path, field=name, max_voxels=self.settings.limits.max_voxels)
             for name, path in files.items()
         }
-        study = assemble_study(volumes, tuple(self.model.spec.modalities))
+        study = assemble_study(volumes, tuple(model.spec.modalities))
         del volumes
         timings["decode"] = (time.perf_counter() - clock) * 1000
+        # a study of a known patient has a content-derived id: posting it again is idempotent
+        study_id = (
+            study_digest(study, patient_key, options, model)
+            if patient_key is not None
+            else uuid.uuid4().hex
+        )
+        stored = self._stored_response(study_id) if patient_key is not None else None
+        if stored is not None:
+            logger.info("study %s was analysed before; returning the stored result", study_id)
+            return stored
         mirror_tta = (
             self.settings.runner.mirror_tta if options.mirror_tta is None else options.mirror_tta
         )
         needs = self.host.needs
         segmentation = segment_study(
             study,
-            self.runner,
+            runner,
             mirror_tta=mirror_tta,
             keep_probabilities=Need.PROBABILITIES in needs,
             tta_disagreement=mirror_tta and Need.TTA_DISAGREEMENT in needs,
             min_component_ml=self.settings.runner.min_component_ml,
         )
         timings.update(segmentation.timings_ms)
-        study_id = uuid.uuid4().hex
         clock = time.perf_counter()
         outcomes = self.host.run(
             StudyInputs(
@@ -112,6 +134,11 @@ class AnalysisPipeline:
                 segmentation=segmentation.labels,
                 probabilities=segmentation.probabilities,
                 tta_disagreement=segmentation.tta_disagreement,
+                prior_studies=(
+                    self._patient_history(patient_key, options.study_date, study_id, model)
+                    if Need.PRIOR_STUDIES in needs
+                    else None
+                ),
             ),
             artefacts=StudyArtefactSink(self.store, study_id, study.affine, study.shape),
             options=analyzer_options,
@@ -122,13 +149,15 @@ class AnalysisPipeline:
             study_id=study_id,
             created_at=datetime.now(UTC),
             model=ModelInfo(
-                name=self.model.name,
-                version=self.model.version,
-                alias=self.model.alias,
-                runner=self.runner.name,
-                providers=self.runner.providers,
+                name=model.name,
+                version=model.version,
+                alias=model.alias,
+                runner=runner.name,
+                providers=runner.providers,
+                precision=runner.precision,
+                precision_note=runner.decision.note,
                 mirror_tta=mirror_tta,
-                trained_on=self.model.training_data,
+                trained_on=model.training_data,
                 min_component_ml=self.settings.runner.min_component_ml,
                 removed_islands=segmentation.removed_islands,
             ),
@@ -146,12 +175,110 @@ class AnalysisPipeline:
         clock = time.perf_counter()
         result_json = response.model_dump_json()
         self.store.save(study_id, segmentation.labels, study.affine, result_json)
+        if patient_key is not None:  # later visits of the patient register to this image
+            self._save_registration_image(study_id, study)
         self._save_record(response, json.loads(result_json), patient_key, options)
         timings["store"] = (time.perf_counter() - clock) * 1000
         response.timings_ms = {k: round(v, 1) for k, v in timings.items()}
         record_study(timings, outcomes)
         logger.info("study %s analysed in %s ms", study_id, response.timings_ms)
         return response
+
+    def _build_runner(self, model: ResolvedModel) -> SegmentationRunner:
+        """The runner for ``model``: the factory's, or an in-process engine from settings."""
+        if self._runner_factory is not None:
+            return self._runner_factory(model)
+        return build_runner(
+            model.folder, model.spec, self.settings.runner, self.settings.engine_cache_dir
+        )
+
+    @property
+    def serving(self) -> tuple[ResolvedModel, SegmentationRunner]:
+        """The model and runner in service now, read together."""
+        with self._swap_lock:
+            return self.model, self.runner
+
+    def swap_model(self, model: ResolvedModel) -> ResolvedModel:
+        """Serve ``model`` from now on; studies already running finish on the old one.
+
+        The new runner is built before the swap, so a model that fails to load leaves the
+        old one serving.
+
+        Returns:
+            The model served until now.
+        """
+        runner = self._build_runner(model)
+        with self._swap_lock:
+            previous = self.model
+            self.model, self.runner = model, runner
+        logger.info(
+            "now serving %s version %s (was %s)", model.name, model.version, previous.version
+        )
+        return previous
+
+    def _stored_response(self, study_id: str) -> AnalyzeResponse | None:
+        """The stored answer of an already analysed study, or None."""
+        record = self.records.get_study(study_id)
+        if record is None:
+            return None
+        return AnalyzeResponse.model_validate(record.findings)
+
+    def _patient_history(
+        self,
+        patient_key: str | None,
+        study_date: date | None,
+        study_id: str,
+        model: ResolvedModel,
+    ) -> PatientHistory:
+        """The patient's studies dated before this one, for ``Need.PRIOR_STUDIES`` analyzers."""
+        criteria = self.settings.longitudinal
+        if patient_key is None:
+            return PatientHistory(None, (), criteria, reason="the request has no patient_id")
+        if study_date is None:
+            return PatientHistory(
+                None,
+                (),
+                criteria,
+                reason="the request has no study_date, so earlier studies cannot be ordered",
+            )
+        records = self.records.prior_studies(
+            patient_key, study_date, limit=criteria.max_priors, exclude_study_id=study_id
+        )
+        priors = tuple(self._prior_study(record, model) for record in records)
+        reason = (
+            None
+            if priors
+            else "the patient has no study dated before this one (studies without a date, on "
+            "the same day or later are not priors)"
+        )
+        return PatientHistory(study_date, priors, criteria, reason=reason)
+
+    def _prior_study(self, record: StudyRecord, model: ResolvedModel) -> PriorStudy:
+        volumes = record.findings.get("volumes_ml") or {}
+        if record.study_date is None:  # pragma: no cover - prior_studies() filters these
+            raise ValueError(f"study {record.study_id} has no date")
+        return PriorStudy(
+            study_id=record.study_id,
+            study_date=record.study_date,
+            created_at=record.created_at,
+            model_name=record.model_name,
+            model_version=record.model_version,
+            same_model=(record.model_name, record.model_version) == (model.name, model.version),
+            analyzer_versions=MappingProxyType(dict(record.analyzer_versions)),
+            volumes_ml=MappingProxyType({k: float(v) for k, v in volumes.items()}),
+            load_labels=functools.partial(self.store.load_labels, record.study_id),
+            load_reference_image=functools.partial(
+                self.store.load_registration_image, record.study_id
+            ),
+        )
+
+    def _save_registration_image(self, study_id: str, study: Study) -> None:
+        modality = self.settings.longitudinal.registration_modality
+        if modality not in study.modalities:
+            logger.warning("no %s image: later visits cannot register to this study", modality)
+            return
+        image = study.images[study.modalities.index(modality)]
+        self.store.save_registration_image(study_id, image, study.affine)
 
     def _save_record(
         self,
@@ -188,3 +315,18 @@ class AnalysisPipeline:
     def result_path(self, study_id: str) -> Path:
         """The stored JSON result of a study (InputError 404 if unknown)."""
         return self.store.artefact(study_id, RESULT_FILE)
+
+
+def study_digest(
+    study: Study, patient_key: str, options: AnalyzeOptions, model: ResolvedModel
+) -> str:
+    """Content-derived study id (32 hex) of a patient's study: the same images, patient,
+    date and model give the same id, so a study posted twice is stored once."""
+    digest = hashlib.blake2b(digest_size=16)
+    date_text = options.study_date.isoformat() if options.study_date else "-"
+    for part in (patient_key, date_text, model.name, model.version, ",".join(study.modalities)):
+        digest.update(part.encode("utf-8") + b"\0")
+    digest.update(repr(study.images.shape).encode("ascii"))
+    digest.update(study.affine.astype("<f8").tobytes())
+    digest.update(study.images.astype("<f4", copy=False).tobytes())
+    return digest.hexdigest()

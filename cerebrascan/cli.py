@@ -39,6 +39,53 @@ def phantom(out_dir: Path, seed: int, n_cases: int, prefix: str) -> None:
         click.echo(str(folder))
 
 
+@main.command("phantom-series")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
+@click.option("--seed", type=click.IntRange(min=0), required=True, help="Series seed.")
+@click.option(
+    "--days", default="0,60,120", show_default=True, help="Visit days since the first visit."
+)
+@click.option(
+    "--factors",
+    default="1,0.25,0.6",
+    show_default=True,
+    help="Tumour volume of each visit relative to the first (0: gone).",
+)
+@click.option("--satellite-from", type=int, default=None, help="First visit with a new lesion.")
+@click.option("--first-date", default="2025-01-06", show_default=True, help="ISO date.")
+@click.option("--downsample", type=click.Choice(["1", "2"]), default="1", show_default=True)
+@click.option("--id", "series_id", default="SERIES", show_default=True, help="Case id prefix.")
+def phantom_series(
+    out_dir: Path,
+    seed: int,
+    days: str,
+    factors: str,
+    satellite_from: int | None,
+    first_date: str,
+    downsample: str,
+    series_id: str,
+) -> None:
+    """Write the visits of one synthetic patient (growth, shrinkage, new lesion, head poses)."""
+    from datetime import date
+
+    from cerebrascan.phantoms.series import SeriesPlan, generate_series
+    from cerebrascan.phantoms.series_writer import write_series
+
+    try:
+        plan = SeriesPlan(
+            seed=seed,
+            visit_days=tuple(int(v) for v in days.split(",")),
+            volume_factors=tuple(float(v) for v in factors.split(",")),
+            satellite_from_visit=satellite_from,
+            first_date=date.fromisoformat(first_date),
+            downsample=int(downsample),
+        )
+        visits = generate_series(plan, series_id=series_id)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    click.echo(str(write_series(visits, plan, out_dir)))
+
+
 @main.group()
 def registry() -> None:
     """The MLflow model registry."""
@@ -52,6 +99,11 @@ def registry_ensure_default() -> None:
     settings = Settings()
     version = ensure_default_model(settings)
     click.echo(f"{settings.model_name}@{settings.model_alias} -> version {version}")
+    from cerebrascan.classifiers.store import ensure_bundled_classifiers
+
+    for task, classifier_version in ensure_bundled_classifiers(settings).items():
+        name = settings.classifiers.model_names[task]
+        click.echo(f"{name}@{settings.classifiers.alias} -> version {classifier_version}")
 
 
 @registry.command("register")
@@ -220,6 +272,60 @@ def pipeline_register(params: object, model_dir: Path, train_dir: Path, record: 
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps({"name": settings.model_name, "version": version}, indent=2))
     click.echo(f"{settings.model_name} version {version}")
+
+
+@main.group()
+def apikey() -> None:
+    """API keys for the server's access control (``auth`` settings)."""
+
+
+@apikey.command("create")
+@click.option("--name", required=True, help="Who holds the key; logged with its requests.")
+@click.option("--role", type=click.Choice(["reader", "admin"]), required=True)
+def apikey_create(name: str, role: str) -> None:
+    """Print a new key once, and the ``auth.api_keys`` entry (its hash) for the config file."""
+    import yaml
+
+    from cerebrascan.apikeys import new_key
+
+    key, entry = new_key(name, role)  # type: ignore[arg-type]
+    click.echo(f"API key (shown once, give it to {name}; it is not stored anywhere):\n{key}\n")
+    click.echo("Add to auth.api_keys in the CEREBRASCAN_CONFIG file:")
+    click.echo(yaml.safe_dump([entry.model_dump()], sort_keys=False).rstrip())
+
+
+@main.group()
+def storage() -> None:
+    """S3 storage of versioned data (DVC) and MLflow artefacts (see docs/storage.md)."""
+
+
+@storage.command("configure-dvc")
+@click.option(
+    "--repo",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+)
+@click.option("--remote", default="storage", show_default=True, help="DVC remote name.")
+def storage_configure_dvc(repo: Path, remote: str) -> None:
+    """Make ``storage.dvc_remote_url`` the default DVC remote of ``repo`` (no credentials)."""
+    from cerebrascan.storage import configure_dvc_remote
+
+    settings = Settings()
+    try:
+        configure_dvc_remote(settings.storage, repo, remote_name=remote)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"DVC remote {remote!r} -> {settings.storage.dvc_remote_url}")
+
+
+def _add_classifier_commands() -> None:
+    from cerebrascan.classifiers.cli import classifiers
+
+    main.add_command(classifiers)
+
+
+_add_classifier_commands()
 
 
 if __name__ == "__main__":

@@ -48,8 +48,17 @@ def _metrics() -> dict[str, Any]:
 
 
 def record_serving_model(name: str, version: str, alias: str) -> None:
-    """Publish which registry version is being served."""
-    _metrics()["model"].labels(name=name, version=version, alias=alias).set(1)
+    """Publish which registry version is being served (a promoted-away version drops to 0)."""
+    gauge = _metrics()["model"]
+    for labels in list(_SERVED):
+        gauge.labels(**labels).set(0)
+    _SERVED.clear()
+    gauge.labels(name=name, version=version, alias=alias).set(1)
+    _SERVED.append({"name": name, "version": version, "alias": alias})
+
+
+_SERVED: list[dict[str, str]] = []
+"""Label sets of the serving-model gauge set to 1 by this process."""
 
 
 def record_study(timings_ms: Mapping[str, float], outcomes: Mapping[str, AnalyzerOutcome]) -> None:

@@ -14,12 +14,14 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from cerebrascan.settings import Settings
+from cerebrascan.storage import apply_mlflow_s3_environment, experiment_artifact_location
 from schemas.model_spec import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -64,6 +66,7 @@ def client_for(settings: Settings) -> MlflowClient:
     MLflow's global URI is left alone: ``mlflow.set_tracking_uri`` also exports
     ``MLFLOW_TRACKING_URI``, which would leak into every later :class:`Settings`.
     """
+    apply_mlflow_s3_environment(settings.storage)
     uri = settings.tracking_uri
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -71,10 +74,14 @@ def client_for(settings: Settings) -> MlflowClient:
 
 
 def ensure_experiment(client: MlflowClient, name: str, settings: Settings) -> str:
-    """Id of experiment ``name``, created with its artefacts under ``settings.artifact_root``."""
+    """Id of experiment ``name``, created with its artefacts under ``settings.artifact_root``
+    (or ``storage.mlflow_artifact_root``/``name`` on S3 when that is set)."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return str(experiment.experiment_id)
+    s3_location = experiment_artifact_location(settings.storage, name)
+    if s3_location is not None:
+        return str(client.create_experiment(name, artifact_location=s3_location))
     settings.artifact_root.mkdir(parents=True, exist_ok=True)
     return str(client.create_experiment(name, artifact_location=settings.artifact_root.as_uri()))
 
@@ -89,9 +96,14 @@ def check_model_folder(folder: Path) -> ModelSpec:
     if missing:
         raise ModelNotAvailableError(f"model folder {folder} lacks {missing}")
     try:
-        return ModelSpec.model_validate_json((folder / "model_spec.json").read_text())
+        spec = ModelSpec.model_validate_json((folder / "model_spec.json").read_text())
     except ValueError as exc:
         raise ModelNotAvailableError(f"{folder / 'model_spec.json'} is invalid: {exc}") from exc
+    weights = spec.torch_network.weights if spec.torch_network else []
+    missing = [f for f in weights if not (folder / f).is_file()]
+    if missing:
+        raise ModelNotAvailableError(f"model folder {folder} lacks the torch weights {missing}")
+    return spec
 
 
 def register_model_folder(
@@ -109,7 +121,7 @@ def register_model_folder(
     Returns:
         The new version number as a string.
     """
-    check_model_folder(folder)
+    spec = check_model_folder(folder)
     client = client_for(settings)
     metrics = json.loads((folder / "metrics.json").read_text())
     if run_id is not None:
@@ -122,7 +134,8 @@ def register_model_folder(
         experiment_id = ensure_experiment(client, REGISTRATION_EXPERIMENT, settings)
         run_id = client.create_run(experiment_id, run_name=f"register-{name}").info.run_id
         client.set_terminated(run_id)
-    for file_name in MODEL_FILES:
+    weights = spec.torch_network.weights if spec.torch_network else []
+    for file_name in (*MODEL_FILES, *weights):
         client.log_artifact(run_id, str(folder / file_name), artifact_path="model")
     artifact_uri = client.get_run(run_id).info.artifact_uri
     try:
@@ -182,6 +195,28 @@ def resolve_model(settings: Settings) -> ResolvedModel:
             f"registry {settings.tracking_uri} has no {name}@{alias}; run `cerebrascan "
             "registry ensure-default` or register a model"
         ) from exc
+    return _materialise(settings, name, version, alias)
+
+
+def resolve_model_version(settings: Settings, name: str, version: str) -> ResolvedModel:
+    """Download one numbered version of ``name`` (the runner service follows promotions).
+
+    Raises:
+        ModelNotAvailableError: no such version, or its files are bad.
+    """
+    client = client_for(settings)
+    try:
+        found = client.get_model_version(name, version)
+    except MlflowException as exc:
+        raise ModelNotAvailableError(
+            f"registry {settings.tracking_uri} has no {name} version {version}"
+        ) from exc
+    aliases = list(getattr(found, "aliases", []) or [])
+    return _materialise(settings, name, found, aliases[0] if aliases else f"v{version}")
+
+
+def _materialise(settings: Settings, name: str, version: Any, alias: str) -> ResolvedModel:
+    """The version's folder in the model cache (downloaded and checked once) and its spec."""
     folder = settings.model_cache_dir / name / str(version.version)
     expected = version.tags.get("onnx_sha256")
     if not (folder / "model.onnx").is_file() or sha256_of(folder / "model.onnx") != expected:

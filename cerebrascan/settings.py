@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -17,6 +17,15 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
+)
+
+from cerebrascan.settings_batching import BatchingSettings, GrpcSettings
+from cerebrascan.settings_report import ReportSettings
+from cerebrascan.settings_serving import (
+    AuthSettings,
+    JobSettings,
+    LogSettings,
+    StorageSettings,
 )
 
 ORT_PROVIDERS = (
@@ -45,6 +54,42 @@ class RunnerSettings(BaseModel):
         default=0.05,
         ge=0.0,
         description="Tumour islands smaller than this (mL) are removed; 0 keeps every voxel.",
+    )
+    engine: Literal["onnxruntime", "torch", "tensorrt"] = Field(
+        default="onnxruntime",
+        description="What executes the network: ONNX Runtime (with ``providers``), PyTorch "
+        "(the model's safetensors weights) or native TensorRT (an engine built from the ONNX).",
+    )
+    device: str = Field(
+        default="cpu",
+        pattern=r"^(cpu|cuda(:\d+)?)$",
+        description="Device of the torch and TensorRT engines: cpu, cuda or cuda:N.",
+    )
+    precision: Literal["fp32", "fp16", "bf16"] = Field(
+        default="fp32",
+        description="Arithmetic of the network. Reduced precision is checked against fp32 on a "
+        "reference tile when the engine is built and falls back to fp32 if they disagree.",
+    )
+    torch_compile: bool = Field(
+        default=False, description="torch engine: compile the network with torch.compile."
+    )
+    engine_cache_dir: Path | None = Field(
+        default=None,
+        description="TensorRT engines and timing caches (both TensorRT paths); default: "
+        "<data_dir>/engine-cache.",
+    )
+    precision_guard_min_agreement: float = Field(
+        default=0.999,
+        gt=0.0,
+        le=1.0,
+        description="Reduced precision is kept only if its argmax agrees with fp32 on at "
+        "least this fraction of the reference tile's voxels.",
+    )
+    precision_guard_max_probability_difference: float = Field(
+        default=0.1,
+        gt=0.0,
+        le=1.0,
+        description="... and no probability differs from fp32 by more than this.",
     )
 
     @field_validator("providers")
@@ -110,6 +155,98 @@ class PluginSettings(BaseModel):
         return value
 
 
+class LongitudinalSettings(BaseModel):
+    """Volumetric response criteria and limits of the ``delta`` analyzer and the patient
+    timeline (see ``docs/longitudinal.md`` for the defaults' sources)."""
+
+    model_config = {"extra": "forbid"}
+
+    response_region: Literal["ET", "TC", "WT"] = Field(
+        default="ET",
+        description="Region whose volume decides the response category (mRANO: enhancing).",
+    )
+    partial_response_change: float = Field(
+        default=-0.65,
+        gt=-1.0,
+        lt=0.0,
+        description="Relative volume change vs baseline at or below which a study is a partial "
+        "response (-0.65: the volumetric equivalent of RANO's -50 % bidimensional product).",
+    )
+    progression_change: float = Field(
+        default=0.40,
+        gt=0.0,
+        description="Relative volume change vs nadir at or above which a study is progression "
+        "(+0.40: the volumetric equivalent of RANO's +25 % bidimensional product).",
+    )
+    complete_response_max_ml: float = Field(
+        default=0.05,
+        ge=0.0,
+        description="Response-region volume (mL) at or below which the disease has disappeared.",
+    )
+    new_lesion_min_ml: float = Field(
+        default=0.5,
+        gt=0.0,
+        description="Smallest new tumour component (mL, 26-connected whole tumour, away from "
+        "every prior tumour) counted as a new lesion (a 10 mm sphere is 0.52 mL).",
+    )
+    new_lesion_margin_mm: float = Field(
+        default=3.0,
+        ge=0.0,
+        description="A current component within this distance of the registered prior tumour "
+        "is growth of that tumour, not a new lesion.",
+    )
+    max_priors: int = Field(
+        default=20, ge=1, le=500, description="Earlier studies of a patient handed to analyzers."
+    )
+    registration_modality: Literal["t1n", "t1c", "t2w", "t2f"] = Field(
+        default="t1n",
+        description="Modality stored with each study and used to register visits.",
+    )
+    registration_spacing_mm: float = Field(
+        default=2.0, gt=0.0, le=8.0, description="Grid of the rigid registration (mm)."
+    )
+
+
+class ClassifierSettings(BaseModel):
+    """Tumour type / grade / IDH / MGMT classifiers (analyzers ``classification`` and
+    ``radiogenomics``; research use only, trained on phantoms)."""
+
+    model_config = {"extra": "forbid", "protected_namespaces": ()}
+
+    model_names: dict[str, str] = Field(
+        default_factory=lambda: {
+            "tumour_type": "cerebrascan-tumour-type",
+            "grade": "cerebrascan-grade",
+            "idh": "cerebrascan-idh",
+            "mgmt": "cerebrascan-mgmt",
+        },
+        description="Registered model name per task (tumour_type, grade, idh, mgmt).",
+    )
+    alias: str = Field(default="champion", description="Registry alias the analyzers load.")
+    bundled_dir: Path = Field(
+        default=Path(__file__).resolve().parent.parent / "models" / "classifiers",
+        description="Folder of the committed classifiers (one sub-folder per task), registered "
+        "by `cerebrascan registry ensure-default`.",
+    )
+    min_tumour_ml: float = Field(
+        default=0.3, gt=0, description="Smaller whole tumours are answered 'not assessable'."
+    )
+    ood_threshold_scale: float = Field(
+        default=1.0,
+        gt=0,
+        description="Multiplier of each model's out-of-distribution threshold (1: as trained).",
+    )
+    glioma_min_probability: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="radiogenomics answers IDH / MGMT only when P(glioma) reaches this.",
+    )
+    top_features: int = Field(
+        default=5, ge=1, le=50, description="Contributing features listed per answer."
+    )
+
+
 class Settings(BaseSettings):
     """All configuration of a CerebraScan server or pipeline run."""
 
@@ -147,6 +284,15 @@ class Settings(BaseSettings):
     runner: RunnerSettings = Field(default_factory=RunnerSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     plugins: PluginSettings = Field(default_factory=PluginSettings)
+    classifiers: ClassifierSettings = Field(default_factory=ClassifierSettings)
+    longitudinal: LongitudinalSettings = Field(default_factory=LongitudinalSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
+    logging: LogSettings = Field(default_factory=LogSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    grpc: GrpcSettings = Field(default_factory=GrpcSettings)
+    report: ReportSettings = Field(default_factory=ReportSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -181,6 +327,11 @@ class Settings(BaseSettings):
     def model_cache_dir(self) -> Path:
         """Where resolved registry artefacts are downloaded for serving."""
         return (self.data_dir / "model-cache").resolve()
+
+    @property
+    def engine_cache_dir(self) -> Path:
+        """TensorRT engines and timing caches (``runner.engine_cache_dir`` or under data_dir)."""
+        return (self.runner.engine_cache_dir or self.data_dir / "engine-cache").resolve()
 
     @property
     def studies_dir(self) -> Path:

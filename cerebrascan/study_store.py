@@ -24,7 +24,9 @@ from plugins.analyzer import ARTEFACT_NAME_PATTERN
 STUDY_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 SEGMENTATION_FILE = "segmentation.nii.gz"
 RESULT_FILE = "result.json"
-RESERVED_ARTEFACT_NAMES = frozenset({"segmentation"})
+REGISTRATION_IMAGE_NAME = "registration_reference"
+"""The image a later visit registers to (saved only for studies with a patient id)."""
+RESERVED_ARTEFACT_NAMES = frozenset({"segmentation", REGISTRATION_IMAGE_NAME})
 """Artefact names an analyzer may not use (the label map is served at its own route)."""
 NIFTI_DESCRIPTION_BYTES = 80
 
@@ -93,6 +95,50 @@ class StudyStore:
         os.replace(staging, path)
         return path
 
+    def save_registration_image(
+        self, study_id: str, image: npt.NDArray[Any], affine: npt.NDArray[np.float64]
+    ) -> Path:
+        """Save the image later visits register to, as uint8 (``registration_reference``).
+
+        Intensities are scaled so that the 99.5th percentile of the head is 255; every head
+        voxel (``image > 0``) stays >= 1, so the head mask survives the scaling.
+        """
+        data = np.asarray(image, dtype=np.float32)
+        head = data > 0
+        top = float(np.percentile(data[head], 99.5)) if head.any() else 1.0
+        scaled = np.clip(np.rint(data / max(top, 1e-12) * 255.0), 0, 255).astype(np.uint8)
+        scaled[head & (scaled == 0)] = 1
+        path = self.folder(study_id) / artefact_file_name_unchecked(REGISTRATION_IMAGE_NAME)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nifti = nib.Nifti1Image(scaled, np.asarray(affine, dtype=np.float64))
+        nifti.set_data_dtype(np.uint8)
+        staging = path.with_name(f".{path.name}.partial.nii.gz")
+        nib.save(nifti, str(staging))
+        os.replace(staging, path)
+        return path
+
+    def load_labels(self, study_id: str) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float64]]:
+        """A stored study's label map and affine.
+
+        Raises:
+            InputError: 404 if the study or its segmentation is absent.
+        """
+        nifti = nib.load(str(self.artefact(study_id, SEGMENTATION_FILE)))
+        labels = np.asarray(nifti.dataobj, dtype=np.uint8)
+        return labels, np.asarray(nifti.affine, dtype=np.float64)
+
+    def load_registration_image(
+        self, study_id: str
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]] | None:
+        """A stored study's registration image and affine, or None if it has none."""
+        path = self.folder(study_id) / artefact_file_name_unchecked(REGISTRATION_IMAGE_NAME)
+        if not path.is_file():
+            return None
+        nifti = nib.load(str(path))
+        return np.asarray(nifti.dataobj, dtype=np.float32), np.asarray(
+            nifti.affine, dtype=np.float64
+        )
+
     def named_artefact(self, study_id: str, name: str) -> Path:
         """Path of an analyzer artefact ``<name>.nii.gz``.
 
@@ -128,6 +174,11 @@ def artefact_file_name(name: str) -> str:
         raise ValueError(f"artefact name {name!r} must match {ARTEFACT_NAME_PATTERN.pattern}")
     if name in RESERVED_ARTEFACT_NAMES:
         raise ValueError(f"artefact name {name!r} is reserved")
+    return f"{name}.nii.gz"
+
+
+def artefact_file_name_unchecked(name: str) -> str:
+    """File name of a store-owned (reserved) artefact such as ``registration_reference``."""
     return f"{name}.nii.gz"
 
 

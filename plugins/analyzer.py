@@ -12,15 +12,19 @@ from __future__ import annotations
 import enum
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from datetime import date, datetime
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel
 
 from schemas.analyzers import AnalyzerOutcome
+
+if TYPE_CHECKING:
+    from cerebrascan.settings import LongitudinalSettings
 
 AnalyzerOutcomes = Mapping[str, AnalyzerOutcome]
 
@@ -43,7 +47,7 @@ class Need(enum.StrEnum):
     """Per-voxel disagreement between mirror-TTA passes, ``(x, y, z)`` float16, or None when
     the runner ran without TTA."""
     PRIOR_STUDIES = "prior_studies"
-    """The same patient's earlier studies (longitudinal analyzers)."""
+    """The same patient's earlier studies (longitudinal analyzers): a :class:`PatientHistory`."""
 
 
 class ArtefactSink(Protocol):
@@ -68,11 +72,54 @@ class ArtefactSink(Protocol):
 
 
 @dataclass(frozen=True)
+class PriorStudy:
+    """One earlier study of the same patient, read-only (``Need.PRIOR_STUDIES``).
+
+    The metadata come from the study store; the arrays are read from the study's artefact
+    folder only when a loader is called (the loaders do the I/O, the analyzer the maths).
+    """
+
+    study_id: str
+    study_date: date
+    created_at: datetime
+    model_name: str
+    model_version: str
+    same_model: bool
+    """Whether the same model name and version segmented this study and the current one."""
+    analyzer_versions: Mapping[str, str]
+    volumes_ml: Mapping[str, float]
+    """Stored volumes (mL) per region: NETC, SNFH, ET, TC, WT."""
+    load_labels: Callable[[], tuple[npt.NDArray[np.uint8], npt.NDArray[np.float64]]]
+    """Returns the stored label map and its 4x4 voxel-to-RAS affine."""
+    load_reference_image: Callable[
+        [], tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]] | None
+    ]
+    """Returns the stored registration image (``longitudinal.registration_modality``,
+    intensity-scaled) and its affine, or None if the study has none."""
+
+
+@dataclass(frozen=True)
+class PatientHistory:
+    """What ``context.prior_studies`` holds: the current study's date and the patient's
+    earlier studies, oldest first.
+
+    Earlier means a ``study_date`` strictly before the current one; studies without a date,
+    on the same day or later are left out. ``reason`` says why ``priors`` is empty.
+    """
+
+    study_date: date | None
+    priors: tuple[PriorStudy, ...]
+    criteria: LongitudinalSettings
+    """Response thresholds and registration settings (``Settings.longitudinal``)."""
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
 class AnalysisContext:
     """Everything an analyzer may read. Fields it did not declare in ``needs`` are None.
 
     Arrays are read-only views shared with the other analyzers: copy before changing them.
-    ``prior_studies`` is None until the server stores patient histories.
+    ``prior_studies`` is the patient's history (:class:`PatientHistory`).
     """
 
     study_id: str
@@ -85,7 +132,7 @@ class AnalysisContext:
     segmentation: npt.NDArray[np.uint8] | None = None
     probabilities: npt.NDArray[np.float16] | None = None
     tta_disagreement: npt.NDArray[np.float16] | None = None
-    prior_studies: tuple[Any, ...] | None = None
+    prior_studies: PatientHistory | None = None
     results: Mapping[str, BaseModel] = field(default_factory=dict)
     """Results of the analyzers named in ``depends_on`` (only those that succeeded)."""
     options: Mapping[str, Any] = field(default_factory=dict)

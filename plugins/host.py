@@ -44,6 +44,7 @@ from plugins.analyzer import (
     Analyzer,
     ArtefactSink,
     Need,
+    PatientHistory,
 )
 from schemas.analyzers import (
     AnalyzerInfo,
@@ -62,6 +63,9 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "plugins.builtin.nogo",
     "plugins.builtin.hotspot",
     "plugins.builtin.quality",
+    "plugins.builtin.delta",
+    "plugins.builtin.classification",
+    "plugins.builtin.radiogenomics",
 )
 """Modules of the built-in plugins, registered first and in this order."""
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
@@ -87,7 +91,7 @@ class StudyInputs:
     segmentation: npt.NDArray[np.uint8] | None = None
     probabilities: npt.NDArray[np.float16] | None = None
     tta_disagreement: npt.NDArray[np.float16] | None = None
-    prior_studies: tuple[Any, ...] | None = None
+    prior_studies: PatientHistory | None = None
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from plugins.analyzer import ARTEFACT_NAME_PATTERN
+from plugins.analyzer import ARTEFACT_NAME_PATTERN, PatientHistory
 from plugins.host import StudyInputs
 
 TEST_STUDY_ID = "0" * 32
@@ -60,6 +60,7 @@ def study_inputs(
     probabilities: npt.NDArray[np.float16] | None = None,
     tta_disagreement: npt.NDArray[np.float16] | None = None,
     study_id: str = TEST_STUDY_ID,
+    prior_studies: PatientHistory | None = None,
 ) -> StudyInputs:
     """:class:`StudyInputs` for a synthetic study; the affine defaults to ``diag(spacing)``."""
     if affine is None:
@@ -73,4 +74,5 @@ def study_inputs(
         segmentation=None if segmentation is None else np.asarray(segmentation, dtype=np.uint8),
         probabilities=probabilities,
         tta_disagreement=tta_disagreement,
+        prior_studies=prior_studies,
     )

@@ -89,6 +89,13 @@ class ModelInfo(BaseModel):
     alias: str
     runner: str
     providers: list[str]
+    precision: str = Field(
+        default="fp32", description="Arithmetic the network ran in (fp32, fp16 or bf16)."
+    )
+    precision_note: str | None = Field(
+        default=None,
+        description="Why the configured reduced precision was not used (the guard's finding).",
+    )
     mirror_tta: bool
     trained_on: str = Field(description="Training data of the model, from its model card.")
     min_component_ml: float = Field(description="Tumour islands under this volume were removed.")

@@ -20,6 +20,8 @@ os.environ["CEREBRASCAN_DATA_DIR"] = str(SESSION_DATA_DIR)
 # A phantom case is ~22 MB gzipped; a low limit keeps the over-limit tests light.
 os.environ["CEREBRASCAN_LIMITS__MAX_UPLOAD_MB"] = "64"
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+# Test servers start no gRPC endpoint unless a test gives them a free port (8001 may be taken).
+os.environ["CEREBRASCAN_GRPC__PORT"] = "0"
 os.environ.pop("CEREBRASCAN_CONFIG", None)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -68,3 +70,33 @@ def asgi_client(registered_default_model: str) -> Iterator[object]:
 
     with TestClient(CerebraScan.to_asgi()) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def secured_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real server with API keys, JSON logs and short job retention (tests/secured_server.py)."""
+    from tests.secured_server import secured_server as start
+
+    with start(tmp_path_factory.mktemp("secured")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def reported_study(asgi_client, phantom_case: Path) -> dict:
+    """A phantom case analysed by the service with every installed analyzer (report tests)."""
+    from click.testing import CliRunner
+
+    from cerebrascan.cli import main
+    from cerebrascan.imaging.case_folder import modality_path
+
+    # Registers the bundled classifiers too, so classification / radiogenomics can run.
+    registered = CliRunner().invoke(main, ["registry", "ensure-default"])
+    assert registered.exit_code == 0, registered.output
+
+    files = {
+        m: (f"{m}.nii.gz", modality_path(phantom_case, m).read_bytes(), "application/gzip")
+        for m in ("t1n", "t1c", "t2w", "t2f")
+    }
+    response = asgi_client.post("/analyze", files=files)
+    assert response.status_code == 200, response.text
+    return response.json()

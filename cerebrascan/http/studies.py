@@ -5,19 +5,28 @@ from __future__ import annotations
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from cerebrascan.errors import InputError
+from cerebrascan.report.study_reports import StudyReports
+from cerebrascan.settings_report import ReportSettings
 from cerebrascan.study_store import RESULT_FILE, SEGMENTATION_FILE, StudyStore
 
+REPORT_FORMATS = ("json", "md", "html", "pdf")
+REPORT_WRITERS = ("template", "llm")
 
-def studies_app(root: Path) -> Starlette:
-    """Routes ``GET /{study_id}`` (result JSON), ``GET /{study_id}/segmentation`` (NIfTI) and
+
+def studies_app(root: Path, report_settings: ReportSettings | None = None) -> Starlette:
+    """Routes ``GET /{study_id}`` (result JSON), ``GET /{study_id}/segmentation`` (NIfTI),
     ``GET /{study_id}/artefacts/{name}`` (an analyzer's NIfTI map; 400 for a malformed name,
-    404 if absent)."""
+    404 if absent), ``GET /{study_id}/report?format=json|md|html|pdf[&writer=template|llm]``
+    (the report, built from the stored findings at request time) and
+    ``GET /{study_id}/report/overlay.png`` (its key image)."""
     store = StudyStore(root)
+    reports = StudyReports(store, report_settings or ReportSettings())
 
     def _error(exc: InputError) -> Response:
         return JSONResponse({"error": str(exc)}, status_code=exc.status_code)
@@ -48,10 +57,49 @@ def studies_app(root: Path) -> Starlette:
             path, media_type="application/gzip", filename=f"{study_id}-{name}.nii.gz"
         )
 
+    async def report(request: Request) -> Response:
+        study_id = request.path_params["study_id"]
+        report_format = request.query_params.get("format", "json")
+        writer = request.query_params.get("writer")
+        try:
+            if report_format not in REPORT_FORMATS:
+                raise InputError(
+                    f"format {report_format[:20]!r} is not one of {', '.join(REPORT_FORMATS)}",
+                    status_code=400,
+                )
+            if writer is not None and writer not in REPORT_WRITERS:
+                raise InputError(
+                    f"writer {writer[:20]!r} is not one of {', '.join(REPORT_WRITERS)}",
+                    status_code=400,
+                )
+            # PDF rendering, NIfTI reading and an LLM call block: keep them off the event loop.
+            rendered = await run_in_threadpool(
+                reports.rendered, study_id, report_format, writer=writer
+            )
+        except InputError as exc:
+            return _error(exc)
+        headers = {"X-Report-Writer": rendered.report.writer.used}
+        if report_format == "pdf":
+            headers["Content-Disposition"] = f'inline; filename="{study_id}-report.pdf"'
+        return Response(rendered.body, media_type=rendered.media_type, headers=headers)
+
+    async def report_overlay(request: Request) -> Response:
+        study_id = request.path_params["study_id"]
+        try:
+            store.artefact(study_id, RESULT_FILE)
+            overlay, png = await run_in_threadpool(reports.overlay, study_id)
+        except InputError as exc:
+            return _error(exc)
+        if png is None:
+            return JSONResponse({"error": f"no key image: {overlay.reason}"}, status_code=404)
+        return Response(png, media_type="image/png")
+
     return Starlette(
         routes=[
             Route("/{study_id}", result, methods=["GET"]),
             Route("/{study_id}/segmentation", segmentation, methods=["GET"]),
             Route("/{study_id}/artefacts/{name}", artefact, methods=["GET"]),
+            Route("/{study_id}/report", report, methods=["GET"]),
+            Route("/{study_id}/report/overlay.png", report_overlay, methods=["GET"]),
         ]
     )

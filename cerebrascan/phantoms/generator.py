@@ -20,6 +20,9 @@ Optional extras (all off by default: default cases keep bit-identical images and
 enhancing, heterogeneous nodule in the enhancing tumour (``truth["focus"]``) and
 ``truth_structures`` warps SRI24 structure masks with the anatomy to record the exact tumour
 to structure distances (``truth["structure_distances_mm"]``, ``truth["structure_overlap_ml"]``).
+``tumour_type`` (default None) renders one of the tumour types of
+:mod:`cerebrascan.phantoms.tumour_types` (site, phenotype and diagnosis labels in
+``truth["diagnosis"]``), drawing from two extra random streams only.
 """
 
 from __future__ import annotations
@@ -58,13 +61,20 @@ from cerebrascan.phantoms.tumour import (
     quaternion_to_matrix,
     smooth_random_field,
 )
+from cerebrascan.phantoms.tumour_types import (
+    ALL_TUMOUR_TYPES,
+    TUMOUR_TYPES_VERSION,
+    apply_tumour_type,
+    draw_diagnosis,
+    placement_pool,
+)
 
 logger = logging.getLogger(__name__)
 
 GENERATOR_VERSION = "1.1.0"
 _CASE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # appending a stream keeps the earlier ones unchanged (SeedSequence children are by index)
-_STREAMS = ("params", "placement", "fields", "noise", "focus")
+_STREAMS = ("params", "placement", "fields", "noise", "focus", "tumour_type", "tumour_site")
 _NON_RANGE_TUPLES = ("phenotype_probs", "tumour_centre_atlas_voxel", "truth_structures")
 
 
@@ -128,6 +138,9 @@ class PhantomParams:
             warped with the anatomy to record ``truth["structure_distances_mm"]`` (minimum
             distance between voxel centres of WT and the structure, 0 when they overlap) and
             ``truth["structure_overlap_ml"]``.
+        tumour_type: None (default) keeps the generic glioma-like phantom; one of
+            :data:`cerebrascan.phantoms.tumour_types.ALL_TUMOUR_TYPES` renders that type's
+            site and phenotype and records its diagnosis labels in ``truth["diagnosis"]``.
     """
 
     rotation_max_deg: float = 6.0
@@ -170,6 +183,7 @@ class PhantomParams:
     focus_t1c_gain: float = 1.6
     focus_heterogeneity: float = 0.25
     truth_structures: tuple[str, ...] = ()
+    tumour_type: str | None = None
 
     def __post_init__(self) -> None:
         """Validate ranges and probabilities; errors name the offending field and value."""
@@ -219,6 +233,10 @@ class PhantomParams:
             raise ValueError(
                 f"focus_radius_mm must be > 0 and focus_t1c_gain >= 1, got "
                 f"{self.focus_radius_mm} and {self.focus_t1c_gain}"
+            )
+        if self.tumour_type is not None and self.tumour_type not in ALL_TUMOUR_TYPES:
+            raise ValueError(
+                f"tumour_type must be None or one of {ALL_TUMOUR_TYPES}, got {self.tumour_type!r}"
             )
         unknown = [name for name in self.truth_structures if name not in SRI24_STRUCTURES]
         if unknown:
@@ -406,12 +424,18 @@ def sample_case_params(seed: int, params: PhantomParams = PhantomParams()) -> di
             "translation_vox": [0.0, 0.0, 0.0],
         }
         mass_effect = {**mass_effect, "displacement_mm": 0.0}
-    return {
+    drawn = {
         "anatomy_transform": transform,
         "mass_effect": mass_effect,
         "tumour": tumour,
         "intensity": intensity,
     }
+    if params.tumour_type is not None:
+        type_rng = _rngs(seed)["tumour_type"]
+        diagnosis = draw_diagnosis(params.tumour_type, type_rng)
+        drawn = apply_tumour_type(drawn, diagnosis, type_rng, params.min_core_radius_mm)
+        drawn["diagnosis"] = diagnosis
+    return drawn
 
 
 def tumour_shape_from_params(tumour: dict[str, Any]) -> TumourShape:
@@ -492,6 +516,57 @@ def _place_centre(
         "required_edge_mm": need_edge,
         "required_ventricle_mm": need_vent,
         "clearance_relaxed": bool(relaxed),
+        "candidates": int(feasible.size),
+    }
+    return table.coords[pick].astype(np.float64), info
+
+
+_TYPED_PLACEMENT_STRUCTURES = ("brainstem", "frontal_lobe", "insula")
+
+
+def _place_typed_centre(
+    anatomy: Anatomy,
+    table: _PlacementTable,
+    shape: TumourShape,
+    diagnosis: dict[str, Any],
+    params: PhantomParams,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Pick the centre of a typed tumour in its site (see ``tumour_types.placement_pool``)."""
+    index = tuple(table.coords[:, k].astype(np.intp) for k in range(3))
+    structures = {
+        name: np.asarray(anatomy.structures[name])[index]
+        for name in _TYPED_PLACEMENT_STRUCTURES
+        if name in anatomy.structures
+    }
+    site, pool, intra_axial = placement_pool(
+        diagnosis["tumour_type"],
+        diagnosis,
+        table.coords,
+        table.edge_mm,
+        table.ventricle_mm,
+        table.supratentorial,
+        structures,
+        rng,
+    )
+    if not pool.any():
+        raise ValueError(f"no atlas voxel fits site {site!r} of {diagnosis['tumour_type']!r}")
+    if intra_axial:
+        semi = shape.semi_axes_mm
+        need_edge = float(semi.max()) + shape.boundary_noise_mm + params.edge_clearance_mm
+        score = np.where(pool, table.edge_mm / need_edge, -1.0)
+        feasible = np.flatnonzero(score >= 1.0)
+        if feasible.size < 20:  # too big for full clearance: the deepest spots of the site
+            feasible = np.argsort(score, kind="stable")[-20:]
+    else:
+        feasible = np.flatnonzero(pool)
+    pick = int(feasible[rng.integers(feasible.size)])
+    info = {
+        "centre_atlas_voxel": [int(v) for v in table.coords[pick]],
+        "edge_distance_mm": float(table.edge_mm[pick]),
+        "ventricle_distance_mm": float(table.ventricle_mm[pick]),
+        "site": site,
+        "intra_axial": bool(intra_axial),
         "candidates": int(feasible.size),
     }
     return table.coords[pick].astype(np.float64), info
@@ -695,6 +770,8 @@ def generate_case_with_anatomy(
     case_id: str,
     params: PhantomParams = PhantomParams(),
     anatomy: Anatomy | None = None,
+    *,
+    tumour_labels: np.ndarray | None = None,
 ) -> tuple[PhantomCase, WarpedAnatomy]:
     """Generate one case and return it with its case-space (warped) anatomy.
 
@@ -703,6 +780,10 @@ def generate_case_with_anatomy(
         case_id: identifier made of letters, digits, ``.``, ``_`` and ``-``.
         params: generator knobs.
         anatomy: reference anatomy; default the cached SRI24 atlas.
+        tumour_labels: uint8 labels on the anatomy grid that replace the drawn tumour (the
+            shape is still drawn, so every other draw is unchanged); needs
+            ``random_warp=False``, so that case space is atlas space. Used by
+            :mod:`cerebrascan.phantoms.series` to render visits of one patient.
 
     Returns:
         ``(case, warped_anatomy)``.
@@ -720,7 +801,11 @@ def generate_case_with_anatomy(
     shape = tumour_shape_from_params(drawn["tumour"])
 
     # 1. Tumour placement (atlas space) and case-space centre.
-    if params.tumour_centre_atlas_voxel is None:
+    if params.tumour_centre_atlas_voxel is None and params.tumour_type is not None:
+        centre_src, placement = _place_typed_centre(
+            anatomy, table, shape, drawn["diagnosis"], params, rngs["tumour_site"]
+        )
+    elif params.tumour_centre_atlas_voxel is None:
         centre_src, placement = _place_centre(
             table, shape, drawn["tumour"]["supratentorial"], params, rngs["placement"]
         )
@@ -790,6 +875,8 @@ def generate_case_with_anatomy(
     labels_box = build_tumour_labels(
         shape, c_local - box_lo, brain[box], ventricles[box], wm_box, rngs["fields"]
     )
+    if tumour_labels is not None:  # a caller-given tumour replaces the drawn one
+        box, labels_box = _given_tumour_box(tumour_labels, params, out_lo, out_hi, c_local)
     focus_weight: np.ndarray | None = None
     focus_texture: np.ndarray | None = None
     focus_truth: dict[str, Any] | None = None
@@ -874,6 +961,12 @@ def generate_case_with_anatomy(
         extras["focus"] = focus_truth
     if structures_crop:
         extras.update(_structure_truth(seg_crop > 0, structures_crop, anatomy.spacing_mm, affine))
+    settings = dataclasses.asdict(params)
+    if params.tumour_type is None:
+        del settings["tumour_type"]  # default truth.json stays byte-identical
+    else:
+        extras["diagnosis"] = drawn["diagnosis"]
+        extras["tumour_types_version"] = TUMOUR_TYPES_VERSION
     truth = {
         "case_id": case_id,
         "seed": int(seed),
@@ -888,7 +981,7 @@ def generate_case_with_anatomy(
             "placement": placement,
             "mass_effect": {**mass, "edge_radius_mm": edge_radius},
             "tissue_means_t1": list(means),
-            "settings": dataclasses.asdict(params),
+            "settings": settings,
         },
     }
 
@@ -934,3 +1027,41 @@ def generate_case(
         The case.
     """
     return generate_case_with_anatomy(seed, case_id, params, anatomy)[0]
+
+
+def _given_tumour_box(
+    tumour_labels: np.ndarray,
+    params: PhantomParams,
+    out_lo: np.ndarray,
+    out_hi: np.ndarray,
+    centre_local: np.ndarray,
+) -> tuple[tuple[slice, ...], np.ndarray]:
+    """The crop-local box and labels of a caller-given tumour (``tumour_labels`` above).
+
+    Raises:
+        ValueError: with a random warp, or labels not uint8 in {0..3} on the crop's grid.
+    """
+    if params.random_warp:
+        raise ValueError("tumour_labels needs PhantomParams(random_warp=False)")
+    labels = np.asarray(tumour_labels)
+    if labels.ndim != 3 or labels.dtype != np.uint8 or int(labels.max(initial=0)) > 3:
+        raise ValueError(
+            f"tumour_labels must be uint8 (x, y, z) labels in 0..3, got {labels.dtype} "
+            f"{labels.shape}"
+        )
+    crop = tuple(slice(int(a), int(b)) for a, b in zip(out_lo, out_hi, strict=True))
+    local = labels[crop]
+    if local.shape != tuple(int(b - a) for a, b in zip(out_lo, out_hi, strict=True)):
+        raise ValueError(f"tumour_labels of shape {labels.shape} do not cover the brain box")
+    if int(np.count_nonzero(labels)) != int(np.count_nonzero(local)):
+        raise ValueError("tumour_labels reach outside the brain box")
+    found = np.nonzero(local)
+    margin = 3  # voxels of partial-volume blending around the labels
+    if found[0].size:
+        lo = [max(int(f.min()) - margin, 0) for f in found]
+        hi = [min(int(f.max()) + margin + 1, n) for f, n in zip(found, local.shape, strict=True)]
+    else:  # no tumour: a small box of normal tissue around the drawn centre
+        lo = [max(int(c) - margin, 0) for c in centre_local]
+        hi = [min(int(c) + margin + 1, n) for c, n in zip(centre_local, local.shape, strict=True)]
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    return box, np.ascontiguousarray(local[box])

@@ -226,6 +226,45 @@ class StudyRepository:
         with self._sessions() as session:
             return [_record(study) for study in session.scalars(query)]
 
+    def prior_studies(
+        self, patient_id: str, before: date, *, limit: int, exclude_study_id: str | None = None
+    ) -> list[StudyRecord]:
+        """A patient's studies dated strictly before ``before``, oldest first.
+
+        Studies without a date, on the same date or later are left out; of the rest, the
+        ``limit`` most recent are returned (ties on a date: created time, then id).
+
+        Raises:
+            PatientIdError: the patient id is refused.
+            ValueError: ``limit`` < 1.
+        """
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        key = self.patient_key(patient_id)
+        query = (
+            select(Study)
+            .where(Study.patient_id == key)
+            .where(Study.study_date.is_not(None))
+            .where(Study.study_date < before)
+            .order_by(Study.study_date.desc(), Study.created_at.desc(), Study.id.desc())
+            .limit(limit)
+        )
+        if exclude_study_id is not None:
+            query = query.where(Study.id != exclude_study_id)
+        with self._sessions() as session:
+            found = [_record(study) for study in session.scalars(query)]
+        return found[::-1]
+
+    def has_patient(self, patient_id: str) -> bool:
+        """Whether any study of the patient is stored.
+
+        Raises:
+            PatientIdError: the patient id is refused.
+        """
+        key = self.patient_key(patient_id)
+        with self._sessions() as session:
+            return session.get(Patient, key) is not None
+
     def _insert(self, model: type[Patient] | type[Study]) -> Any:
         if self.dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert as pg_insert

@@ -62,8 +62,15 @@ def bentoml_server(
         str(port),
     ]
     log = log_path.open("wb")
+    # A private BENTOML_HOME: every `bentoml serve` empties its Prometheus multiprocess folder,
+    # which would wipe /metrics of another server started by the same user.
+    private = {"BENTOML_HOME": str(log_path.parent / f"bentoml-home-{port}")}
     process = subprocess.Popen(
-        command, cwd=REPO_ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT
+        command,
+        cwd=REPO_ROOT,
+        env={**os.environ, **private, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
