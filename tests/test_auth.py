@@ -56,13 +56,13 @@ READER_ROUTES = [(m, p) for m, p in GUARDED if route_need(p) == "reader"]
 
 
 @pytest.fixture(scope="module")
-def secured_client(registered_default_model: str) -> Iterator[TestClient]:
-    """The service's ASGI app behind an enabled key check (reader and admin keys)."""
-    from service import CerebraScan
+def secured_client(asgi_client: TestClient) -> Iterator[TestClient]:
+    """The session's started ASGI app behind an enabled key check (reader and admin keys).
 
+    It wraps the app the session already started rather than starting a second one: two
+    started BentoML apps in one process register the same Prometheus series twice."""
     settings = AuthSettings(enabled=True, api_keys=[READER_ENTRY, ADMIN_ENTRY])
-    with TestClient(ApiKeyMiddleware(CerebraScan.to_asgi(), settings)) as client:
-        yield client
+    yield TestClient(ApiKeyMiddleware(asgi_client.app, settings))
 
 
 def test_the_route_list_covers_the_service() -> None:
