@@ -163,6 +163,9 @@ def test_real_llm_contradicting_section_is_rejected(
         {"role": "system", "content": "Return the JSON object of the user message unchanged."},
         {"role": "user", "content": wrong.narrative.model_dump_json()},
     ]
+    # Copying the whole narrative takes more tokens than a rephrased section: with the default
+    # budget the answer can stop mid-string (invalid JSON, a fallback that shows no grounding).
+    body["max_tokens"] = 1024
     sections = llm_writer.call_endpoint(llm_settings, body)
     record = WriterRecord(requested="llm", used="llm", model=SERVED_MODEL_NAME)
     accepted = llm_writer.judge(sections, report, record)
