@@ -15,6 +15,22 @@ PARAMS_OPTION = click.option(
     show_default=True,
 )
 
+COHORTS_OPTION = click.option(
+    "--cohorts",
+    "cohort_dir",
+    type=click.Path(path_type=Path),
+    default=Path("data/classifiers/cohorts"),
+)
+FEATURES_OPTION = click.option(
+    "--features",
+    "features_dir",
+    type=click.Path(path_type=Path),
+    default=Path("data/classifiers/features"),
+)
+MODELS_OPTION = click.option(
+    "--models", "models_dir", type=click.Path(path_type=Path), default=Path("models/classifiers")
+)
+
 
 @click.group("classifiers")
 def classifiers() -> None:
@@ -36,12 +52,7 @@ def cohort(params_path: Path, out_dir: Path) -> None:
 
 @classifiers.command("features")
 @PARAMS_OPTION
-@click.option(
-    "--cohorts",
-    "cohort_dir",
-    type=click.Path(path_type=Path),
-    default=Path("data/classifiers/cohorts"),
-)
+@COHORTS_OPTION
 @click.option(
     "--out", "out_dir", type=click.Path(path_type=Path), default=Path("data/classifiers/features")
 )
@@ -55,18 +66,8 @@ def features(params_path: Path, cohort_dir: Path, out_dir: Path) -> None:
 
 @classifiers.command("train")
 @PARAMS_OPTION
-@click.option(
-    "--cohorts",
-    "cohort_dir",
-    type=click.Path(path_type=Path),
-    default=Path("data/classifiers/cohorts"),
-)
-@click.option(
-    "--features",
-    "features_dir",
-    type=click.Path(path_type=Path),
-    default=Path("data/classifiers/features"),
-)
+@COHORTS_OPTION
+@FEATURES_OPTION
 @click.option(
     "--out", "out_dir", type=click.Path(path_type=Path), default=Path("models/classifiers")
 )
@@ -79,21 +80,9 @@ def train(params_path: Path, cohort_dir: Path, features_dir: Path, out_dir: Path
 
 @classifiers.command("evaluate")
 @PARAMS_OPTION
-@click.option(
-    "--cohorts",
-    "cohort_dir",
-    type=click.Path(path_type=Path),
-    default=Path("data/classifiers/cohorts"),
-)
-@click.option(
-    "--features",
-    "features_dir",
-    type=click.Path(path_type=Path),
-    default=Path("data/classifiers/features"),
-)
-@click.option(
-    "--models", "models_dir", type=click.Path(path_type=Path), default=Path("models/classifiers")
-)
+@COHORTS_OPTION
+@FEATURES_OPTION
+@MODELS_OPTION
 def evaluate(params_path: Path, cohort_dir: Path, features_dir: Path, models_dir: Path) -> None:
     """Held-out metrics, reliability plots, OOD rates and model cards."""
     from cerebrascan.classifiers.pipeline import load_classifier_params, run_evaluate_stage
@@ -102,9 +91,7 @@ def evaluate(params_path: Path, cohort_dir: Path, features_dir: Path, models_dir
 
 
 @classifiers.command("register")
-@click.option(
-    "--models", "models_dir", type=click.Path(path_type=Path), default=Path("models/classifiers")
-)
+@MODELS_OPTION
 @click.option(
     "--record", type=click.Path(path_type=Path), default=Path("data/classifiers/registered.json")
 )
