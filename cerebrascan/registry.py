@@ -106,6 +106,36 @@ def check_model_folder(folder: Path) -> ModelSpec:
     return spec
 
 
+def registration_run(
+    client: MlflowClient,
+    settings: Settings,
+    name: str,
+    run_id: str | None,
+    experiment: str = REGISTRATION_EXPERIMENT,
+) -> str:
+    """``run_id`` if this registry's store has it, else a new finished run in ``experiment``."""
+    if run_id is not None:
+        try:
+            client.get_run(run_id)
+        except MlflowException:
+            logger.warning("run %s is not in this registry's store; using a new run", run_id)
+            run_id = None
+    if run_id is None:
+        experiment_id = ensure_experiment(client, experiment, settings)
+        run_id = client.create_run(experiment_id, run_name=f"register-{name}").info.run_id
+        client.set_terminated(run_id)
+    return run_id
+
+
+def ensure_registered_model(client: MlflowClient, name: str, description: str) -> None:
+    """Create the registered model ``name`` unless it exists."""
+    try:
+        client.create_registered_model(name, description=description)
+    except MlflowException as exc:
+        if "already exists" not in str(exc).lower() and exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+
+
 def register_model_folder(
     settings: Settings, folder: Path, *, name: str, alias: str, run_id: str | None = None
 ) -> str:
@@ -124,25 +154,12 @@ def register_model_folder(
     spec = check_model_folder(folder)
     client = client_for(settings)
     metrics = json.loads((folder / "metrics.json").read_text())
-    if run_id is not None:
-        try:
-            client.get_run(run_id)
-        except MlflowException:
-            logger.warning("run %s is not in this registry's store; using a new run", run_id)
-            run_id = None
-    if run_id is None:
-        experiment_id = ensure_experiment(client, REGISTRATION_EXPERIMENT, settings)
-        run_id = client.create_run(experiment_id, run_name=f"register-{name}").info.run_id
-        client.set_terminated(run_id)
+    run_id = registration_run(client, settings, name, run_id)
     weights = spec.torch_network.weights if spec.torch_network else []
     for file_name in (*MODEL_FILES, *weights):
         client.log_artifact(run_id, str(folder / file_name), artifact_path="model")
     artifact_uri = client.get_run(run_id).info.artifact_uri
-    try:
-        client.create_registered_model(name, description=(folder / "model_card.md").read_text())
-    except MlflowException as exc:
-        if "already exists" not in str(exc).lower() and exc.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
+    ensure_registered_model(client, name, (folder / "model_card.md").read_text())
     version = client.create_model_version(
         name,
         source=f"{artifact_uri}/model",

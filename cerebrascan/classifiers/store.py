@@ -27,7 +27,12 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from cerebrascan.classifiers.models import OodDetector
-from cerebrascan.registry import client_for, ensure_experiment, sha256_of
+from cerebrascan.registry import (
+    client_for,
+    ensure_registered_model,
+    registration_run,
+    sha256_of,
+)
 from cerebrascan.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -160,26 +165,13 @@ def register_folder(
     if missing:
         raise ClassifierNotAvailableError(f"classifier folder {folder} lacks {missing}")
     client = client_for(settings)
-    if run_id is not None:
-        try:
-            client.get_run(run_id)
-        except MlflowException:
-            logger.warning("run %s is not in this registry's store; using a new run", run_id)
-            run_id = None
-    if run_id is None:
-        experiment_id = ensure_experiment(client, REGISTRATION_EXPERIMENT, settings)
-        run_id = client.create_run(experiment_id, run_name=f"register-{name}").info.run_id
-        client.set_terminated(run_id)
+    run_id = registration_run(client, settings, name, run_id, REGISTRATION_EXPERIMENT)
     for file_name in MODEL_FILES + OPTIONAL_FILES:
         if (folder / file_name).is_file():
             client.log_artifact(run_id, str(folder / file_name), artifact_path="model")
     artifact_uri = client.get_run(run_id).info.artifact_uri
     card = (folder / "model_card.md").read_text()
-    try:
-        client.create_registered_model(name, description=card)
-    except MlflowException as exc:
-        if "already exists" not in str(exc).lower() and exc.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
+    ensure_registered_model(client, name, card)
     spec = json.loads((folder / "spec.json").read_text())
     version = client.create_model_version(
         name,
