@@ -9,13 +9,14 @@ adds no request data beyond the id.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import logging
 import os
 import re
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,6 +40,25 @@ BENTOML_SERVER_HANDLER = "tracehandler"  # bentoml._internal.log.SERVER_LOGGING_
 def current_request_id() -> str | None:
     """The id of the request being handled in this context, or None outside one."""
     return _request_id.get()
+
+
+def is_plain_request_id(candidate: str) -> bool:
+    """Whether ``candidate`` may be used as a request id (a plain token, 1-128 characters)."""
+    return bool(_VALID_REQUEST_ID.match(candidate))
+
+
+#: The pattern a request id must match (for schema fields that carry one).
+REQUEST_ID_PATTERN = _VALID_REQUEST_ID.pattern
+
+
+@contextlib.contextmanager
+def bound_request_id(request_id: str | None) -> Iterator[None]:
+    """Bind ``request_id`` for the log lines written inside the block (:class:`JsonFormatter`)."""
+    token = _request_id.set(request_id)
+    try:
+        yield
+    finally:
+        _request_id.reset(token)
 
 
 def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:

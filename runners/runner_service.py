@@ -19,6 +19,10 @@ travel as raw buffers; the runner service refuses nothing it did not get from th
 
 A case that fails (wrong channel count, NaN, a network error on its tiles) fails alone; the
 other cases of its batch get their results.
+
+Each case carries the front's request id (``X-Request-ID`` or the gRPC ``x-request-id``); the
+runner service binds it while it logs that case, so the JSON log lines of both services can be
+joined, and its batch line lists the ids of the cases it batched.
 """
 
 from __future__ import annotations
@@ -34,9 +38,15 @@ import aiohttp
 import bentoml
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from cerebrascan.errors import InputError
+from cerebrascan.logging_config import (
+    REQUEST_ID_PATTERN,
+    bound_request_id,
+    current_request_id,
+    is_plain_request_id,
+)
 from cerebrascan.registry import (
     ModelNotAvailableError,
     ResolvedModel,
@@ -64,6 +74,16 @@ WireArray = Annotated[
 """A numpy array field: BentoML pickles it (protocol 5, raw buffers) between its services."""
 
 
+def forwardable_request_id() -> str | None:
+    """The request id bound in this context if it is a plain token (as ``X-Request-ID`` must
+    be), else None: arbitrary text never travels into the runner service's logs."""
+    request_id = current_request_id()
+    if request_id is not None and not is_plain_request_id(request_id):
+        logger.debug("request id not forwarded to the runner service: not a plain token")
+        return None
+    return request_id
+
+
 class RunnerCase(BaseModel):
     """One preprocessed case sent to the runner service."""
 
@@ -79,6 +99,9 @@ class RunnerCase(BaseModel):
     model_version: str | None = None
     """The registry version the front preprocessed the case for; the runner service loads it
     if it is not the one it started with (the front was promoted to it)."""
+    request_id: str | None = Field(default=None, pattern=REQUEST_ID_PATTERN)
+    """The front's request id (a plain token, as ``X-Request-ID``), bound in the runner
+    service's log lines about this case."""
 
 
 class RunnerResult(BaseModel):
@@ -205,10 +228,30 @@ class CrossCaseRunner:
             result.precision = self.tile_runner.precision
             result.precision_note = self.tile_runner.decision.note
             final.append(result)
+        for position, (case, result) in enumerate(zip(cases, final)):
+            with bound_request_id(case.request_id):
+                if result.error is None:
+                    logger.info(
+                        "runner case %d of %d: segmented in a batch of %d, %.0f ms",
+                        position + 1,
+                        len(cases),
+                        len(cases),
+                        elapsed_ms,
+                    )
+                else:
+                    logger.warning(
+                        "runner case %d of %d failed (%s): %s",
+                        position + 1,
+                        len(cases),
+                        result.error_kind,
+                        result.error,
+                    )
         failed = sum(r.error is not None for r in final)
         logger.info(
-            "runner call: %d case(s), %d failed, %d network calls (%d mixing cases), %.0f ms",
+            "runner call: %d case(s) (request ids %s), %d failed, %d network calls "
+            "(%d mixing cases), %.0f ms",
             len(cases),
+            ", ".join(case.request_id or "-" for case in cases),
             failed,
             len(outcome.batch_sizes),
             outcome.mixed_batches,
@@ -305,6 +348,8 @@ class SegmentationRunnerService:
             except ModelNotAvailableError as exc:
                 for index in indices:
                     results[index] = RunnerResult(error=str(exc), error_kind="runner")
+                    with bound_request_id(cases[index].request_id):
+                        logger.warning("runner case failed: %s", exc)
                 continue
             for index, result in zip(indices, engine.segment([cases[i] for i in indices])):
                 results[index] = result
@@ -366,6 +411,35 @@ class RemoteSegmentationRunner:
         self.precision = precision
         self.decision = PrecisionDecision(precision, precision)
 
+    def runner_case(
+        self,
+        volume: npt.NDArray[np.float32],
+        *,
+        mirror_tta: bool,
+        tta_disagreement: bool = False,
+    ) -> RunnerCase:
+        """What :meth:`predict` sends for ``volume``, with the request id bound in this context
+        (None when there is none or it is not a plain token).
+
+        Args:
+            volume: the preprocessed (channels, x, y, z) volume on the network grid.
+            mirror_tta: average mirror flips.
+            tta_disagreement: also return the flips' disagreement (with mirror TTA only).
+
+        Returns:
+            The :class:`RunnerCase`, its volume in the wire dtype.
+        """
+        return RunnerCase(
+            volume=np.ascontiguousarray(volume, dtype=self.volume_dtype),
+            mirror_tta=mirror_tta,
+            tta_disagreement=tta_disagreement and mirror_tta,
+            output="logits" if self.spec.preprocessing == "nnunet" else "probabilities",
+            probability_dtype=self.probability_dtype,
+            model_name=self.model_name,
+            model_version=self.model_version,
+            request_id=forwardable_request_id(),
+        )
+
     def predict(
         self,
         volume: npt.NDArray[np.float32],
@@ -380,15 +454,7 @@ class RemoteSegmentationRunner:
             RuntimeError: the network failed on this case.
         """
         wants_logits = self.spec.preprocessing == "nnunet"
-        case = RunnerCase(
-            volume=np.ascontiguousarray(volume, dtype=self.volume_dtype),
-            mirror_tta=mirror_tta,
-            tta_disagreement=tta_disagreement and mirror_tta,
-            output="logits" if wants_logits else "probabilities",
-            probability_dtype=self.probability_dtype,
-            model_name=self.model_name,
-            model_version=self.model_version,
-        )
+        case = self.runner_case(volume, mirror_tta=mirror_tta, tta_disagreement=tta_disagreement)
         clock = time.perf_counter()
         try:
             (result,) = self.service.segment([case])

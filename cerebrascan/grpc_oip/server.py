@@ -6,6 +6,11 @@ methods answer UNIMPLEMENTED. A ``ModelInfer`` writes the four channels as NIfTI
 private temporary folder and runs the same :meth:`AnalysisPipeline.analyze` as ``POST
 /analyze``, so every validation, analyzer and the study store are shared; the label map comes
 back from the study store.
+
+Every call passes two interceptors: :class:`RequestIdInterceptor` binds a request id (the
+client's ``x-request-id`` metadata when it is a plain token, else a new one) for the call's logs
+and the runner service, and returns it in the trailing metadata; then
+:class:`~cerebrascan.grpc_oip.auth.ApiKeyInterceptor` checks the API key when ``auth.enabled``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from typing_extensions import override
 
 from cerebrascan.errors import InputError
+from cerebrascan.grpc_oip.auth import ApiKeyInterceptor, metadata_headers, wrap_behaviour
 from cerebrascan.grpc_oip.tensors import (
     FINDINGS_OUTPUT,
     INPUT_NAME,
@@ -36,6 +42,11 @@ from cerebrascan.grpc_oip.tensors import (
     OipRequestError,
     decode_infer_request,
     serialize_bytes_elements,
+)
+from cerebrascan.logging_config import (
+    REQUEST_ID_HEADER,
+    bound_request_id,
+    request_id_from,
 )
 from cerebrascan.settings import Settings
 from schemas.analysis import AnalyzeOptions
@@ -46,6 +57,41 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PipelineGetter = Callable[[], "AnalysisPipeline | None"]
+
+
+def _with_request_id(request_id: str | None, function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)`` with ``request_id`` bound in this thread's context."""
+    with bound_request_id(request_id):
+        return function(*args)
+
+
+class RequestIdInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Bind a request id to each call (as :class:`RequestIdMiddleware` does for HTTP).
+
+    The id is the client's ``x-request-id`` metadata when it is a plain token, else a new one;
+    it is bound while the method runs (so its log lines and the runner service's carry it) and
+    returned in the trailing metadata ``x-request-id``, refusals included. A response-streaming
+    method would be bound only until it returns its iterator (no such method is implemented).
+    """
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        request_id = request_id_from(metadata_headers(handler_call_details.invocation_metadata))
+
+        def wrap(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+            def with_request_id(request: Any, context: grpc.ServicerContext) -> Any:
+                context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
+                return _with_request_id(request_id, behaviour, request, context)
+
+            return with_request_id
+
+        return wrap_behaviour(handler, wrap)
 
 
 class OipServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
@@ -69,7 +115,11 @@ class OipServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignor
         self.loop = loop
 
     def _in_service_thread(self, function: Callable[..., Any], *args: Any) -> Any:
-        """``function(*args)`` in an AnyIO worker thread of the service's loop (if any)."""
+        """``function(*args)`` in an AnyIO worker thread of the service's loop (if any).
+
+        The call's context (its request id) goes along: ``run_coroutine_threadsafe`` starts the
+        task in a copy of this thread's context and AnyIO runs the worker in the task's.
+        """
         if self.loop is None:
             return function(*args)
         call = functools.partial(anyio.to_thread.run_sync, functools.partial(function, *args))
@@ -190,9 +240,11 @@ class OipServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignor
 def start_oip_server(settings: Settings, pipeline: PipelineGetter) -> grpc.Server | None:
     """Start the OIP gRPC server on ``settings.grpc.port`` in its own threads.
 
-    Several workers of the front service may share the port (SO_REUSEPORT, gRPC's default on
-    Linux). Port 0 disables the server. Called from the service's ``__init__`` (inside its
-    event loop), studies run in that loop's worker threads, as HTTP requests do.
+    Calls need an API key when ``settings.auth.enabled`` (:mod:`cerebrascan.grpc_oip.auth`) and
+    carry a request id (:class:`RequestIdInterceptor`). Several workers of the front service
+    may share the port (SO_REUSEPORT, gRPC's default on Linux). Port 0 disables the server.
+    Called from the service's ``__init__`` (inside its event loop), studies run in that loop's
+    worker threads, as HTTP requests do.
 
     Returns:
         The started server (stopped at interpreter exit), or None when disabled or the port
@@ -210,6 +262,8 @@ def start_oip_server(settings: Settings, pipeline: PipelineGetter) -> grpc.Serve
             ("grpc.max_send_message_length", max_bytes),
             ("grpc.so_reuseport", 1),
         ],
+        # the request id first, so a refused call's log line and trailing metadata carry it
+        interceptors=[RequestIdInterceptor(), ApiKeyInterceptor(settings.auth)],
     )
     try:
         loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
@@ -229,5 +283,9 @@ def start_oip_server(settings: Settings, pipeline: PipelineGetter) -> grpc.Serve
         return None
     server.start()
     atexit.register(server.stop, 2.0)
-    logger.info("gRPC (Open Inference Protocol) listening on %s", address)
+    logger.info(
+        "gRPC (Open Inference Protocol) listening on %s, API keys %s",
+        address,
+        "required" if settings.auth.enabled else "not required (auth.enabled=false)",
+    )
     return server
