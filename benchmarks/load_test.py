@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import psutil
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
@@ -113,12 +114,18 @@ def run_level(url: str, payloads: list[dict], concurrency: int, n_cases: int) ->
                         failures.append(f"{response.status_code}: {response.text[:200]}")
 
     before = batch_counters(url)
+    cpu_before = psutil.cpu_times()
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         for _ in range(concurrency):
             pool.submit(client)
     wall = time.perf_counter() - start
+    cpu_after = psutil.cpu_times()
     after = batch_counters(url)
+    # machine-wide busy CPU time (server, runner service and this client): at 1 client it
+    # bounds what concurrency can buy on this machine (cores / busy cores)
+    idle = (cpu_after.idle + cpu_after.iowait) - (cpu_before.idle + cpu_before.iowait)
+    total = sum(cpu_after) - sum(cpu_before)
     calls = after[1] - before[1]
     return {
         "concurrency": concurrency,
@@ -131,6 +138,7 @@ def run_level(url: str, payloads: list[dict], concurrency: int, n_cases: int) ->
         "rejected_429_retried": rejected[0],
         "runner_calls": int(calls),
         "mean_batch_size": round((after[0] - before[0]) / calls, 2) if calls else None,
+        "busy_cores": round((total - idle) / total * (os.cpu_count() or 1), 2) if total else None,
     }
 
 
@@ -219,6 +227,11 @@ def main() -> None:
             logger.info("%s", json.dumps(result))
             results.append(result)
     sequential = next((r for r in results if r["concurrency"] == 1), None)
+    if sequential and sequential["busy_cores"]:
+        ceiling = round((os.cpu_count() or 1) / sequential["busy_cores"], 2)
+        logger.info(
+            "1 client keeps %.2f cores busy: ceiling x%.2f", sequential["busy_cores"], ceiling
+        )
     for result in results:
         if sequential and sequential["cases_per_minute"]:
             result["speedup_vs_sequential"] = round(
@@ -230,6 +243,11 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "load_average_at_end": os.getloadavg(),
         "levels": results,
+        "ceiling_vs_sequential": (
+            round((os.cpu_count() or 1) / sequential["busy_cores"], 2)
+            if sequential and sequential["busy_cores"]
+            else None
+        ),
         "runner_transfer": None if args.url else transfer_overhead(log_path),
     }
     print(json.dumps(report, indent=2))

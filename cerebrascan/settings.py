@@ -45,6 +45,12 @@ class RunnerSettings(BaseModel):
     intra_op_threads: int = Field(
         default=0, ge=0, description="ONNX Runtime intra-op threads; 0 lets ORT decide."
     )
+    intra_op_spinning: bool = Field(
+        default=True,
+        description="Let ONNX Runtime's idle intra-op threads spin (busy-wait) between "
+        "operators: faster alone, but spinning threads take CPU from concurrent work (other "
+        "cases' preprocessing and analyzers).",
+    )
     tile_batch_size: int = Field(default=2, ge=1, le=64, description="Tiles per network call.")
     tile_step: float = Field(
         default=0.5, gt=0.0, le=1.0, description="Sliding-window step as a fraction of the patch."

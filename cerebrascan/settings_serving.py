@@ -40,7 +40,8 @@ class ApiKeyEntry(BaseModel):
 
 
 class AuthSettings(BaseModel):
-    """API-key access control of the HTTP routes (``cerebrascan.http.auth``)."""
+    """API-key access control of the HTTP routes (``cerebrascan.http.auth``) and the gRPC
+    methods (``cerebrascan.grpc_oip.auth``)."""
 
     model_config = {"extra": "forbid"}
 

@@ -183,6 +183,8 @@ class OnnxSegmentationRunner:
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.settings.intra_op_threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not self.settings.intra_op_spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = provider_options(
             self.spec,
             self.settings,

@@ -14,7 +14,12 @@ import pytest
 
 from cerebrascan.classifiers.cohort import TASKS
 from cerebrascan.classifiers.features import case_features, radiomics_features
-from cerebrascan.classifiers.models import build_classifier, feature_matrix, fit_ood_detector
+from cerebrascan.classifiers.models import (
+    build_classifier,
+    feature_matrix,
+    fit_ood_detector,
+    ood_feature_names,
+)
 from cerebrascan.classifiers.pipeline import classification_metrics
 from cerebrascan.classifiers.serving import assess
 from cerebrascan.classifiers.store import (
@@ -52,6 +57,39 @@ def test_ood_detector_flags_shifted_rows_and_keeps_in_distribution_ones() -> Non
     with_nan = held_out[:5].copy()
     with_nan[:, 3] = np.nan
     assert np.isfinite(detector.scores(with_nan)).all()
+
+
+def test_ood_detector_is_not_blinded_by_heavy_tailed_columns() -> None:
+    # radiomics columns can be heavy-tailed (here: Cauchy); with z-scores their training
+    # extremes set every threshold and a shift of the well-behaved columns goes unseen
+    rng = np.random.default_rng(2)
+
+    def draw(n: int) -> np.ndarray:
+        return np.concatenate([rng.normal(size=(n, 8)), rng.standard_cauchy(size=(n, 8))], 1)
+
+    train, held_out = draw(300), draw(200)
+    labels = np.where(train[:, 0] > 0, "a", "b")
+    shifted = draw(60)
+    shifted[:, :4] += 3.0
+    detector = fit_ood_detector(train, labels, variance=0.9, quantile=0.95, seed=0)
+    assert np.mean(detector.scores(held_out) > detector.threshold) <= 0.10
+    assert np.mean(detector.scores(shifted) > detector.threshold) >= 0.9
+    assert detector.class_means.shape == (2, detector.components)
+    with pytest.raises(ValueError, match="3 entries for 300 feature rows"):
+        fit_ood_detector(train, ["a", "b", "a"], variance=0.9, quantile=0.95, seed=0)
+
+
+def test_ood_check_watches_phenotype_columns_only() -> None:
+    names = [
+        "location_ventricle_overlap_fraction",
+        "fraction_ET_of_TC",
+        "WT_log_volume_ml",
+        "ET_t2f_original_firstorder_Median",
+        "ET_t2f_original_firstorder_Mean",
+        "WT_t1c_original_glcm_Contrast",
+        "age_years",
+    ]
+    assert ood_feature_names(names) == names[:4]
 
 
 def test_skops_loader_refuses_untrusted_types(tmp_path: Path) -> None:

@@ -27,6 +27,16 @@ def test_cpu_provider_from_settings() -> None:
     assert runner.providers == ["CPUExecutionProvider"]
 
 
+def test_intra_op_spinning_comes_from_settings() -> None:
+    onnx_path, spec = _bundled()
+    key = "session.intra_op.allow_spinning"
+    quiet = OnnxSegmentationRunner(onnx_path, spec, RunnerSettings(intra_op_spinning=False))
+    assert quiet.session.get_session_options().get_session_config_entry(key) == "0"
+    default = OnnxSegmentationRunner(onnx_path, spec, RunnerSettings())
+    with pytest.raises(RuntimeError, match="does not have configuration"):
+        default.session.get_session_options().get_session_config_entry(key)  # ORT's default: spin
+
+
 @pytest.mark.skipif(
     "CUDAExecutionProvider" in ort.get_available_providers(), reason="this build has CUDA"
 )

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 from mlflow.exceptions import MlflowException
 
 from cerebrascan.classifiers.models import OodDetector
@@ -139,6 +140,8 @@ def load_folder(folder: Path, *, task: str, name: str, version: str) -> LoadedCl
         statistic_thresholds=(thresholds[0], thresholds[1], thresholds[2]),
         threshold=float(ood_state["threshold"]),
         quantile=float(ood_state["quantile"]),
+        class_means=np.asarray(ood_state["class_means"], dtype=np.float64),
+        within_precision=np.asarray(ood_state["within_precision"], dtype=np.float64),
     )
     return LoadedClassifier(
         task=task,
