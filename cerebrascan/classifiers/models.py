@@ -32,10 +32,6 @@ from sklearn.preprocessing import FunctionTransformer, QuantileTransformer, Stan
 _CLIP = 8.0
 
 
-def _clip(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    return np.clip(values, -_CLIP, _CLIP)
-
-
 def build_classifier(c: float, seed: int) -> CalibratedClassifierCV:
     """An untrained calibrated classifier pipeline.
 

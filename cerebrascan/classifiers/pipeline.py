@@ -343,13 +343,10 @@ def run_evaluate_stage(
         probabilities = loaded.model.predict_proba(x)
         metrics = classification_metrics(loaded.classes, labels, probabilities)
         ood_in = loaded.ood.scores(feature_matrix(rows, loaded.ood_feature_names))
-        ood_protocol = loaded.ood.scores(
-            feature_matrix(list(protocol_features.values()), loaded.ood_feature_names)
-        )
         metrics["ood_flagged_shifted_protocol"] = float(
-            np.mean(ood_protocol > loaded.ood.threshold)
+            np.mean(_flagged(loaded, protocol_features))
         )
-        metrics["n_shifted_protocol_cases"] = float(len(ood_protocol))
+        metrics["n_shifted_protocol_cases"] = float(len(protocol_features))
         protocol_rows, protocol_labels, _ = task_rows(task, protocol_records, protocol_features)
         if len(set(protocol_labels)) == len(loaded.classes):
             protocol_metrics = classification_metrics(
