@@ -232,26 +232,40 @@ def resolve_model_version(settings: Settings, name: str, version: str) -> Resolv
     return _materialise(settings, name, found, aliases[0] if aliases else f"v{version}")
 
 
+def cached_version_folder(
+    settings: Settings, name: str, version: Any, key_file: str, checksum_tag: str
+) -> Path:
+    """The model cache folder of a registry version, downloaded (through a ``.partial``
+    staging folder) unless ``key_file`` is there with the checksum in tag ``checksum_tag``.
+
+    The caller checks the checksums again: a download can still differ from the tags.
+    """
+    folder = settings.model_cache_dir / name / str(version.version)
+    expected = version.tags.get(checksum_tag)
+    if (folder / key_file).is_file() and sha256_of(folder / key_file) == expected:
+        return folder
+    if folder.exists():
+        shutil.rmtree(folder)
+    staging = folder.with_name(folder.name + ".partial")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    mlflow.artifacts.download_artifacts(
+        artifact_uri=version.source, dst_path=str(staging), tracking_uri=settings.tracking_uri
+    )
+    downloaded = staging / "model" if (staging / "model").is_dir() else staging
+    downloaded.rename(folder)
+    shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
 def _materialise(settings: Settings, name: str, version: Any, alias: str) -> ResolvedModel:
     """The version's folder in the model cache (downloaded and checked once) and its spec."""
-    folder = settings.model_cache_dir / name / str(version.version)
-    expected = version.tags.get("onnx_sha256")
-    if not (folder / "model.onnx").is_file() or sha256_of(folder / "model.onnx") != expected:
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging = folder.with_name(folder.name + ".partial")
-        if staging.exists():
-            shutil.rmtree(staging)
-        staging.mkdir(parents=True)
-        mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(staging))
-        downloaded = staging / "model" if (staging / "model").is_dir() else staging
-        downloaded.rename(folder)
-        shutil.rmtree(staging, ignore_errors=True)
-        if sha256_of(folder / "model.onnx") != expected:
-            raise ModelNotAvailableError(
-                f"{name} version {version.version}: model.onnx checksum differs from the "
-                "registry tag"
-            )
+    folder = cached_version_folder(settings, name, version, "model.onnx", "onnx_sha256")
+    if sha256_of(folder / "model.onnx") != version.tags.get("onnx_sha256"):
+        raise ModelNotAvailableError(
+            f"{name} version {version.version}: model.onnx checksum differs from the registry tag"
+        )
     spec = check_model_folder(folder)
     return ResolvedModel(
         name=name,

@@ -13,13 +13,12 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, files
 from pathlib import Path
 
-import httpx
+from cerebrascan.testing.server_process import wait_until_ready
 
 logger = logging.getLogger(__name__)
 
@@ -98,23 +97,16 @@ def llama_cpp_server(n_ctx: int = 2048, n_threads: int = 2) -> Iterator[str]:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     base_url = f"http://127.0.0.1:{port}/v1"
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                raise LlmServerUnavailableError(
-                    f"llama_cpp.server exited with {process.returncode}: "
-                    f"{log_path.read_text(errors='replace')[-2000:]}"
-                )
-            try:
-                if httpx.get(f"{base_url}/models", timeout=2.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise LlmServerUnavailableError(
-                    f"llama_cpp.server not ready in {START_TIMEOUT_S} s"
-                )
-            time.sleep(0.5)
+        try:
+            wait_until_ready(
+                process,
+                f"{base_url}/models",
+                log_path,
+                timeout_s=START_TIMEOUT_S,
+                what="llama_cpp.server",
+            )
+        except RuntimeError as exc:
+            raise LlmServerUnavailableError(str(exc)) from exc
         logger.info("llama.cpp server on %s serving %s", base_url, model.name)
         yield base_url
     finally:

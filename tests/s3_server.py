@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from typing import Any
 import boto3
 import httpx
 
-from cerebrascan.testing.server_process import free_port
+from cerebrascan.testing.server_process import free_port, wait_until_ready
 
 REGION = "us-east-1"
 SETUP_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "setup", "AWS_SECRET_ACCESS_KEY": "setup"}
@@ -109,18 +108,14 @@ def moto_s3_server(log_path: Path, ready_timeout_s: float = 60.0) -> Iterator[Mo
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + ready_timeout_s
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"moto exited with {process.returncode}: {_tail(log_path)}")
-            try:
-                if httpx.get(f"{url}/moto-api/data.json", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"moto not ready in {ready_timeout_s} s: {_tail(log_path)}")
-            time.sleep(0.2)
+        wait_until_ready(
+            process,
+            f"{url}/moto-api/data.json",
+            log_path,
+            timeout_s=ready_timeout_s,
+            what="moto",
+            interval_s=0.2,
+        )
         yield MotoS3Server(endpoint_url=url, process=process)
     finally:
         process.terminate()
@@ -130,10 +125,6 @@ def moto_s3_server(log_path: Path, ready_timeout_s: float = 60.0) -> Iterator[Mo
             process.kill()
             process.wait()
         log.close()
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 def policy_actions(policy_file: Path) -> set[str]:

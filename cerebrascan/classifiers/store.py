@@ -17,18 +17,17 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 from mlflow.exceptions import MlflowException
 
 from cerebrascan.classifiers.models import OodDetector
 from cerebrascan.registry import (
+    cached_version_folder,
     client_for,
     ensure_registered_model,
     registration_run,
@@ -239,23 +238,7 @@ def resolve_classifier(settings: Settings, task: str) -> LoadedClassifier:
     with _load_lock:
         if key in _loaded:
             return _loaded[key]
-        folder = settings.model_cache_dir / name / str(version.version)
-        expected = version.tags.get("model_sha256")
-        if not (folder / "model.skops").is_file() or sha256_of(folder / "model.skops") != expected:
-            if folder.exists():
-                shutil.rmtree(folder)
-            staging = folder.with_name(folder.name + ".partial")
-            if staging.exists():
-                shutil.rmtree(staging)
-            staging.mkdir(parents=True)
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=version.source,
-                dst_path=str(staging),
-                tracking_uri=settings.tracking_uri,
-            )
-            downloaded = staging / "model" if (staging / "model").is_dir() else staging
-            downloaded.rename(folder)
-            shutil.rmtree(staging, ignore_errors=True)
+        folder = cached_version_folder(settings, name, version, "model.skops", "model_sha256")
         for file_name, tag in (("model.skops", "model_sha256"), ("ood.skops", "ood_sha256")):
             if sha256_of(folder / file_name) != version.tags.get(tag):
                 raise ClassifierNotAvailableError(

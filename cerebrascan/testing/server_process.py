@@ -74,18 +74,7 @@ def bentoml_server(
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + ready_timeout_s
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited with {process.returncode}:\n{_tail(log_path)}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server not ready in {ready_timeout_s} s:\n{_tail(log_path)}")
-            time.sleep(0.5)
+        wait_until_ready(process, f"{url}/readyz", log_path, timeout_s=ready_timeout_s)
         yield RunningServer(url=url, process=process, log_path=log_path)
     finally:
         process.terminate()
@@ -95,6 +84,35 @@ def bentoml_server(
             process.kill()
             process.wait()
         log.close()
+
+
+def wait_until_ready(
+    process: subprocess.Popen[bytes],
+    probe_url: str,
+    log_path: Path,
+    *,
+    timeout_s: float,
+    what: str = "server",
+    interval_s: float = 0.5,
+) -> None:
+    """Poll ``probe_url`` until it answers 200.
+
+    Raises:
+        RuntimeError: the process exited or did not answer within ``timeout_s`` (the message
+            holds the tail of its log).
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}:\n{_tail(log_path)}")
+        try:
+            if httpx.get(probe_url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} not ready in {timeout_s} s:\n{_tail(log_path)}")
+        time.sleep(interval_s)
 
 
 def _tail(path: Path, lines: int = 40) -> str:

@@ -10,12 +10,10 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from cerebrascan.atlas_registration import DEFAULT_MIN_BRAIN_DICE, DEFAULT_MIN_NCC
 from cerebrascan.classifiers.serving import RESEARCH_NOTICE, Assessment, assess, study_features
 from cerebrascan.classifiers.store import (
     ClassifierNotAvailableError,
@@ -25,12 +23,12 @@ from cerebrascan.classifiers.store import (
 from cerebrascan.settings import ClassifierSettings, Settings
 from plugins.analyzer import AnalysisContext
 from plugins.builtin._support import channel, segmentation_of, voxel_volume_ml
-from plugins.builtin.nogo import RegistrationInfo, map_atlas, registration_info
+from plugins.builtin.nogo import AtlasOptions, RegistrationInfo, map_atlas, registration_info
 
 logger = logging.getLogger(__name__)
 
 
-class ClassifierOptions(BaseModel):
+class ClassifierOptions(AtlasOptions):
     """Per-request options of the classification and radiogenomics analyzers."""
 
     model_config = ConfigDict(extra="forbid")
@@ -40,26 +38,6 @@ class ClassifierOptions(BaseModel):
         ge=0.0,
         le=120.0,
         description="The patient's age in years, a feature of the models when given.",
-    )
-    registration: Literal["auto", "always", "never"] = Field(
-        default="auto",
-        description="How the SRI24 atlas reaches the study for the location features "
-        "(as for nogo: auto registers only when the anatomy does not match by voxel index).",
-    )
-    min_ncc: float = Field(
-        default=DEFAULT_MIN_NCC,
-        ge=-1.0,
-        le=1.0,
-        description="Atlas/t1n correlation below which 'auto' registers.",
-    )
-    min_brain_dice: float = Field(
-        default=DEFAULT_MIN_BRAIN_DICE,
-        ge=0.0,
-        le=1.0,
-        description="Atlas/study brain-mask Dice below which 'auto' registers.",
-    )
-    registration_threads: int = Field(
-        default=1, ge=1, le=64, description="ITK threads of a registration (1: reproducible)."
     )
 
 

@@ -34,7 +34,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from scipy import ndimage
 
 from cerebrascan.atlas import SRI24_STRUCTURES
-from cerebrascan.atlas_registration import DEFAULT_MIN_BRAIN_DICE, DEFAULT_MIN_NCC
 from plugins.analyzer import AnalysisContext, Analyzer, Need
 from plugins.builtin._support import (
     bounding_box,
@@ -43,7 +42,7 @@ from plugins.builtin._support import (
     parse_options,
     segmentation_of,
 )
-from plugins.builtin.nogo import map_atlas
+from plugins.builtin.nogo import AtlasOptions, map_atlas
 from plugins.hookspecs import hookimpl
 
 logger = logging.getLogger(__name__)
@@ -53,7 +52,7 @@ _NAWM_PERCENTILE = 70.0
 _STRIDE = 2
 
 
-class HotspotOptions(BaseModel):
+class HotspotOptions(AtlasOptions):
     """Per-request options of the hotspot analyzer."""
 
     model_config = ConfigDict(extra="forbid")
@@ -78,14 +77,6 @@ class HotspotOptions(BaseModel):
     smoothing_mm: float = Field(
         default=1.5, ge=0.0, le=10.0, description="Gaussian sigma applied to the heatmap (mm)."
     )
-    registration: Literal["auto", "always", "never"] = Field(
-        default="auto", description="Atlas registration mode (as for nogo)."
-    )
-    min_ncc: float = Field(default=DEFAULT_MIN_NCC, ge=-1.0, le=1.0, description="As for nogo.")
-    min_brain_dice: float = Field(
-        default=DEFAULT_MIN_BRAIN_DICE, ge=0.0, le=1.0, description="As for nogo."
-    )
-    registration_threads: int = Field(default=1, ge=1, le=64, description="As for nogo.")
 
     @field_validator("exclude_structures")
     @classmethod

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import ClassVar, Literal, Protocol
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -77,21 +77,10 @@ class NoGoSettings(BaseSettings):
     )
 
 
-class NoGoOptions(BaseModel):
-    """Per-request options of the no-go analyzer."""
+class AtlasOptions(BaseModel):
+    """How the SRI24 atlas reaches the study: the options :func:`map_atlas` reads, shared by
+    the option models of every analyzer that uses the atlas (nogo, hotspot, classification)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    structures: list[str] = Field(
-        default_factory=lambda: list(SRI24_STRUCTURES),
-        description=f"Structures to assess, a subset of {list(SRI24_STRUCTURES)}.",
-    )
-    high_risk_mm: float = Field(
-        default=5.0, ge=0.0, description="Closer than this (or overlapping) is high risk."
-    )
-    moderate_risk_mm: float = Field(
-        default=10.0, ge=0.0, description="Closer than this is moderate risk (>= high_risk_mm)."
-    )
     registration: Literal["auto", "always", "never"] = Field(
         default="auto",
         description="auto: register the atlas only when the anatomy does not match SRI24 by "
@@ -115,6 +104,23 @@ class NoGoOptions(BaseModel):
         le=64,
         description="ITK threads of a registration; 1 gives bit-identical results run after "
         "run, more are faster but differ in the ~6th significant digit.",
+    )
+
+
+class NoGoOptions(AtlasOptions):
+    """Per-request options of the no-go analyzer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    structures: list[str] = Field(
+        default_factory=lambda: list(SRI24_STRUCTURES),
+        description=f"Structures to assess, a subset of {list(SRI24_STRUCTURES)}.",
+    )
+    high_risk_mm: float = Field(
+        default=5.0, ge=0.0, description="Closer than this (or overlapping) is high risk."
+    )
+    moderate_risk_mm: float = Field(
+        default=10.0, ge=0.0, description="Closer than this is moderate risk (>= high_risk_mm)."
     )
 
     @field_validator("structures")
@@ -204,15 +210,6 @@ def classify(distance_mm: float | None, overlap_ml: float, options: NoGoOptions)
     if distance_mm < options.moderate_risk_mm:
         return "moderate"
     return "low"
-
-
-class AtlasOptions(Protocol):
-    """The options :func:`map_atlas` reads (nogo's and hotspot's option models have them)."""
-
-    registration: Literal["auto", "always", "never"]
-    min_ncc: float
-    min_brain_dice: float
-    registration_threads: int
 
 
 def map_atlas(context: AnalysisContext, options: AtlasOptions) -> AtlasMapping:
