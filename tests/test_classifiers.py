@@ -20,7 +20,11 @@ from cerebrascan.classifiers.models import (
     fit_ood_detector,
     ood_feature_names,
 )
-from cerebrascan.classifiers.pipeline import classification_metrics
+from cerebrascan.classifiers.pipeline import (
+    _ood_verdict,
+    _share_with_interval,
+    classification_metrics,
+)
 from cerebrascan.classifiers.serving import assess
 from cerebrascan.classifiers.store import (
     ClassifierNotAvailableError,
@@ -163,6 +167,25 @@ def test_committed_models_load_safely_and_meet_the_held_out_targets(bundled: dic
         loaded = bundled[task]
         assert loaded.spec["task"] == task
         assert len(loaded.feature_names) == loaded.model.n_features_in_
+
+
+def test_model_card_rates_carry_wilson_intervals() -> None:
+    # 25 of 30: Wilson 95 % interval 0.664-0.927 (Newcombe 1998, method 3)
+    assert _share_with_interval(25 / 30, 30) == "83.3% (95 % CI 66%-93%)"
+    assert _share_with_interval(0.0, 120) == "0.0% (95 % CI 0%-3%)"
+
+
+def test_ood_verdict_says_not_met_unless_both_cohorts_reach_90_percent() -> None:
+    rates = {
+        "ood_flagged_shifted": 0.90,
+        "ood_flagged_shifted_confirmation": 0.833,
+        "ood_flagged_in_distribution": 0.05,
+    }
+    assert "Not met" in _ood_verdict("tumour_type", rates)
+    rates["ood_flagged_shifted_confirmation"] = 0.917
+    assert "met on these cohorts" in _ood_verdict("tumour_type", rates)
+    rates["ood_flagged_in_distribution"] = 0.12
+    assert "Not met" in _ood_verdict("tumour_type", rates)
 
 
 @pytest.fixture(scope="module")
