@@ -22,6 +22,7 @@ rendered once (about 4 minutes on 2 cores) and kept under ``--work-dir``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -58,8 +59,9 @@ def extension_features(
         work_dir.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         logger.warning("rendering %d extra training cases into %s", extra, path)
+        row_of = functools.partial(_case_row, segmentation_model=Path("models/default"))
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            rows = list(pool.map(_case_row, records, chunksize=2))
+            rows = list(pool.map(row_of, records, chunksize=2))
         path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return records, read_features(path)
 

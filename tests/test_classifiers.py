@@ -155,14 +155,21 @@ def test_committed_models_load_safely_and_meet_the_held_out_targets(bundled: dic
     assert metrics["idh"]["roc_auc"] >= 0.80
     assert 0.0 <= metrics["mgmt"]["roc_auc"] <= 1.0
     for task in TASKS:
-        # the OOD check keeps held-out phantoms; how much of the shifted cohorts it flags is
-        # measured and written in the card (below the 90 % target: see docs/classifiers.md)
-        assert metrics[task]["ood_flagged_in_distribution"] <= 0.10
+        # the OOD check keeps held-out phantoms on the ground-truth segmentation it learned
+        # from; as served (predicted segmentation) and on the shifted cohorts its rates are
+        # measured and written in the card (below target: see docs/classifiers.md)
+        assert metrics[task]["truth_segmentation_ood_flagged_in_distribution"] <= 0.10
+        assert 0.0 <= metrics[task]["ood_flagged_in_distribution"] <= 1.0
         assert 0.0 <= metrics[task]["ood_flagged_shifted"] <= 1.0
+        assert (
+            metrics[task]["n_cases"] + metrics[task]["n_empty_segmentations"]
+            == (metrics[task]["truth_segmentation_n_cases"])
+        )
     for task in TASKS:
         card = (MODELS_DIR / task / "model_card.md").read_text()
         assert "Research use only" in card and "phantoms" in card
         assert f"{metrics[task]['roc_auc']:.3f}" in card
+        assert f"{metrics[task]['truth_segmentation_roc_auc']:.3f}" in card
         assert f"{metrics[task]['ood_flagged_shifted']:.1%}" in card
         loaded = bundled[task]
         assert loaded.spec["task"] == task
@@ -183,7 +190,7 @@ def test_ood_verdict_says_not_met_unless_both_cohorts_reach_90_percent() -> None
     }
     assert "Not met" in _ood_verdict("tumour_type", rates)
     rates["ood_flagged_shifted_confirmation"] = 0.917
-    assert "met on these cohorts" in _ood_verdict("tumour_type", rates)
+    assert "met as served on these cohorts" in _ood_verdict("tumour_type", rates)
     rates["ood_flagged_in_distribution"] = 0.12
     assert "Not met" in _ood_verdict("tumour_type", rates)
 

@@ -56,12 +56,22 @@ def cohort(params_path: Path, out_dir: Path) -> None:
 @click.option(
     "--out", "out_dir", type=click.Path(path_type=Path), default=Path("data/classifiers/features")
 )
-def features(params_path: Path, cohort_dir: Path, out_dir: Path) -> None:
-    """Render every case and extract its features on the ground-truth labels."""
+@click.option(
+    "--segmentation-model",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("models/default"),
+    show_default=True,
+    help="Model folder whose predicted segmentation gives the served-like features.",
+)
+def features(params_path: Path, cohort_dir: Path, out_dir: Path, segmentation_model: Path) -> None:
+    """Render every case, segment it with the default model and extract its features on the
+    ground-truth labels and on the predicted segmentation."""
     from cerebrascan.classifiers.feature_stage import run_features_stage
     from cerebrascan.classifiers.pipeline import load_classifier_params
 
-    run_features_stage(load_classifier_params(params_path).workers, cohort_dir, out_dir)
+    run_features_stage(
+        load_classifier_params(params_path).workers, cohort_dir, out_dir, segmentation_model
+    )
 
 
 @classifiers.command("train")
@@ -71,11 +81,30 @@ def features(params_path: Path, cohort_dir: Path, out_dir: Path) -> None:
 @click.option(
     "--out", "out_dir", type=click.Path(path_type=Path), default=Path("models/classifiers")
 )
-def train(params_path: Path, cohort_dir: Path, features_dir: Path, out_dir: Path) -> None:
+@click.option(
+    "--segmentation-model",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("models/default"),
+    show_default=True,
+    help="The model folder the features stage segmented with (recorded in each spec).",
+)
+def train(
+    params_path: Path,
+    cohort_dir: Path,
+    features_dir: Path,
+    out_dir: Path,
+    segmentation_model: Path,
+) -> None:
     """Fit the four calibrated classifiers and their OOD detectors."""
     from cerebrascan.classifiers.pipeline import load_classifier_params, run_train_stage
 
-    run_train_stage(load_classifier_params(params_path), cohort_dir, features_dir, out_dir)
+    run_train_stage(
+        load_classifier_params(params_path),
+        cohort_dir,
+        features_dir,
+        out_dir,
+        segmentation_model=segmentation_model,
+    )
 
 
 @classifiers.command("evaluate")

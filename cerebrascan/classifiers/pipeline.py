@@ -2,10 +2,13 @@
 register), driven by the ``classifiers`` section of ``params.yaml``.
 
 * cohort: truth records of the training, held-out and shifted cohorts (no image rendered);
-* features: render each case from its seed and extract its features on the ground-truth
-  labels (:mod:`cerebrascan.classifiers.features`), one JSON-lines file per cohort;
-* train: fit the four calibrated classifiers and their OOD detectors on the training cohort;
-* evaluate: held-out metrics, reliability plots, OOD flag rates, model cards;
+* features: render each case from its seed, segment it with the default model and extract its
+  features on the ground-truth labels and on the predicted segmentation
+  (:mod:`cerebrascan.classifiers.feature_stage`), one JSON-lines file per cohort;
+* train: fit the four calibrated classifiers (on the predicted segmentation's features by
+  default: what they see when served) and their OOD detectors (on the ground truth's);
+* evaluate: held-out metrics as served (predicted segmentation) and on the ground truth,
+  reliability plots, OOD flag rates, model cards;
 * register: register every folder in the MLflow registry with alias ``champion``.
 """
 
@@ -28,7 +31,12 @@ from cerebrascan.classifiers.cohort import (
     sample_cohort,
     write_cohort_truth,
 )
-from cerebrascan.classifiers.feature_stage import COHORTS, read_features
+from cerebrascan.classifiers.feature_stage import (
+    COHORTS,
+    FeatureSource,
+    empty_predictions,
+    read_features,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +50,15 @@ class ModelStageParams(BaseModel):
     )
     ood_variance: float = Field(default=0.9, gt=0, lt=1)
     ood_quantile: float = Field(default=0.95, gt=0.5, lt=1)
+    classifier_features: FeatureSource = Field(
+        default="predicted",
+        description="Segmentation the classifiers learn features from: 'predicted' (the "
+        "default model's, as served) or 'truth' (the phantoms' ground truth).",
+    )
+    ood_features: FeatureSource = Field(
+        default="truth",
+        description="Segmentation the OOD check learns the training distribution from.",
+    )
 
 
 class ClassifierParams(BaseModel):
@@ -121,8 +138,34 @@ def _mlflow_client() -> Any:
     return settings, client_for(settings)
 
 
+_SOURCE_NAMES: dict[str, str] = {
+    "truth": "phantoms' ground-truth segmentation",
+    "predicted": "default segmentation model's predicted segmentation",
+}
+
+
+def _segmentation_model_record(model_dir: Path) -> dict[str, Any]:
+    """The segmentation model behind the ``predicted`` features: folder, architecture, MD5."""
+    import hashlib
+
+    onnx = model_dir / "model.onnx"
+    if not onnx.is_file():
+        raise FileNotFoundError(f"{onnx} does not exist")
+    spec = json.loads((model_dir / "model_spec.json").read_text())
+    return {
+        "folder": str(model_dir),
+        "architecture": spec.get("architecture"),
+        "onnx_md5": hashlib.md5(onnx.read_bytes(), usedforsecurity=False).hexdigest(),
+    }
+
+
 def run_train_stage(
-    params: ClassifierParams, cohort_dir: Path, features_dir: Path, out_dir: Path
+    params: ClassifierParams,
+    cohort_dir: Path,
+    features_dir: Path,
+    out_dir: Path,
+    *,
+    segmentation_model: Path,
 ) -> None:
     """Fit and save the four classifiers (``out_dir/<task>/``), logging to MLflow."""
     import sklearn
@@ -140,7 +183,9 @@ def run_train_stage(
     from cerebrascan.registry import ensure_experiment
 
     records = read_cohort(cohort_dir / "train")
-    features = read_features(features_dir / "train.jsonl")
+    features = read_features(features_dir / "train.jsonl", params.model.classifier_features)
+    ood_features = read_features(features_dir / "train.jsonl", params.model.ood_features)
+    segmentation_record = _segmentation_model_record(segmentation_model)
     all_names = sorted({name for row in features.values() for name in row})
     settings, client = _mlflow_client()
     experiment_id = ensure_experiment(client, REGISTRATION_EXPERIMENT, settings)
@@ -155,9 +200,10 @@ def run_train_stage(
         model = build_classifier(params.model.c[task], params.model.seed)
         model.fit(x, y)
         ood_names = ood_feature_names(names)
+        ood_rows, ood_labels, _ = task_rows(task, records, ood_features)
         detector = fit_ood_detector(
-            feature_matrix(rows, ood_names),
-            labels,
+            feature_matrix(ood_rows, ood_names),
+            ood_labels,
             variance=params.model.ood_variance,
             quantile=params.model.ood_quantile,
             seed=params.model.seed,
@@ -186,8 +232,13 @@ def run_train_stage(
             "domain": "glioma" if task in GLIOMA_TASKS else "all tumour types",
             "training_data": (
                 f"synthetic phantoms: {len(rows)} cases of cohort seed {params.train.seed} "
-                "(cerebrascan.phantoms tumour types), features on ground-truth labels"
+                "(cerebrascan.phantoms tumour types); classifier features on the "
+                f"{_SOURCE_NAMES[params.model.classifier_features]}, OOD check on the "
+                f"{_SOURCE_NAMES[params.model.ood_features]} ({len(ood_rows)} cases)"
             ),
+            "classifier_features": params.model.classifier_features,
+            "ood_features": params.model.ood_features,
+            "segmentation_model": segmentation_record,
             "train_class_counts": counts,
             "intended_use": "research only; not for clinical decisions",
             "features_version": FEATURES_VERSION,
@@ -296,27 +347,41 @@ def _share_with_interval(share: float, cases: float) -> str:
 
 
 def _ood_verdict(task: str, metrics: dict[str, float]) -> str:
-    """The model card's sentence on the OOD target, from the measured rates."""
+    """The model card's sentence on the OOD target, from the measured rates as served (and, for
+    reference, on ground-truth segmentations)."""
     suffix = "_with_type_gate" if task in GLIOMA_TASKS else ""
-    shifted = min(
-        metrics[f"ood_flagged_shifted{suffix}"],
-        metrics[f"ood_flagged_shifted_confirmation{suffix}"],
+
+    def rates(prefix: str) -> tuple[float, float]:
+        shifted = min(
+            metrics[f"{prefix}ood_flagged_shifted{suffix}"],
+            metrics[f"{prefix}ood_flagged_shifted_confirmation{suffix}"],
+        )
+        return shifted, metrics[f"{prefix}ood_flagged_in_distribution"]
+
+    shifted, in_distribution = rates("")
+    truth_shifted, truth_in_distribution = (
+        rates("truth_segmentation_")
+        if "truth_segmentation_ood_flagged_in_distribution" in metrics
+        else (shifted, in_distribution)
     )
-    in_distribution = metrics["ood_flagged_in_distribution"]
+    reference = (
+        f" (on ground-truth segmentations: {truth_shifted:.1%} and {truth_in_distribution:.1%})"
+    )
     if shifted >= 0.9 and in_distribution <= 0.10:
         return (
-            "OOD target met on these cohorts, by their point estimates: >= 90 % of both "
-            f"never-seen-type cohorts flagged ({shifted:.1%} at least), {in_distribution:.1%} of "
-            "held-out cases; the intervals above reach below 90 %, and other training draws "
-            "do worse (see above)."
+            "OOD target met as served on these cohorts, by their point estimates: >= 90 % of "
+            f"both never-seen-type cohorts flagged ({shifted:.1%} at least), "
+            f"{in_distribution:.1%} of held-out cases{reference}; the intervals above reach "
+            "below 90 %, and other training draws do worse (see above)."
         )
     return (
         f"**Not met: the OOD target** (>= 90 % of a shifted setting flagged, <= 10 % of held-out "
-        f"cases): {shifted:.1%} of the weaker never-seen-type cohort is flagged, "
-        f"{in_distribution:.1%} of held-out cases. Some central neurocytoma phantoms sit inside "
-        "the training phenotypes (periventricular gliomas and ependymomas); a supervised "
-        "classifier separates them, an unsupervised check on these features does not always. "
-        "The noisier protocol barely moves the features (the labels stay usable there)."
+        f"cases): as served, {shifted:.1%} of the weaker never-seen-type cohort is flagged and "
+        f"{in_distribution:.1%} of held-out cases{reference}. Some central neurocytoma "
+        "phantoms sit inside the training phenotypes (periventricular gliomas and ependymomas); "
+        "a supervised classifier separates them, an unsupervised check on these features does "
+        "not always. Errors of the predicted segmentation move in-distribution cases out of "
+        "the training phenotypes too, which is why more of them are flagged as served."
     )
 
 
@@ -328,20 +393,102 @@ def _flagged(loaded: Any, features: dict[str, dict[str, float]]) -> npt.NDArray[
     return np.asarray(loaded.ood.scores(rows) > loaded.ood.threshold)
 
 
+VIEWS: tuple[tuple[str, FeatureSource], ...] = (("", "predicted"), ("truth_segmentation_", "truth"))
+"""Metric key prefix and feature source of each evaluation view: as served (the default
+model's predicted segmentation; unprefixed keys) and on the ground-truth segmentation."""
+
+
+def _share_flagged(flagged: npt.NDArray[np.bool_], empty: int) -> tuple[float, float]:
+    """Share of cases not assessable (flagged, or an empty predicted segmentation), and n."""
+    n = len(flagged) + empty
+    return (float(flagged.sum() + empty) / n if n else float("nan")), float(n)
+
+
+def _view_metrics(
+    task: str,
+    loaded: Any,
+    type_model: Any,
+    features_dir: Path,
+    records: dict[str, list[dict[str, Any]]],
+    source: FeatureSource,
+) -> tuple[dict[str, float], list[str], npt.NDArray[np.float64]]:
+    """Held-out metrics and OOD rates of one task on one feature source.
+
+    Returns:
+        The metrics, and the held-out labels and probabilities (for the reliability plot).
+    """
+    from cerebrascan.classifiers.models import feature_matrix
+
+    def cohort(name: str) -> tuple[dict[str, dict[str, float]], list[str]]:
+        path = features_dir / f"{name}.jsonl"
+        return read_features(path, source), (
+            empty_predictions(path) if source == "predicted" else []
+        )
+
+    test_features, test_empty = cohort("test")
+    rows, labels, _ = task_rows(task, records["test"], test_features)
+    probabilities = loaded.model.predict_proba(feature_matrix(rows, loaded.feature_names))
+    metrics = classification_metrics(loaded.classes, labels, probabilities)
+    # an empty predicted segmentation is "not assessable" when served: count it as flagged
+    empty_in_domain = len(task_rows(task, records["test"], {i: {} for i in test_empty})[0])
+    metrics["n_empty_segmentations"] = float(empty_in_domain)
+    ood_in = loaded.ood.scores(feature_matrix(rows, loaded.ood_feature_names))
+    metrics["ood_flagged_in_distribution"], _ = _share_flagged(
+        ood_in > loaded.ood.threshold, empty_in_domain
+    )
+    protocol_features, protocol_empty = cohort("shifted_protocol")
+    (
+        metrics["ood_flagged_shifted_protocol"],
+        metrics["n_shifted_protocol_cases"],
+    ) = _share_flagged(_flagged(loaded, protocol_features), len(protocol_empty))
+    protocol_rows, protocol_labels, _ = task_rows(
+        task, records["shifted_protocol"], protocol_features
+    )
+    if len(set(protocol_labels)) == len(loaded.classes):
+        protocol_metrics = classification_metrics(
+            loaded.classes,
+            protocol_labels,
+            loaded.model.predict_proba(feature_matrix(protocol_rows, loaded.feature_names)),
+        )
+        for key in ("accuracy", "macro_f1", "roc_auc"):
+            metrics[f"shifted_protocol_{key}"] = protocol_metrics[key]
+    for name, count_key in (
+        ("shifted", "n_shifted_cases"),
+        ("shifted_confirmation", "n_shifted_confirmation_cases"),
+    ):
+        features, empty = cohort(name)
+        flagged = _flagged(loaded, features)
+        if task in GLIOMA_TASKS:
+            # radiogenomics answers only when the tumour-type check accepts the case too
+            gated = flagged | _flagged(type_model, features)
+            metrics[f"ood_flagged_{name}_with_type_gate"], _ = _share_flagged(gated, len(empty))
+        metrics[f"ood_flagged_{name}"], metrics[count_key] = _share_flagged(flagged, len(empty))
+    kept = ood_in <= loaded.ood.threshold
+    if kept.sum() >= 10 and len(set(np.asarray(labels)[kept])) == len(loaded.classes):
+        accepted = classification_metrics(
+            loaded.classes, list(np.asarray(labels)[kept]), probabilities[kept]
+        )
+        metrics.update({f"accepted_{k}": v for k, v in accepted.items()})
+    if task == "tumour_type":
+        from sklearn.metrics import f1_score
+
+        predicted = np.asarray(loaded.classes)[probabilities.argmax(axis=1)]
+        per_class = f1_score(labels, predicted, average=None, labels=loaded.classes)
+        metrics.update(
+            {f"f1_{c}": float(v) for c, v in zip(loaded.classes, per_class, strict=True)}
+        )
+    return metrics, labels, probabilities
+
+
 def run_evaluate_stage(
     params: ClassifierParams, cohort_dir: Path, features_dir: Path, models_dir: Path
 ) -> None:
-    """Held-out metrics, OOD flag rates, reliability plots and model cards of every task."""
+    """Held-out metrics, OOD flag rates, reliability plots and model cards of every task, as
+    served (features on the default model's predicted segmentation) and on the ground truth."""
     from cerebrascan.classifiers.cohort import TASKS
-    from cerebrascan.classifiers.models import feature_matrix
     from cerebrascan.classifiers.store import load_folder
 
-    test_records = read_cohort(cohort_dir / "test")
-    test_features = read_features(features_dir / "test.jsonl")
-    shifted_features = read_features(features_dir / "shifted.jsonl")
-    confirmation_features = read_features(features_dir / "shifted_confirmation.jsonl")
-    protocol_features = read_features(features_dir / "shifted_protocol.jsonl")
-    protocol_records = read_cohort(cohort_dir / "shifted_protocol")
+    records = {name: read_cohort(cohort_dir / name) for name in ("test", "shifted_protocol")}
     _, client = _mlflow_client()
     type_model = load_folder(
         models_dir / "tumour_type", task="tumour_type", name="tumour_type", version="local"
@@ -349,66 +496,26 @@ def run_evaluate_stage(
     for task in TASKS:
         folder = models_dir / task
         loaded = load_folder(folder, task=task, name=task, version="local")
-        rows, labels, _ = task_rows(task, test_records, test_features)
-        x = feature_matrix(rows, loaded.feature_names)
-        probabilities = loaded.model.predict_proba(x)
-        metrics = classification_metrics(loaded.classes, labels, probabilities)
-        ood_in = loaded.ood.scores(feature_matrix(rows, loaded.ood_feature_names))
-        metrics["ood_flagged_shifted_protocol"] = float(
-            np.mean(_flagged(loaded, protocol_features))
-        )
-        metrics["n_shifted_protocol_cases"] = float(len(protocol_features))
-        protocol_rows, protocol_labels, _ = task_rows(task, protocol_records, protocol_features)
-        if len(set(protocol_labels)) == len(loaded.classes):
-            protocol_metrics = classification_metrics(
-                loaded.classes,
-                protocol_labels,
-                loaded.model.predict_proba(feature_matrix(protocol_rows, loaded.feature_names)),
+        metrics: dict[str, float] = {}
+        for prefix, source in VIEWS:
+            view, labels, probabilities = _view_metrics(
+                task, loaded, type_model, features_dir, records, source
             )
-            for key in ("accuracy", "macro_f1", "roc_auc"):
-                metrics[f"shifted_protocol_{key}"] = protocol_metrics[key]
-        metrics["ood_flagged_in_distribution"] = float(np.mean(ood_in > loaded.ood.threshold))
-        metrics["n_shifted_cases"] = float(len(shifted_features))
-        for cohort, cohort_features in (
-            ("shifted", shifted_features),
-            ("shifted_confirmation", confirmation_features),
-        ):
-            flagged = _flagged(loaded, cohort_features)
-            if task in GLIOMA_TASKS:
-                # radiogenomics answers only when the tumour-type check accepts the case too
-                flagged_by_type = _flagged(type_model, cohort_features)
-                metrics[f"ood_flagged_{cohort}_with_type_gate"] = float(
-                    np.mean(flagged | flagged_by_type)
+            metrics.update({f"{prefix}{k}": v for k, v in view.items()})
+            if not prefix:
+                reliability_plot(
+                    loaded.classes,
+                    labels,
+                    probabilities,
+                    f"{task}: held-out phantoms as served (n={len(labels)})",
+                    folder / "reliability.png",
                 )
-            metrics[f"ood_flagged_{cohort}"] = float(np.mean(flagged))
-        metrics["n_shifted_confirmation_cases"] = float(len(confirmation_features))
-        kept = ood_in <= loaded.ood.threshold
-        if kept.sum() >= 10 and len(set(np.asarray(labels)[kept])) == len(loaded.classes):
-            accepted = classification_metrics(
-                loaded.classes, list(np.asarray(labels)[kept]), probabilities[kept]
-            )
-            metrics.update({f"accepted_{k}": v for k, v in accepted.items()})
-        if task == "tumour_type":
-            from sklearn.metrics import f1_score
-
-            predicted = np.asarray(loaded.classes)[probabilities.argmax(axis=1)]
-            per_class = f1_score(labels, predicted, average=None, labels=loaded.classes)
-            metrics.update(
-                {f"f1_{c}": float(v) for c, v in zip(loaded.classes, per_class, strict=True)}
-            )
         metrics = {k: round(v, 4) for k, v in metrics.items()}
         (folder / "metrics.json").write_text(
             json.dumps(
                 {**metrics, "training_data": loaded.spec["training_data"]}, indent=2, sort_keys=True
             )
             + "\n"
-        )
-        reliability_plot(
-            loaded.classes,
-            labels,
-            probabilities,
-            f"{task}: held-out phantoms (n={len(labels)})",
-            folder / "reliability.png",
         )
         (folder / "model_card.md").write_text(model_card(task, loaded.spec, metrics, params))
         run_id = loaded.spec.get("mlflow_run_id")
@@ -422,6 +529,13 @@ def _range(value: Any) -> str:
     if value is None:
         return "20-40 (default)"
     return f"{value[0]}-{value[1]}"
+
+
+def _model_note(spec: dict[str, Any]) -> str:
+    record = spec.get("segmentation_model")
+    if not record:
+        return ""
+    return f" (`{record['folder']}`, {record['architecture']}, ONNX MD5 {record['onnx_md5'][:12]})"
 
 
 def model_card(
@@ -472,59 +586,77 @@ def model_card(
         f"IDH {params.train.label_noise.idh:.0%}, "
         f"MGMT {params.train.label_noise.mgmt:.0%}).",
         "",
-        "Training features come from the phantoms' ground-truth segmentation; at serving the "
-        "analyzers use the predicted segmentation of the default model, which was trained on "
-        "glioma-like phantoms only, so features of other tumour types can shift (the OOD check "
-        "is there to catch that).",
+        "At serving time the analyzers compute the features on the segmentation that the "
+        "registered segmentation model predicts, and that model was trained on glioma-like "
+        "phantoms only. The classifier therefore learns from the same kind of features, "
+        f"those on the {_SOURCE_NAMES[spec.get('classifier_features', 'truth')]}"
+        + _model_note(spec)
+        + ". The OOD check learns the training phenotypes from the "
+        f"{_SOURCE_NAMES[spec.get('ood_features', 'truth')]}: a segmentation that goes wrong "
+        "moves the features away from them, and the case becomes 'not assessable'. Another "
+        "segmentation model (an imported nnU-Net) gives other features: re-run the pipeline "
+        "with it (`cerebrascan classifiers features --segmentation-model`).",
         "",
         "## Intended use",
         "",
         "Research and software testing of the CerebraScan pipeline. Not for diagnosis, grading "
         "or treatment decisions.",
         "",
-        f"## Held-out metrics (phantom cohort seed {params.test.seed}, "
-        f"{int(metrics['n_cases'])} cases)",
+        f"## Held-out metrics (phantom cohort seed {params.test.seed})",
         "",
-        "| metric | value |",
-        "|---|---|",
+        "'As served': features on the default model's predicted segmentation, as the analyzers "
+        "compute them; a case whose predicted segmentation is empty counts as not assessable. "
+        "'Ground truth': features on the phantom's true segmentation. OOD rates with their "
+        "Wilson 95 % intervals.",
+        "",
+        "| metric | as served | ground truth |",
+        "|---|---|---|",
+        f"| cases | {int(metrics['n_cases'])} (+ {int(metrics['n_empty_segmentations'])} with an "
+        f"empty segmentation) | {int(metrics['truth_segmentation_n_cases'])} |",
     ]
     for key in ("accuracy", "macro_f1", "roc_auc", "brier"):
-        lines.append(f"| {key} | {metrics[key]:.3f} |")
+        lines.append(f"| {key} | {metrics[key]:.3f} | {metrics['truth_segmentation_' + key]:.3f} |")
     for key in sorted(k for k in metrics if k.startswith("f1_")):
-        lines.append(f"| {key} | {metrics[key]:.3f} |")
-    n_held_out = metrics["n_cases"]
-    n_shifted = metrics["n_shifted_cases"]
-    n_confirmation = metrics["n_shifted_confirmation_cases"]
-    n_protocol = metrics["n_shifted_protocol_cases"]
+        lines.append(f"| {key} | {metrics[key]:.3f} | {metrics['truth_segmentation_' + key]:.3f} |")
+
+    def both(key: str, n_key: str) -> str:
+        return " | ".join(
+            _share_with_interval(metrics[prefix + key], metrics[prefix + n_key])
+            for prefix, _ in VIEWS
+        )
+
+    served_held_out = metrics["n_cases"] + metrics["n_empty_segmentations"]
+    metrics = {**metrics, "n_held_out_with_empty": served_held_out}
+    metrics["truth_segmentation_n_held_out_with_empty"] = metrics["truth_segmentation_n_cases"]
     lines += [
         "| OOD flagged, held-out (in distribution) | "
-        f"{_share_with_interval(metrics['ood_flagged_in_distribution'], n_held_out)} |",
-        f"| OOD flagged, shifted cohort ({int(n_shifted)} central neurocytomas, "
-        f"seed {params.shifted.seed}, a type never trained on) | "
-        f"{_share_with_interval(metrics['ood_flagged_shifted'], n_shifted)} |",
+        f"{both('ood_flagged_in_distribution', 'n_held_out_with_empty')} |",
+        f"| OOD flagged, shifted cohort ({int(metrics['n_shifted_cases'])} central "
+        f"neurocytomas, seed {params.shifted.seed}, a type never trained on) | "
+        f"{both('ood_flagged_shifted', 'n_shifted_cases')} |",
         "| OOD flagged, confirmation cohort ("
-        f"{int(n_confirmation)} central neurocytomas, seed "
+        f"{int(metrics['n_shifted_confirmation_cases'])} central neurocytomas, seed "
         f"{params.shifted_confirmation.seed}, not looked at while the check was designed) | "
-        f"{_share_with_interval(metrics['ood_flagged_shifted_confirmation'], n_confirmation)} |",
+        f"{both('ood_flagged_shifted_confirmation', 'n_shifted_confirmation_cases')} |",
     ]
     if task in GLIOMA_TASKS:
         lines += [
-            "| same, with the tumour-type check that gates this analyzer (shifted / "
-            "confirmation) | "
-            f"{_share_with_interval(metrics['ood_flagged_shifted_with_type_gate'], n_shifted)} / "
-            + _share_with_interval(
-                metrics["ood_flagged_shifted_confirmation_with_type_gate"], n_confirmation
+            "| same, shifted cohort, with the tumour-type check that gates this analyzer | "
+            f"{both('ood_flagged_shifted_with_type_gate', 'n_shifted_cases')} |",
+            "| same, confirmation cohort, with the tumour-type check | "
+            + both(
+                "ood_flagged_shifted_confirmation_with_type_gate", "n_shifted_confirmation_cases"
             )
             + " |",
         ]
     lines += [
         "| OOD flagged, shifted protocol ("
-        f"{int(n_protocol)} held-out-like cases at SNR "
+        f"{int(metrics['n_shifted_protocol_cases'])} held-out-like cases at SNR "
         f"{_range(params.shifted_protocol.generator_overrides.get('snr'))} instead of "
         f"{_range(params.test.generator_overrides.get('snr'))}) | "
-        f"{_share_with_interval(metrics['ood_flagged_shifted_protocol'], n_protocol)} |",
+        f"{both('ood_flagged_shifted_protocol', 'n_shifted_protocol_cases')} |",
         "",
-        "Accuracy on the shifted protocol, all of its cases (the check flags "
+        "Accuracy on the shifted protocol as served, all of its cases (the check flags "
         f"{metrics['ood_flagged_shifted_protocol']:.1%} of them; features move little with "
         "noise at 2 mm, so the labels stay usable): "
         + (
