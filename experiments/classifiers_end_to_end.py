@@ -8,7 +8,8 @@ the serving runner settings), computes the features on the predicted and on the 
 segmentation (atlas by voxel index: the phantoms lie on the SRI24 grid), and assesses tumour
 type and grade with the committed models (``models/classifiers``). Per tumour type it reports
 the whole-tumour Dice, how often each task answers (is not "not assessable"), and the accuracy
-of the answers, on both segmentations.
+of the answers, on both segmentations. As served, a segmentation above
+``classifiers.max_segmentation_uncertainty`` is not assessable, as in the analyzers.
 
     .venv/bin/python experiments/classifiers_end_to_end.py [--per-type 8] [--seed 9000] \\
         [--out data/classifiers/experiments/end_to_end.json]
@@ -31,6 +32,7 @@ from cerebrascan.atlas_registration import structure_atlas_for
 from cerebrascan.classifiers.cohort import CohortSpec, sample_case
 from cerebrascan.classifiers.features import case_features
 from cerebrascan.classifiers.pipeline import class_label
+from cerebrascan.classifiers.segmentation_quality import segmentation_uncertainty
 from cerebrascan.classifiers.serving import assess
 from cerebrascan.classifiers.store import load_folder
 from cerebrascan.imaging.study import Study
@@ -87,21 +89,29 @@ def main() -> None:
                 int(record["seed"]), record["case_id"], PhantomParams(tumour_type=tumour_type)
             )
             images = np.stack([case.images[m] for m in MODALITIES]).astype(np.float32)
-            predicted = segment_study(
+            segmentation = segment_study(
                 Study(images=images, affine=case.affine, modalities=tuple(MODALITIES)),
                 runner,
                 mirror_tta=settings.runner.mirror_tta,
+                keep_probabilities=True,
                 min_component_ml=settings.runner.min_component_ml,
-            ).labels
+            )
+            predicted = segmentation.labels
+            uncertainty = segmentation_uncertainty(segmentation.probabilities, predicted)
+            limit = settings.classifiers.max_segmentation_uncertainty
+            failed = uncertainty is not None and limit is not None and uncertainty > limit
             atlas = structure_atlas_for(case.images["t1n"], case.affine, mode="never").atlas
             row: dict[str, Any] = {
                 "case": record["case_id"],
                 "tumour_type": tumour_type,
                 "wt_dice": whole_tumour_dice(predicted, case.segmentation),
+                "segmentation_uncertainty": uncertainty,
             }
             for source, labels in (("truth", case.segmentation), ("predicted", predicted)):
-                if not (labels > 0).any():
-                    row[source] = {task: {"assessable": False, "reason": "empty"} for task in TASKS}
+                if not (labels > 0).any() or (source == "predicted" and failed):
+                    # as the analyzers: an empty or failed segmentation is not assessable
+                    reason = "empty" if not (labels > 0).any() else "segmentation failed"
+                    row[source] = {task: {"assessable": False, "reason": reason} for task in TASKS}
                     continue
                 features = case_features(
                     case.images, labels, case.affine, atlas, record["labels"]["age_years"]

@@ -12,12 +12,16 @@ import pytest
 
 from cerebrascan.classifiers import serving, store
 from cerebrascan.classifiers.store import ensure_bundled_classifiers
+from cerebrascan.imaging.study import Study
 from cerebrascan.phantoms import PhantomCase, PhantomParams, generate_case
 from cerebrascan.phantoms.contrasts import MODALITIES
+from cerebrascan.segmentation import segment_study
 from cerebrascan.settings import PluginSettings, Settings
 from plugins.host import AnalyzerHost
 from plugins.testing import MemoryArtefactSink, study_inputs
+from runners.onnx_runner import OnnxSegmentationRunner
 from schemas.analyzers import AnalyzerOutcome
+from schemas.model_spec import ModelSpec
 
 PLUGINS = ("plugins.builtin.classification", "plugins.builtin.radiogenomics")
 #: The phantoms lie on the SRI24 grid: the atlas by voxel index, as the training features.
@@ -28,6 +32,28 @@ NO_REGISTRATION = {"registration": "never"}
 def typed(tumour_type: str, seed: int) -> PhantomCase:
     """A rendered case of one type (session cache)."""
     return generate_case(seed, f"ANALYZER-{tumour_type}", PhantomParams(tumour_type=tumour_type))
+
+
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "default"
+
+
+@functools.lru_cache(maxsize=2)
+def segmented(tumour_type: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The default model's labels and probabilities for a phantom, as ``/analyze`` has them."""
+    case = typed(tumour_type, seed)
+    settings = Settings()
+    spec = ModelSpec.model_validate_json((DEFAULT_MODEL / "model_spec.json").read_text())
+    runner = OnnxSegmentationRunner(DEFAULT_MODEL / "model.onnx", spec, settings.runner)
+    images = np.stack([case.images[m] for m in MODALITIES]).astype(np.float32)
+    result = segment_study(
+        Study(images=images, affine=case.affine, modalities=tuple(MODALITIES)),
+        runner,
+        mirror_tta=False,
+        keep_probabilities=True,
+        min_component_ml=settings.runner.min_component_ml,
+    )
+    assert result.probabilities is not None
+    return result.labels, result.probabilities
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +69,10 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def run(
-    case: PhantomCase, segmentation: np.ndarray | None = None, age: float | None = None
+    case: PhantomCase,
+    segmentation: np.ndarray | None = None,
+    age: float | None = None,
+    probabilities: np.ndarray | None = None,
 ) -> dict[str, AnalyzerOutcome]:
     """Both analyzers on a case (the truth labels stand in for the predicted segmentation)."""
     host = AnalyzerHost(PluginSettings(entry_points=False), builtin_plugins=PLUGINS)
@@ -53,6 +82,7 @@ def run(
         case.segmentation if segmentation is None else segmentation,
         affine=case.affine,
         images=images,
+        probabilities=probabilities,
         study_id=f"{abs(hash(case.case_id)) % 10**12:032d}",
     )
     return host.run(
@@ -132,6 +162,28 @@ def test_an_implausible_case_is_out_of_distribution_not_labelled(registry: Path)
         assert prediction["label"] is None and prediction["probabilities"] == {}
         assert "outside the training distribution" in prediction["reason"]
         assert prediction["ood_score"] > prediction["ood_threshold"]
+
+
+@pytest.mark.slow
+def test_a_failed_segmentation_is_not_assessable_a_confident_one_answers(registry: Path) -> None:
+    limit = Settings().classifiers.max_segmentation_uncertainty
+    assert limit is not None
+    # the default model segments a glioma phantom confidently (Dice ~0.97)
+    labels, probabilities = segmented("glioma", 31)
+    result = run(typed("glioma", 31), labels, probabilities=probabilities)["classification"].result
+    assert result["segmentation_uncertainty"] < limit
+    tumour_type = next(p for p in result["predictions"] if p["task"] == "tumour_type")
+    assert tumour_type["assessable"] and tumour_type["label"] == "glioma"
+    # it fails on a central neurocytoma (a type it never saw): a small core in an uncertain
+    # cloud; the features of such a mask would not describe the tumour
+    labels, probabilities = segmented("central_neurocytoma", 41)
+    outcomes = run(typed("central_neurocytoma", 41), labels, probabilities=probabilities)
+    result = outcomes["classification"].result
+    assert result["tumour_volume_ml"] >= Settings().classifiers.min_tumour_ml
+    assert result["segmentation_uncertainty"] > limit
+    assert result["assessable"] is False and "segmentation looks failed" in result["reason"]
+    assert all(p["label"] is None for p in result["predictions"])
+    assert outcomes["radiogenomics"].result["assessable"] is False
 
 
 def test_empty_and_tiny_tumours_are_not_assessable_not_errors(registry: Path) -> None:

@@ -25,6 +25,7 @@ from cerebrascan.classifiers.pipeline import (
     _share_with_interval,
     classification_metrics,
 )
+from cerebrascan.classifiers.segmentation_quality import segmentation_uncertainty
 from cerebrascan.classifiers.serving import assess
 from cerebrascan.classifiers.store import (
     ClassifierNotAvailableError,
@@ -174,6 +175,28 @@ def test_committed_models_load_safely_and_meet_the_held_out_targets(bundled: dic
         loaded = bundled[task]
         assert loaded.spec["task"] == task
         assert len(loaded.feature_names) == loaded.model.n_features_in_
+
+
+def test_segmentation_uncertainty_counts_the_uncertain_cloud_per_tumour_voxel() -> None:
+    labels = np.zeros((20, 20, 20), np.uint8)
+    labels[5:15, 5:15, 5:15] = 2  # 1000 voxels
+    background = np.ones(labels.shape, np.float16)
+    background[labels > 0] = 0.05  # confident tumour
+    background[4, 5:15, 5:15] = 0.5  # a one-voxel uncertain rim on one face: 100 voxels
+    probabilities = np.stack([background, 1 - background, np.zeros_like(background)])
+    assert segmentation_uncertainty(probabilities, labels) == pytest.approx(0.1)
+    # a failed segmentation: a small core in a wide cloud of 0.3-0.6 tumour probability
+    cloud = np.ones(labels.shape, np.float16)
+    cloud[2:18, 2:18, 2:18] = 0.6
+    core = np.zeros_like(labels)
+    core[9:11, 9:11, 9:11] = 1
+    cloud[core > 0] = 0.1
+    ratio = segmentation_uncertainty(np.stack([cloud, 1 - cloud]), core)
+    assert ratio == pytest.approx((16**3 - 8) / 8)
+    assert segmentation_uncertainty(None, labels) is None
+    assert segmentation_uncertainty(probabilities, np.zeros_like(labels)) == math.inf
+    with pytest.raises(ValueError, match="probabilities grid"):
+        segmentation_uncertainty(probabilities[:, :10], labels)
 
 
 def test_model_card_rates_carry_wilson_intervals() -> None:

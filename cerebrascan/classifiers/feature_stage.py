@@ -6,9 +6,10 @@ on the ground-truth labels, and on the segmentation that the default model predi
 through the serving code path (:func:`cerebrascan.segmentation.segment_study`): that is what the
 analyzers see at serving time. The SRI24 atlas is matched by voxel index (the phantoms lie on
 the SRI24 grid). One JSON-lines file per cohort; NaN is written as null; a case whose predicted
-segmentation is empty has ``predicted_features: null``. Kept apart from
-:mod:`cerebrascan.classifiers.pipeline` so that training code changes do not invalidate this,
-the slow stage.
+segmentation is empty has ``predicted_features: null``. Each row also records the prediction's
+whole-tumour Dice and its :func:`~cerebrascan.classifiers.serving.segmentation_uncertainty`.
+Kept apart from :mod:`cerebrascan.classifiers.pipeline` so that training code changes do not
+invalidate this, the slow stage.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ def _case_row(record: dict[str, Any], segmentation_model: Path) -> dict[str, Any
     features on both segmentations (runs in a worker process)."""
     from cerebrascan.atlas_registration import structure_atlas_for
     from cerebrascan.classifiers.features import case_features
+    from cerebrascan.classifiers.segmentation_quality import segmentation_uncertainty
     from cerebrascan.imaging.study import Study
     from cerebrascan.phantoms.generator import PhantomParams, generate_case
     from cerebrascan.segmentation import segment_study
@@ -90,12 +92,15 @@ def _case_row(record: dict[str, Any], segmentation_model: Path) -> dict[str, Any
     rendered = time.perf_counter()
     runner = _segmentation_runner(segmentation_model)
     images = np.stack([case.images[m] for m in runner.spec.modalities]).astype(np.float32)
-    predicted = segment_study(
+    segmentation = segment_study(
         Study(images=images, affine=case.affine, modalities=tuple(runner.spec.modalities)),
         runner,
         mirror_tta=False,
+        keep_probabilities=True,
         min_component_ml=Settings().runner.min_component_ml,
-    ).labels
+    )
+    predicted = segmentation.labels
+    uncertainty = segmentation_uncertainty(segmentation.probabilities, predicted)
     segmented = time.perf_counter()
     # phantoms lie on the SRI24 grid (small warp): the atlas masks by voxel index
     atlas = structure_atlas_for(case.images["t1n"], case.affine, mode="never").atlas
@@ -118,6 +123,10 @@ def _case_row(record: dict[str, Any], segmentation_model: Path) -> dict[str, Any
         "features": _features_or_none(truth_features),
         "predicted_features": _features_or_none(predicted_features),
         "predicted_wt_dice": 2.0 * overlap / sizes if sizes else 1.0,
+        # null for an empty prediction (no ratio); compared with the serving setting at evaluation
+        "segmentation_uncertainty": (
+            uncertainty if uncertainty is not None and math.isfinite(uncertainty) else None
+        ),
     }
 
 
@@ -179,6 +188,22 @@ def read_features(path: Path, source: FeatureSource = "truth") -> dict[str, dict
         for row in rows
         if row.get(key) is not None
     }
+
+
+def failed_predictions(path: Path, max_uncertainty: float | None) -> list[str]:
+    """Case ids whose predicted segmentation is empty or, when ``max_uncertainty`` is set, more
+    uncertain than it: the analyzers answer "not assessable" for them."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [
+        row["case_id"]
+        for row in rows
+        if row.get("predicted_features") is None
+        or (
+            max_uncertainty is not None
+            and row.get("segmentation_uncertainty") is not None
+            and row["segmentation_uncertainty"] > max_uncertainty
+        )
+    ]
 
 
 def empty_predictions(path: Path) -> list[str]:

@@ -34,7 +34,7 @@ from cerebrascan.classifiers.cohort import (
 from cerebrascan.classifiers.feature_stage import (
     COHORTS,
     FeatureSource,
-    empty_predictions,
+    failed_predictions,
     read_features,
 )
 
@@ -374,14 +374,23 @@ def _ood_verdict(task: str, metrics: dict[str, float]) -> str:
             f"{in_distribution:.1%} of held-out cases{reference}; the intervals above reach "
             "below 90 %, and other training draws do worse (see above)."
         )
+    failing = (
+        "the held-out side"
+        if shifted >= 0.9
+        else "the never-seen side"
+        if in_distribution <= 0.10
+        else "both sides"
+    )
     return (
         f"**Not met: the OOD target** (>= 90 % of a shifted setting flagged, <= 10 % of held-out "
-        f"cases): as served, {shifted:.1%} of the weaker never-seen-type cohort is flagged and "
-        f"{in_distribution:.1%} of held-out cases{reference}. Some central neurocytoma "
-        "phantoms sit inside the training phenotypes (periventricular gliomas and ependymomas); "
+        f"cases), on {failing}: as served, {shifted:.1%} of the weaker never-seen-type cohort "
+        f"is not assessable and {in_distribution:.1%} of held-out cases{reference}. As served, "
+        "failed segmentations (empty, or above the segmentation-uncertainty limit) are not "
+        "assessable whatever the tumour, and segmentation errors move in-distribution features "
+        "away from the phenotypes the check learned. On ground truth, some central neurocytoma "
+        "phantoms sit inside the training phenotypes (periventricular gliomas and ependymomas): "
         "a supervised classifier separates them, an unsupervised check on these features does "
-        "not always. Errors of the predicted segmentation move in-distribution cases out of "
-        "the training phenotypes too, which is why more of them are flagged as served."
+        "not always."
     )
 
 
@@ -411,8 +420,13 @@ def _view_metrics(
     features_dir: Path,
     records: dict[str, list[dict[str, Any]]],
     source: FeatureSource,
+    max_uncertainty: float | None,
 ) -> tuple[dict[str, float], list[str], npt.NDArray[np.float64]]:
     """Held-out metrics and OOD rates of one task on one feature source.
+
+    As served (``source="predicted"``) a case whose predicted segmentation is empty or more
+    uncertain than ``max_uncertainty`` is not assessable: it is left out of the classification
+    metrics and counted as flagged in the OOD rates.
 
     Returns:
         The metrics, and the held-out labels and probabilities (for the reliability plot).
@@ -421,17 +435,19 @@ def _view_metrics(
 
     def cohort(name: str) -> tuple[dict[str, dict[str, float]], list[str]]:
         path = features_dir / f"{name}.jsonl"
-        return read_features(path, source), (
-            empty_predictions(path) if source == "predicted" else []
-        )
+        if source == "truth":
+            return read_features(path, source), []
+        failed = failed_predictions(path, max_uncertainty)
+        features = read_features(path, source)
+        return {k: v for k, v in features.items() if k not in set(failed)}, failed
 
     test_features, test_empty = cohort("test")
     rows, labels, _ = task_rows(task, records["test"], test_features)
     probabilities = loaded.model.predict_proba(feature_matrix(rows, loaded.feature_names))
     metrics = classification_metrics(loaded.classes, labels, probabilities)
-    # an empty predicted segmentation is "not assessable" when served: count it as flagged
+    # an empty or failed predicted segmentation is "not assessable" when served: flagged
     empty_in_domain = len(task_rows(task, records["test"], {i: {} for i in test_empty})[0])
-    metrics["n_empty_segmentations"] = float(empty_in_domain)
+    metrics["n_failed_segmentations"] = float(empty_in_domain)
     ood_in = loaded.ood.scores(feature_matrix(rows, loaded.ood_feature_names))
     metrics["ood_flagged_in_distribution"], _ = _share_flagged(
         ood_in > loaded.ood.threshold, empty_in_domain
@@ -489,7 +505,8 @@ def run_evaluate_stage(
     from cerebrascan.classifiers.store import load_folder
 
     records = {name: read_cohort(cohort_dir / name) for name in ("test", "shifted_protocol")}
-    _, client = _mlflow_client()
+    settings, client = _mlflow_client()
+    max_uncertainty = settings.classifiers.max_segmentation_uncertainty
     type_model = load_folder(
         models_dir / "tumour_type", task="tumour_type", name="tumour_type", version="local"
     )
@@ -499,7 +516,7 @@ def run_evaluate_stage(
         metrics: dict[str, float] = {}
         for prefix, source in VIEWS:
             view, labels, probabilities = _view_metrics(
-                task, loaded, type_model, features_dir, records, source
+                task, loaded, type_model, features_dir, records, source, max_uncertainty
             )
             metrics.update({f"{prefix}{k}": v for k, v in view.items()})
             if not prefix:
@@ -517,7 +534,9 @@ def run_evaluate_stage(
             )
             + "\n"
         )
-        (folder / "model_card.md").write_text(model_card(task, loaded.spec, metrics, params))
+        (folder / "model_card.md").write_text(
+            model_card(task, loaded.spec, metrics, params, max_uncertainty)
+        )
         run_id = loaded.spec.get("mlflow_run_id")
         if run_id:
             for key, value in metrics.items():
@@ -539,7 +558,11 @@ def _model_note(spec: dict[str, Any]) -> str:
 
 
 def model_card(
-    task: str, spec: dict[str, Any], metrics: dict[str, float], params: ClassifierParams
+    task: str,
+    spec: dict[str, Any],
+    metrics: dict[str, float],
+    params: ClassifierParams,
+    max_uncertainty: float | None = None,
 ) -> str:
     """The model card (markdown) of one classifier with its held-out metrics."""
     titles = {
@@ -605,14 +628,16 @@ def model_card(
         f"## Held-out metrics (phantom cohort seed {params.test.seed})",
         "",
         "'As served': features on the default model's predicted segmentation, as the analyzers "
-        "compute them; a case whose predicted segmentation is empty counts as not assessable. "
+        "compute them; a case whose predicted segmentation is empty or failed (segmentation "
+        "uncertainty above `classifiers.max_segmentation_uncertainty`, "
+        f"{'off' if max_uncertainty is None else max_uncertainty}) counts as not assessable. "
         "'Ground truth': features on the phantom's true segmentation. OOD rates with their "
         "Wilson 95 % intervals.",
         "",
         "| metric | as served | ground truth |",
         "|---|---|---|",
-        f"| cases | {int(metrics['n_cases'])} (+ {int(metrics['n_empty_segmentations'])} with an "
-        f"empty segmentation) | {int(metrics['truth_segmentation_n_cases'])} |",
+        f"| cases | {int(metrics['n_cases'])} (+ {int(metrics['n_failed_segmentations'])} with an "
+        f"empty or failed segmentation) | {int(metrics['truth_segmentation_n_cases'])} |",
     ]
     for key in ("accuracy", "macro_f1", "roc_auc", "brier"):
         lines.append(f"| {key} | {metrics[key]:.3f} | {metrics['truth_segmentation_' + key]:.3f} |")
@@ -625,7 +650,7 @@ def model_card(
             for prefix, _ in VIEWS
         )
 
-    served_held_out = metrics["n_cases"] + metrics["n_empty_segmentations"]
+    served_held_out = metrics["n_cases"] + metrics["n_failed_segmentations"]
     metrics = {**metrics, "n_held_out_with_empty": served_held_out}
     metrics["truth_segmentation_n_held_out_with_empty"] = metrics["truth_segmentation_n_cases"]
     lines += [

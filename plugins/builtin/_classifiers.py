@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from cerebrascan.classifiers.segmentation_quality import UNCERTAIN_BAND, segmentation_uncertainty
 from cerebrascan.classifiers.serving import RESEARCH_NOTICE, Assessment, assess, study_features
 from cerebrascan.classifiers.store import (
     ClassifierNotAvailableError,
@@ -89,6 +90,12 @@ class ClassifierResult(BaseModel):
         description="Registered model name -> version of every model used."
     )
     tumour_volume_ml: float = Field(description="Whole-tumour volume of the segmentation (mL).")
+    segmentation_uncertainty: float | None = Field(
+        default=None,
+        description="Voxels of uncertain (0.2-0.8) tumour probability per segmented tumour "
+        "voxel; above classifiers.max_segmentation_uncertainty nothing is assessable (null: "
+        "no probabilities, or not reached).",
+    )
     age_given: bool = Field(description="Whether patient_age_years was given.")
     registration: RegistrationInfo | None = Field(
         description="How the atlas reached the study (null when not needed)."
@@ -96,6 +103,13 @@ class ClassifierResult(BaseModel):
     features_ms: float | None = Field(
         description="Time to compute the study's features (ms; null when cached or skipped)."
     )
+
+
+def _rounded(value: float | None) -> float | None:
+    """JSON-safe: None stays None, inf becomes None (an empty segmentation has no ratio)."""
+    if value is None or not np.isfinite(value):
+        return None
+    return round(float(value), 4)
 
 
 def _not_assessable_prediction(
@@ -167,6 +181,7 @@ def run_tasks(
     """
     segmentation = segmentation_of(context, channel(context, "t1n").shape)
     volume_ml = float(np.count_nonzero(segmentation)) * voxel_volume_ml(context.affine)
+    uncertainty: float | None = None
 
     def nothing(reason: str, models: dict[str, str] | None = None) -> StudyRun:
         return StudyRun(
@@ -177,6 +192,7 @@ def run_tasks(
                 predictions=[_not_assessable_prediction(t, reason) for t in tasks],
                 model_versions=models or {},
                 tumour_volume_ml=round(volume_ml, 4),
+                segmentation_uncertainty=_rounded(uncertainty),
                 age_given=options.patient_age_years is not None,
                 registration=None,
                 features_ms=None,
@@ -189,6 +205,15 @@ def run_tasks(
     if volume_ml < settings.min_tumour_ml:
         return nothing(
             f"not assessable: tumour too small ({volume_ml:.2f} mL < {settings.min_tumour_ml} mL)"
+        )
+    uncertainty = segmentation_uncertainty(context.probabilities, segmentation)
+    limit = settings.max_segmentation_uncertainty
+    if uncertainty is not None and limit is not None and uncertainty > limit:
+        low, high = UNCERTAIN_BAND
+        return nothing(
+            "not assessable: the segmentation looks failed, so its features would not describe "
+            f"the tumour ({uncertainty:.2f} voxels at {low}-{high} tumour probability per "
+            f"segmented voxel > {limit})"
         )
     models: dict[str, LoadedClassifier] = {}
     for task in tasks:
@@ -236,6 +261,7 @@ def run_tasks(
             predictions=predictions,
             model_versions={m.name: m.version for m in models.values()},
             tumour_volume_ml=round(volume_ml, 4),
+            segmentation_uncertainty=_rounded(uncertainty),
             age_given=options.patient_age_years is not None,
             registration=registration_info(mapping, options.registration),
             features_ms=round(features_ms, 1),

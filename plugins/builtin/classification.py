@@ -13,7 +13,9 @@ Each answer holds the calibrated class probabilities, the label, its calibrated 
 the features that pushed the decision most and the model version. Before any label, an
 out-of-distribution check scores the feature vector against the training features: above the
 model's threshold the task is "not assessable" with the score, never a confident label. A tumour
-smaller than ``classifiers.min_tumour_ml`` (or none), or no model in the registry, is "not
+smaller than ``classifiers.min_tumour_ml`` (or none), a segmentation that looks failed (its
+``segmentation_uncertainty``, from the model's probabilities, above
+``classifiers.max_segmentation_uncertainty``), or no model in the registry, is "not
 assessable" too, never an error. The atlas mapping is shared with ``nogo`` / ``hotspot``.
 
 Options (``options.analyzers.classification``): see
@@ -41,7 +43,10 @@ class ClassificationAnalyzer(Analyzer):
     version = "1.0.0"
     result_model = ClassifierResult
     options_model = ClassifierOptions
-    needs: ClassVar[frozenset[Need]] = frozenset({Need.IMAGES, Need.SEGMENTATION})
+    # probabilities: the segmentation-uncertainty check (skipped when a model gives none)
+    needs: ClassVar[frozenset[Need]] = frozenset(
+        {Need.IMAGES, Need.SEGMENTATION, Need.PROBABILITIES}
+    )
     timeout_s = 60.0
 
     def analyze(self, context: AnalysisContext) -> ClassifierResult:

@@ -50,7 +50,10 @@ class RadiogenomicsAnalyzer(Analyzer):
     version = "1.0.0"
     result_model = ClassifierResult
     options_model = ClassifierOptions
-    needs: ClassVar[frozenset[Need]] = frozenset({Need.IMAGES, Need.SEGMENTATION})
+    # probabilities: the segmentation-uncertainty check (skipped when a model gives none)
+    needs: ClassVar[frozenset[Need]] = frozenset(
+        {Need.IMAGES, Need.SEGMENTATION, Need.PROBABILITIES}
+    )
     depends_on = ("classification",)
     timeout_s = 60.0
 
