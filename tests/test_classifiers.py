@@ -163,7 +163,7 @@ def test_committed_models_load_safely_and_meet_the_held_out_targets(bundled: dic
         assert 0.0 <= metrics[task]["ood_flagged_in_distribution"] <= 1.0
         assert 0.0 <= metrics[task]["ood_flagged_shifted"] <= 1.0
         assert (
-            metrics[task]["n_cases"] + metrics[task]["n_empty_segmentations"]
+            metrics[task]["n_cases"] + metrics[task]["n_failed_segmentations"]
             == (metrics[task]["truth_segmentation_n_cases"])
         )
     for task in TASKS:

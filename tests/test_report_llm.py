@@ -159,9 +159,15 @@ def test_real_llm_contradicting_section_is_rejected(
     other_volumetrics["hemisphere"] = "left" if report.findings.hemisphere == "right" else "right"
     wrong = build_report(other, NO_IMAGE, ReportSettings())
     body = llm_writer.request_body(llm_settings, report_facts(wrong), {}, wrong.narrative)
+    # Only the opening sentences (side and volumes): the 135M model copies a short object
+    # faithfully; given the whole narrative it may start writing text of its own instead.
+    short = {
+        "findings": " ".join(wrong.narrative.findings.split(". ")[:2]),
+        "impression": wrong.narrative.impression.split(". ")[0],
+    }
     body["messages"] = [
         {"role": "system", "content": "Return the JSON object of the user message unchanged."},
-        {"role": "user", "content": wrong.narrative.model_dump_json()},
+        {"role": "user", "content": json.dumps(short)},
     ]
     # Copying the whole narrative takes more tokens than a rephrased section: with the default
     # budget the answer can stop mid-string (invalid JSON, a fallback that shows no grounding).
