@@ -30,6 +30,13 @@ FEATURES_OPTION = click.option(
 MODELS_OPTION = click.option(
     "--models", "models_dir", type=click.Path(path_type=Path), default=Path("models/classifiers")
 )
+SEGMENTATION_MODEL_OPTION = click.option(
+    "--segmentation-model",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("models/default"),
+    show_default=True,
+    help="Segmentation model folder behind the features on the predicted segmentation.",
+)
 
 
 @click.group("classifiers")
@@ -56,13 +63,7 @@ def cohort(params_path: Path, out_dir: Path) -> None:
 @click.option(
     "--out", "out_dir", type=click.Path(path_type=Path), default=Path("data/classifiers/features")
 )
-@click.option(
-    "--segmentation-model",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("models/default"),
-    show_default=True,
-    help="Model folder whose predicted segmentation gives the served-like features.",
-)
+@SEGMENTATION_MODEL_OPTION
 def features(params_path: Path, cohort_dir: Path, out_dir: Path, segmentation_model: Path) -> None:
     """Render every case, segment it with the default model and extract its features on the
     ground-truth labels and on the predicted segmentation."""
@@ -81,13 +82,7 @@ def features(params_path: Path, cohort_dir: Path, out_dir: Path, segmentation_mo
 @click.option(
     "--out", "out_dir", type=click.Path(path_type=Path), default=Path("models/classifiers")
 )
-@click.option(
-    "--segmentation-model",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("models/default"),
-    show_default=True,
-    help="The model folder the features stage segmented with (recorded in each spec).",
-)
+@SEGMENTATION_MODEL_OPTION
 def train(
     params_path: Path,
     cohort_dir: Path,
