@@ -193,9 +193,19 @@ def pipeline_phantoms(params: object, out_dir: Path) -> None:
     assert isinstance(params, PipelineParams)
     p = params.phantoms
     write_cohort(
-        out_dir / "train", seed=p.train_seed, n_cases=p.train_cases, prefix="PHANTOM-TRAIN"
+        out_dir / "train",
+        seed=p.train_seed,
+        n_cases=p.train_cases,
+        prefix="PHANTOM-TRAIN",
+        type_probs=p.type_probs,
     )
-    write_cohort(out_dir / "test", seed=p.test_seed, n_cases=p.test_cases, prefix="PHANTOM-TEST")
+    write_cohort(
+        out_dir / "test",
+        seed=p.test_seed,
+        n_cases=p.test_cases,
+        prefix="PHANTOM-TEST",
+        type_probs=p.type_probs,
+    )
 
 
 @pipeline.command("train")

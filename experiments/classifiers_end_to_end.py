@@ -1,15 +1,16 @@
 """The classifiers on the default model's *predicted* segmentation, next to the true one.
 
-The classifiers are trained and evaluated on features of the phantoms' ground-truth labels; at
-serving time they see the segmentation of the default model, which was trained on glioma-like
-phantoms only. This experiment renders fresh phantoms of every tumour type (and of the
-never-seen central neurocytoma), segments them as ``/analyze`` does (the default ONNX model,
-the serving runner settings), computes the features on the predicted and on the true
-segmentation (atlas by voxel index: the phantoms lie on the SRI24 grid), and assesses tumour
-type and grade with the committed models (``models/classifiers``). Per tumour type it reports
-the whole-tumour Dice, how often each task answers (is not "not assessable"), and the accuracy
-of the answers, on both segmentations. As served, a segmentation above
-``classifiers.max_segmentation_uncertainty`` is not assessable, as in the analyzers.
+The classifiers are trained on features of the default model's predicted segmentation and
+evaluated on both; at serving time they see the segmentation of the default model (its model
+card names the tumour types it was trained on). This experiment renders fresh phantoms of
+every tumour type (and of the never-seen central neurocytoma), segments them as ``/analyze``
+does (the default ONNX model, the serving runner settings), computes the features on the
+predicted and on the true segmentation (atlas by voxel index: the phantoms lie on the SRI24
+grid), and assesses tumour type and grade with the committed models (``models/classifiers``).
+Per tumour type it reports the whole-tumour Dice, how often each task answers (is not "not
+assessable"), and the accuracy of the answers, on both segmentations. As served, a
+segmentation above ``classifiers.max_segmentation_uncertainty`` is not assessable, as in the
+analyzers.
 
     .venv/bin/python experiments/classifiers_end_to_end.py [--per-type 8] [--seed 9000] \\
         [--out data/classifiers/experiments/end_to_end.json]

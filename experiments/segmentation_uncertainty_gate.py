@@ -44,6 +44,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--features", type=Path, default=Path("data/classifiers/features"))
     parser.add_argument("--train-cases", type=int, default=120)
+    parser.add_argument(
+        "--limit", type=float, default=0.9, help="the limit in use (median Dice above it)"
+    )
     args = parser.parse_args()
     rows = {
         "train": read_rows(args.features / "train.jsonl")[: args.train_cases],
@@ -57,16 +60,23 @@ def main() -> None:
     print(f"train ({len(train)} cases): median {np.median(train):.3f}")
     print(f"largest value of a well-segmented (Dice >= 0.7) training case: {good.max():.3f}")
     print(f"training failures (Dice < 0.5): {np.sort(train[dice < 0.5]).round(2).tolist()}")
-    print("| cohort | cases | above 0.8 | above 1.0 | above 1.2 | median Dice above 0.8 |")
-    print("|---|---|---|---|---|---|")
+    limits = (0.8, 0.9, 1.0, 1.2)
+    print(
+        "| cohort | cases | "
+        + " | ".join(f"above {limit}" for limit in limits)
+        + f" | median Dice above {args.limit} | Dice < 0.5 above {args.limit} |"
+    )
+    print("|---|---|" + "---|" * (len(limits) + 2))
     for name, group in rows.items():
         values = np.asarray([r["uncertainty"] for r in group], dtype=np.float64)
         group_dice = np.asarray([r["wt_dice"] for r in group])
-        above = values > 0.8
+        above = values > args.limit
+        failed = group_dice < 0.5
         print(
-            f"| {name} | {len(group)} | {above.mean():.1%} | {(values > 1.0).mean():.1%} "
-            f"| {(values > 1.2).mean():.1%} "
-            f"| {np.median(group_dice[above]) if above.any() else float('nan'):.2f} |"
+            f"| {name} | {len(group)} | "
+            + " | ".join(f"{(values > limit).mean():.1%}" for limit in limits)
+            + f" | {np.median(group_dice[above]) if above.any() else float('nan'):.2f} "
+            f"| {int((above & failed).sum())} of {int(failed.sum())} |"
         )
 
 

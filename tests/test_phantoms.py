@@ -30,6 +30,7 @@ from cerebrascan.phantoms.generator import (
     generate_case_with_anatomy,
 )
 from cerebrascan.phantoms.tumour import TumourShape, build_tumour_labels
+from cerebrascan.phantoms.writer import case_tumour_type
 
 SHAPE = (240, 240, 155)
 ATLAS_AFFINE = np.diag([-1.0, 1.0, 1.0, 1.0])
@@ -114,6 +115,16 @@ def test_case_seed_independent_of_cohort_size(cohort_seed: int, cohort: list[Pat
     written = [json.loads((folder / "truth.json").read_text())["seed"] for folder in cohort]
     assert written == seeds_2
     assert [folder.name for folder in cohort] == ["PHANTOM-00000-000", "PHANTOM-00001-000"]
+
+
+def test_typed_cohort_draws_types_by_weight_apart_from_image_streams() -> None:
+    mix = {"generic": 0.5, "meningioma": 0.3, "schwannoma": 0.2}
+    drawn = [case_tumour_type(5, k, mix) for k in range(2000)]
+    assert drawn == [case_tumour_type(5, k, mix) for k in range(2000)]
+    for name, weight in mix.items():
+        assert abs(drawn.count(name) / len(drawn) - weight) < 0.04, name
+    assert drawn[:50] != [case_tumour_type(6, k, mix) for k in range(50)]
+    assert "glioma" not in drawn, "a type never weighted is never drawn"
 
 
 # ------------------------------------------------------------------ shapes, dtypes, background
@@ -365,6 +376,11 @@ def test_invalid_arguments_name_the_value(tmp_path: Path) -> None:
         PhantomParams(phenotype_probs=(0.5, 0.5, 0.5, 0.5))
     with pytest.raises(ValueError, match="n_cases must be >= 1, got 0"):
         write_cohort(tmp_path, seed=1, n_cases=0)
+    with pytest.raises(ValueError, match=r"type_probs.*unknown: \['oligodendroglioma'\]"):
+        write_cohort(tmp_path, seed=1, n_cases=1, type_probs={"oligodendroglioma": 1.0})
+    with pytest.raises(ValueError, match="type_probs"):
+        write_cohort(tmp_path, seed=1, n_cases=1, type_probs={"generic": 0.0})
+    assert not list(tmp_path.iterdir()), "a bad type mix writes nothing"
     with pytest.raises(ValueError, match="seed must be a non-negative integer, got -1"):
         generate_case(-1, "PHANTOM-00000-000")
     with pytest.raises(ValueError, match="case_id"):

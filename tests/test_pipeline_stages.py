@@ -13,6 +13,8 @@ import yaml
 from click.testing import CliRunner
 
 from cerebrascan.cli import main
+from cerebrascan.imaging.case_folder import read_phantom_tumour_type
+from cerebrascan.phantoms.writer import case_tumour_type
 from cerebrascan.registry import resolve_model
 from cerebrascan.settings import Settings
 from tests.conftest import REPO_ROOT
@@ -20,7 +22,13 @@ from tests.conftest import REPO_ROOT
 pytestmark = pytest.mark.slow
 
 TINY_PARAMS = {
-    "phantoms": {"train_seed": 11, "train_cases": 2, "test_seed": 12, "test_cases": 1},
+    "phantoms": {
+        "train_seed": 11,
+        "train_cases": 2,
+        "test_seed": 12,
+        "test_cases": 1,
+        "type_probs": {"generic": 1.0, "meningioma": 1.0},
+    },
     "model": {"features": [4, 8], "patch_size": [32, 32, 32], "target_spacing_mm": [3, 3, 3]},
     "train": {"iterations": 3, "batch_size": 1, "log_every": 1, "threads": 1},
     "evaluate": {"tile_step": 0.5, "mirror_tta": False},
@@ -42,6 +50,11 @@ def test_stages_from_phantoms_to_registry(tmp_path: Path, monkeypatch: pytest.Mo
     base = ["pipeline", "--params", str(params)]
     _invoke([*base, "phantoms", "--out", str(tmp_path / "phantoms")])
     assert len(list((tmp_path / "phantoms" / "train").iterdir())) == 2
+    # every case has the type its seed draws from the mix, recorded in truth.json
+    for cohort, seed in (("train", 11), ("test", 12)):
+        for index, folder in enumerate(sorted((tmp_path / "phantoms" / cohort).iterdir())):
+            expected = case_tumour_type(seed, index, TINY_PARAMS["phantoms"]["type_probs"])
+            assert read_phantom_tumour_type(folder) == expected
     _invoke(
         [
             *base,
@@ -73,8 +86,13 @@ def test_stages_from_phantoms_to_registry(tmp_path: Path, monkeypatch: pytest.Mo
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert metrics["held_out_cases"] == 1
     assert 0.0 <= metrics["mean"]["WT_dice"] <= 1.0
+    test_type = read_phantom_tumour_type(next((tmp_path / "phantoms" / "test").iterdir()))
+    assert test_type is not None
+    assert list(metrics["by_tumour_type"]) == [test_type]
+    assert metrics["by_tumour_type"][test_type]["WT_dice"] == metrics["mean"]["WT_dice"]
     card = (model_dir / "model_card.md").read_text()
     assert "phantom" in card.lower() and "research" in card.lower()
+    assert f"| {test_type} | 1 |" in card and "meningioma 1" in card
     _invoke(
         [
             *base,

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import SimpleITK as sitk  # noqa: N813
 from scipy import ndimage
 
 from cerebrascan.atlas_registration import StructureAtlas
@@ -111,6 +112,23 @@ def normalise_to_brain(
     return mean, std
 
 
+def _region_features(
+    image: sitk.Image, mask: sitk.Image, extractor: Any, region: str
+) -> dict[str, float]:
+    """Features of one sub-region, empty (NaN downstream) where pyradiomics refuses it.
+
+    A scattered region of enough voxels at 1 mm (e.g. isolated NETC voxels of a predicted
+    segmentation) can vanish or flatten on the 2 mm texture grid; pyradiomics then raises
+    ``ValueError`` ("Label (1) not present in mask", "too few dimensions"). That is a region
+    too small to describe, as below :data:`MIN_TEXTURE_VOXELS`, not a failed case.
+    """
+    try:
+        return extract_features(image, mask, label=1, extractor=extractor)
+    except ValueError as exc:
+        logger.debug("%s: no radiomics features (%s)", region, exc)
+        return {}
+
+
 def radiomics_features(
     images: Mapping[str, npt.NDArray[Any]],
     labels: npt.NDArray[np.integer],
@@ -169,15 +187,13 @@ def radiomics_features(
         for modality in MODALITIES:
             values: dict[str, float] = {}
             if mask_image is not None and count >= MIN_TEXTURE_VOXELS:
-                values = extract_features(
-                    volumes_sitk[modality], mask_image, label=1, extractor=texture
-                )
+                values = _region_features(volumes_sitk[modality], mask_image, texture, region)
             for name in texture_names:
                 features[f"{region}_{modality}_{name}"] = float(values.get(name, math.nan))
         if region in SHAPE_REGIONS:
             values = {}
             if mask_image is not None and count >= MIN_TEXTURE_VOXELS:
-                values = extract_features(volumes_sitk["t1n"], mask_image, label=1, extractor=shape)
+                values = _region_features(volumes_sitk["t1n"], mask_image, shape, region)
             for name in shape_names:
                 features[f"{region}_{name}"] = float(values.get(name, math.nan))
     wt = max(volumes["WT"], 1)

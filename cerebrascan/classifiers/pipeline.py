@@ -610,8 +610,9 @@ def model_card(
         f"MGMT {params.train.label_noise.mgmt:.0%}).",
         "",
         "At serving time the analyzers compute the features on the segmentation that the "
-        "registered segmentation model predicts, and that model was trained on glioma-like "
-        "phantoms only. The classifier therefore learns from the same kind of features, "
+        "registered segmentation model predicts (its model card names the phantom tumour "
+        "types it was trained on, and how well it segments each). The classifier therefore "
+        "learns from the same kind of features, "
         f"those on the {_SOURCE_NAMES[spec.get('classifier_features', 'truth')]}"
         + _model_note(spec)
         + ". The OOD check learns the training phenotypes from the "

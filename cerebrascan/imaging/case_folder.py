@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -42,6 +43,18 @@ def read_labels(case_dir: Path) -> npt.NDArray[np.uint8]:
     """The case's reference segmentation as uint8 BraTS labels."""
     image = nib.load(str(modality_path(case_dir, "seg")))
     return np.asarray(image.dataobj, dtype=np.uint8).reshape(image.shape[:3])
+
+
+def read_phantom_tumour_type(case_dir: Path) -> str | None:
+    """Tumour type a phantom's ``truth.json`` records, ``"generic"`` for an untyped phantom.
+
+    None when the folder has no ``truth.json`` (a real case).
+    """
+    truth_path = case_dir / "truth.json"
+    if not truth_path.exists():
+        return None
+    diagnosis = json.loads(truth_path.read_text()).get("diagnosis") or {}
+    return str(diagnosis.get("tumour_type") or "generic")
 
 
 def write_labels(

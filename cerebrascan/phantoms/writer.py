@@ -6,9 +6,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import nibabel as nib
@@ -16,10 +18,44 @@ import numpy as np
 
 from cerebrascan.phantoms.contrasts import MODALITIES
 from cerebrascan.phantoms.generator import PhantomCase, PhantomParams, case_seed, generate_case
+from cerebrascan.phantoms.tumour_types import ALL_TUMOUR_TYPES
 
 logger = logging.getLogger(__name__)
 
 _DEFAULT_PARAMS = PhantomParams()
+
+#: key of ``type_probs`` for the generic glioma-like phantom (``PhantomParams.tumour_type=None``)
+GENERIC_TYPE = "generic"
+
+
+def check_type_probs(type_probs: Mapping[str, float]) -> None:
+    """Raise ``ValueError`` unless ``type_probs`` weighs known tumour types.
+
+    Args:
+        type_probs: weight of each type: ``"generic"`` or a name of
+            :data:`cerebrascan.phantoms.tumour_types.ALL_TUMOUR_TYPES`.
+    """
+    known = (GENERIC_TYPE, *ALL_TUMOUR_TYPES)
+    unknown = sorted(set(type_probs) - set(known))
+    weights = list(type_probs.values())
+    if unknown or not weights or min(weights) < 0 or sum(weights) <= 0:
+        raise ValueError(
+            f"type_probs must give non-negative weights (not all zero) of types in {known}, "
+            f"got {dict(type_probs)} (unknown: {unknown})"
+        )
+
+
+def case_tumour_type(seed: int, index: int, type_probs: Mapping[str, float]) -> str:
+    """The tumour type of case ``index`` of a typed cohort, independent of the cohort size.
+
+    Drawn from a stream of its own, so the case's image streams (:func:`case_seed`) are the
+    same as in an untyped cohort of the same seed.
+    """
+    check_type_probs(type_probs)
+    names = sorted(type_probs)
+    weights = np.asarray([type_probs[name] for name in names], dtype=float)
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index, 104729)))
+    return str(rng.choice(names, p=weights / weights.sum()))
 
 
 def _nifti(data: np.ndarray, affine: np.ndarray, dtype: type) -> nib.Nifti1Image:
@@ -73,6 +109,7 @@ def write_cohort(
     n_cases: int,
     params: PhantomParams = _DEFAULT_PARAMS,
     prefix: str = "PHANTOM",
+    type_probs: Mapping[str, float] | None = None,
 ) -> list[Path]:
     """Generate and write ``n_cases`` cases named ``<prefix>-<index:05d>-000``.
 
@@ -85,12 +122,15 @@ def write_cohort(
         n_cases: number of cases, >= 1.
         params: generator knobs.
         prefix: case-id prefix (letters, digits, ``.``, ``_``, ``-``).
+        type_probs: None renders every case with ``params``; otherwise each case's tumour
+            type is drawn with these weights (:func:`case_tumour_type`; ``"generic"`` is
+            ``params`` as given) and set on ``params``.
 
     Returns:
         The case folders in index order.
 
     Raises:
-        ValueError: for ``n_cases < 1``, a negative seed or a bad prefix.
+        ValueError: for ``n_cases < 1``, a negative seed, a bad prefix or bad ``type_probs``.
     """
     if n_cases < 1:
         raise ValueError(f"n_cases must be >= 1, got {n_cases}")
@@ -98,18 +138,27 @@ def write_cohort(
         raise ValueError(f"seed must be >= 0, got {seed}")
     if not prefix or "/" in prefix or "\\" in prefix:
         raise ValueError(f"prefix must be a non-empty name without path separators, got {prefix!r}")
+    if type_probs is not None:
+        check_type_probs(type_probs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     folders = []
     for index in range(n_cases):
         case_id = f"{prefix}-{index:05d}-000"
-        case = generate_case(case_seed(seed, index), case_id, params)
+        case_params = params
+        tumour_type = GENERIC_TYPE
+        if type_probs is not None:
+            tumour_type = case_tumour_type(seed, index, type_probs)
+            if tumour_type != GENERIC_TYPE:
+                case_params = dataclasses.replace(params, tumour_type=tumour_type)
+        case = generate_case(case_seed(seed, index), case_id, case_params)
         folders.append(write_case(case, out_dir))
         logger.info(
-            "case %d/%d %s: WT %.1f mL, TC %.1f mL, ET %.1f mL",
+            "case %d/%d %s (%s): WT %.1f mL, TC %.1f mL, ET %.1f mL",
             index + 1,
             n_cases,
             case_id,
+            tumour_type,
             case.truth["volumes_ml"]["WT"],
             case.truth["volumes_ml"]["TC"],
             case.truth["volumes_ml"]["ET"],

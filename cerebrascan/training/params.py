@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+
+from cerebrascan.phantoms.writer import check_type_probs
 
 
 class PhantomStageParams(BaseModel):
@@ -15,6 +17,18 @@ class PhantomStageParams(BaseModel):
     train_cases: int = Field(default=60, ge=1)
     test_seed: int = 2000
     test_cases: int = Field(default=10, ge=1)
+    type_probs: dict[str, float] | None = Field(
+        default=None,
+        description="None: generic glioma-like phantoms only; else the weight of each tumour "
+        "type ('generic' or a name of cerebrascan.phantoms.tumour_types) in both cohorts.",
+    )
+
+    @field_validator("type_probs")
+    @classmethod
+    def _known_types(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is not None:
+            check_type_probs(value)
+        return value
 
 
 class ModelParams(BaseModel):
