@@ -249,14 +249,13 @@ class ClassifierSettings(BaseModel):
         description="radiogenomics answers IDH / MGMT only when P(glioma) reaches this.",
     )
     max_segmentation_uncertainty: float | None = Field(
-        default=0.9,
+        default=0.8,
         gt=0,
         description="Above this many voxels of uncertain (0.2-0.8) tumour probability per "
         "segmented tumour voxel the segmentation is taken to have failed and the tasks are "
-        "'not assessable' (its features would not describe the tumour). 0.9: the largest "
-        "value of a well-segmented (Dice >= 0.7) training case of the default model (0.86), "
-        "rounded up (docs/classifiers.md); recalibrate it with the segmentation model. null "
-        "disables the check.",
+        "'not assessable' (its features would not describe the tumour). 0.8: the largest "
+        "value of a well-segmented (Dice >= 0.7) training case of the default model, rounded "
+        "up (docs/classifiers.md); null disables the check.",
     )
     top_features: int = Field(
         default=5, ge=1, le=50, description="Contributing features listed per answer."

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from cerebrascan.settings import Settings
+
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """Case id, Dice and uncertainty of every case of a features file."""
@@ -45,9 +47,14 @@ def main() -> None:
     parser.add_argument("--features", type=Path, default=Path("data/classifiers/features"))
     parser.add_argument("--train-cases", type=int, default=120)
     parser.add_argument(
-        "--limit", type=float, default=0.9, help="the limit in use (median Dice above it)"
+        "--limit",
+        type=float,
+        default=None,
+        help="the limit to report on (default: classifiers.max_segmentation_uncertainty)",
     )
     args = parser.parse_args()
+    if args.limit is None:
+        args.limit = Settings().classifiers.max_segmentation_uncertainty
     rows = {
         "train": read_rows(args.features / "train.jsonl")[: args.train_cases],
         "test": read_rows(args.features / "test.jsonl"),

