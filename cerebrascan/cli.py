@@ -192,20 +192,17 @@ def pipeline_phantoms(params: object, out_dir: Path) -> None:
 
     assert isinstance(params, PipelineParams)
     p = params.phantoms
-    write_cohort(
-        out_dir / "train",
-        seed=p.train_seed,
-        n_cases=p.train_cases,
-        prefix="PHANTOM-TRAIN",
-        type_probs=p.type_probs,
-    )
-    write_cohort(
-        out_dir / "test",
-        seed=p.test_seed,
-        n_cases=p.test_cases,
-        prefix="PHANTOM-TEST",
-        type_probs=p.type_probs,
-    )
+    for cohort, seed, n_cases in (
+        ("train", p.train_seed, p.train_cases),
+        ("test", p.test_seed, p.test_cases),
+    ):
+        write_cohort(
+            out_dir / cohort,
+            seed=seed,
+            n_cases=n_cases,
+            prefix=f"PHANTOM-{cohort.upper()}",
+            type_probs=p.type_probs,
+        )
 
 
 @pipeline.command("train")
