@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
 from cerebrascan.phantoms.generator import PhantomParams, case_seed, sample_case_params
-from cerebrascan.phantoms.tumour_types import ALL_TUMOUR_TYPES, TUMOUR_TYPES
+from cerebrascan.phantoms.tumour_types import ALL_TUMOUR_TYPES, TUMOUR_TYPES, check_type_weights
 
 logger = logging.getLogger(__name__)
 
@@ -62,12 +62,7 @@ class CohortSpec(BaseModel):
     @field_validator("type_probs")
     @classmethod
     def _known_types(cls, value: dict[str, float]) -> dict[str, float]:
-        unknown = sorted(set(value) - set(ALL_TUMOUR_TYPES))
-        if unknown or not value or min(value.values()) < 0 or sum(value.values()) <= 0:
-            raise ValueError(
-                f"type_probs must give non-negative weights of types in {ALL_TUMOUR_TYPES}, "
-                f"got {value} (unknown: {unknown})"
-            )
+        check_type_weights(value, ALL_TUMOUR_TYPES)
         return value
 
 

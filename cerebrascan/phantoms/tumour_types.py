@@ -44,6 +44,7 @@ out-of-distribution detection.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,19 @@ TUMOUR_TYPES: tuple[str, ...] = (
 SHIFTED_TUMOUR_TYPES: tuple[str, ...] = ("central_neurocytoma",)
 ALL_TUMOUR_TYPES: tuple[str, ...] = TUMOUR_TYPES + SHIFTED_TUMOUR_TYPES
 TUMOUR_TYPES_VERSION = "1.0.0"
+
+
+def check_type_weights(type_probs: Mapping[str, float], known: Sequence[str]) -> None:
+    """Raise ``ValueError`` unless ``type_probs`` gives non-negative weights, not all zero,
+    to names in ``known`` only (the message names the unknown ones)."""
+    unknown = sorted(set(type_probs) - set(known))
+    weights = list(type_probs.values())
+    if unknown or not weights or min(weights) < 0 or sum(weights) <= 0:
+        raise ValueError(
+            f"type_probs must give non-negative weights (not all zero) of types in "
+            f"{tuple(known)}, got {dict(type_probs)} (unknown: {unknown})"
+        )
+
 
 #: Midline of the SRI24 grid (voxel index along x; RAS x = -i, midline at x = -119.5 mm).
 _MIDLINE_VOXEL_X = 119.5

@@ -18,7 +18,7 @@ import numpy as np
 
 from cerebrascan.phantoms.contrasts import MODALITIES
 from cerebrascan.phantoms.generator import PhantomCase, PhantomParams, case_seed, generate_case
-from cerebrascan.phantoms.tumour_types import ALL_TUMOUR_TYPES
+from cerebrascan.phantoms.tumour_types import ALL_TUMOUR_TYPES, check_type_weights
 
 logger = logging.getLogger(__name__)
 
@@ -35,14 +35,7 @@ def check_type_probs(type_probs: Mapping[str, float]) -> None:
         type_probs: weight of each type: ``"generic"`` or a name of
             :data:`cerebrascan.phantoms.tumour_types.ALL_TUMOUR_TYPES`.
     """
-    known = (GENERIC_TYPE, *ALL_TUMOUR_TYPES)
-    unknown = sorted(set(type_probs) - set(known))
-    weights = list(type_probs.values())
-    if unknown or not weights or min(weights) < 0 or sum(weights) <= 0:
-        raise ValueError(
-            f"type_probs must give non-negative weights (not all zero) of types in {known}, "
-            f"got {dict(type_probs)} (unknown: {unknown})"
-        )
+    check_type_weights(type_probs, (GENERIC_TYPE, *ALL_TUMOUR_TYPES))
 
 
 def case_tumour_type(seed: int, index: int, type_probs: Mapping[str, float]) -> str:
