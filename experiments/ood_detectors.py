@@ -1,21 +1,27 @@
 """Which out-of-distribution detector on the phenotype columns flags never-seen tumour types?
 
-Compares candidate detectors, each fitted with the pipeline's settings (phenotype columns,
-normal scores, PCA keeping ``classifiers.model.ood_variance``; thresholds on 5-fold
-out-of-fold training rows at the nominal ``ood_quantile``) on the tumour-type task:
+Compares candidate detectors on the tumour-type task, all on the phenotype columns and the
+ground-truth features (each case rendered again from its seed, features on its true labels;
+no segmentation, so the segmentation-uncertainty gate is not part of these rates), with
+thresholds on 5-fold out-of-fold training rows at the nominal ``ood_quantile``:
 
-* ``gaussian``: the committed detector (Hotelling T^2, PCA residual, nearest-class distance);
-* ``knn``: distance to the k-th nearest training row in the whitened PCA space;
-* ``class_knn``: the same within each class, the nearest class counting;
-* ``gaussian+knn``: the union of the two (the budget shared by the four statistics).
+* ``gaussian (committed)``: :func:`cerebrascan.classifiers.models.fit_ood_detector`;
+* ``knn`` / ``class knn``: distance to the k-th nearest training row (``class``: of each
+  class, the nearest counting), k = 3, 5, 10, after normal scores or robust z-scores, PCA
+  whitened or not (:func:`fit_knn`);
+* unions of the committed check and a kNN, each at half the false-alarm budget.
 
-Reported per detector: held-out cases flagged, never-seen central neurocytomas flagged (the
-pipeline's two shifted cohorts, both looked at by earlier designs), and the same over random
-draws of the training cohort extended to 480 cases (``ood_training_size.py``'s cached
-extension) when it exists. ``--confirm`` adds the cohorts that no design looked at (rendered
-into ``--work-dir`` on first use: 60 central neurocytomas, seed 7600, and 120 cases of the
-held-out mix, seed 6100); use it once, after choosing.
+Reported per detector: the share flagged of the pipeline's held-out cohort and of its two
+central-neurocytoma cohorts (all three looked at by earlier designs); ``--confirm`` adds two
+cohorts no design looked at (a fresh held-out mix, seed 6100, 120 cases; fresh central
+neurocytomas, seed 7600, 60 cases): use it once, after choosing. When the training cohort's
+extension (cases 240-479 of its spec) is rendered, the committed check, the best kNN and
+their union are also refitted on random 240-row draws of the 480.
 
+Features are cached under ``--work-dir``; ``--render-only`` renders every cohort first (about
+35 minutes on 2 cores for the 870 cases).
+
+    .venv/bin/python experiments/ood_detectors.py --render-only
     .venv/bin/python experiments/ood_detectors.py [--confirm] [--repeats 10]
 """
 
