@@ -120,16 +120,13 @@ def truth_row(record: dict[str, Any]) -> dict[str, Any]:
     only (no segmentation: the OOD check learns and is measured on these)."""
     from cerebrascan.atlas_registration import structure_atlas_for
     from cerebrascan.classifiers.features import case_features
-    from cerebrascan.phantoms.generator import generate_case
+    from cerebrascan.phantoms.generator import PhantomParams, generate_case
 
-    params = CohortSpec.model_validate(
-        {
-            "seed": 0,
-            "cases": 1,
-            "type_probs": {"glioma": 1.0},
-            "generator_overrides": record.get("generator_overrides", {}),
-        }
-    ).phantom_params(record["rendered_type"])
+    overrides = {
+        k: tuple(v) if isinstance(v, list) else v
+        for k, v in record.get("generator_overrides", {}).items()
+    }
+    params = PhantomParams(tumour_type=record["rendered_type"], **overrides)
     case = generate_case(int(record["seed"]), record["case_id"], params)
     atlas = structure_atlas_for(case.images["t1n"], case.affine, mode="never").atlas
     features = case_features(
