@@ -11,30 +11,31 @@ picks up plugins installed later (the tests use it).
 from __future__ import annotations
 
 import logging
+import time
 from http import HTTPStatus
 from pathlib import Path
 
 import bentoml
 from bentoml.exceptions import BentoMLException
 
-from cerebrascan.analysis import AnalysisPipeline
-from cerebrascan.atlas import AtlasNotInstalledError, preload_sri24
+from cerebrascan.atlas.files import AtlasNotInstalledError, preload_sri24
 from cerebrascan.errors import InputError
-from cerebrascan.grpc_oip.server import start_oip_server
-from cerebrascan.http.admin import admin_app
-from cerebrascan.http.auth import ApiKeyMiddleware
-from cerebrascan.http.patients import patients_app
-from cerebrascan.http.plugins import plugins_app
-from cerebrascan.http.studies import studies_app
-from cerebrascan.http.upload_limit import UploadLimitMiddleware
-from cerebrascan.http.uploads_only import refuse_remote_file_fields
-from cerebrascan.jobs import configure_job_retention
-from cerebrascan.logging_config import RequestIdMiddleware, configure_logging
+from cerebrascan.inputs.nifti import read_uploads
 from cerebrascan.observability import record_serving_model
+from cerebrascan.pipeline import AnalysisPipeline, build_analyzer_host
 from cerebrascan.registry import resolve_model
+from cerebrascan.serving.grpc.server import start_oip_server
+from cerebrascan.serving.http.admin import admin_app
+from cerebrascan.serving.http.auth import ApiKeyMiddleware
+from cerebrascan.serving.http.patients import patients_app
+from cerebrascan.serving.http.plugins import plugins_app
+from cerebrascan.serving.http.studies import studies_app
+from cerebrascan.serving.http.upload_limit import UploadLimitMiddleware
+from cerebrascan.serving.http.uploads_only import refuse_remote_file_fields
+from cerebrascan.serving.jobs import configure_job_retention
+from cerebrascan.serving.logs import RequestIdMiddleware, configure_logging
+from cerebrascan.serving.runner_service import build_runner_service, remote_runner_factory
 from cerebrascan.settings import Settings
-from plugins.host import AnalyzerHost
-from runners.runner_service import SegmentationRunnerService, remote_runner_factory
 from schemas.analysis import AnalyzeOptions, AnalyzeResponse
 
 logger = logging.getLogger("cerebrascan.service")
@@ -52,7 +53,7 @@ _configure_logging()
 configure_logging(SETTINGS.logging)
 configure_job_retention(SETTINGS.jobs)
 refuse_remote_file_fields()
-HOST = AnalyzerHost(SETTINGS.plugins)
+HOST = build_analyzer_host(SETTINGS)
 
 
 def _serving_pipeline() -> AnalysisPipeline | None:
@@ -80,7 +81,7 @@ class CerebraScan:
 
     if SETTINGS.batching.remote_runner:
         # the network runs in its own service, batching cases across requests (docs/serving.md)
-        runner_service = bentoml.depends(SegmentationRunnerService)
+        runner_service = bentoml.depends(build_runner_service(SETTINGS))
 
     def __init__(self) -> None:
         logger.info("starting with settings %s", SETTINGS.masked())
@@ -107,7 +108,8 @@ class CerebraScan:
         return self.pipeline is not None
 
     # a task: POST /analyze answers synchronously, /analyze/submit|status|get run it as a job
-    @bentoml.task(route="/analyze")
+    # (BentoML's decorators come from _bentoml_sdk, which ships no type information)
+    @bentoml.task(route="/analyze")  # type: ignore[untyped-decorator]
     def analyze(
         self,
         t1n: Path,
@@ -124,15 +126,30 @@ class CerebraScan:
         analyzer's result, error or artefacts under ``analyzers.<name>``.
         """
         files = {"t1n": t1n, "t1c": t1c, "t2w": t2w, "t2f": t2f}
+        # the model this study is decoded for serves all of it, even if a promotion lands now
+        serving = self.pipeline.serving
+        model, _ = serving
         try:
-            return self.pipeline.analyze(files, options or AnalyzeOptions())
+            clock = time.perf_counter()
+            study = read_uploads(
+                files, tuple(model.spec.modalities), max_voxels=SETTINGS.limits.max_voxels
+            )
+            decode_ms = (time.perf_counter() - clock) * 1000
+            analysis = self.pipeline.run(
+                study,
+                options or AnalyzeOptions(),
+                serving=serving,
+                input_timings_ms={"decode": decode_ms},
+            )
+            return analysis.response
         except InputError as exc:
             raise BentoMLException(str(exc), error_code=HTTPStatus(exc.status_code)) from exc
 
 
 # The first added is the outermost: request id, then API keys, then the upload limit.
-CerebraScan.add_asgi_middleware(RequestIdMiddleware)
-CerebraScan.add_asgi_middleware(ApiKeyMiddleware, settings=SETTINGS.auth)
-CerebraScan.add_asgi_middleware(
+# bentoml.service made CerebraScan a Service; mypy ignores class decorators and sees the class.
+CerebraScan.add_asgi_middleware(RequestIdMiddleware)  # type: ignore[attr-defined]
+CerebraScan.add_asgi_middleware(ApiKeyMiddleware, settings=SETTINGS.auth)  # type: ignore[attr-defined]
+CerebraScan.add_asgi_middleware(  # type: ignore[attr-defined]
     UploadLimitMiddleware, max_bytes=int(SETTINGS.limits.max_upload_mb * 1024 * 1024)
 )

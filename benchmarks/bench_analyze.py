@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from cerebrascan.imaging.case_folder import modality_path
+from cerebrascan.inputs.case_folder import modality_path
 from cerebrascan.phantoms.writer import write_cohort
 from cerebrascan.registry import ensure_default_model
 from cerebrascan.settings import Settings

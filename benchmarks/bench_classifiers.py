@@ -26,12 +26,13 @@ from pathlib import Path
 import numpy as np
 
 from cerebrascan.classifiers import serving
-from cerebrascan.classifiers.store import ensure_bundled_classifiers
+from cerebrascan.classifiers.model_registry import ensure_bundled_classifiers
 from cerebrascan.phantoms import PhantomParams, generate_case
 from cerebrascan.phantoms.contrasts import MODALITIES
 from cerebrascan.phantoms.tumour_types import TUMOUR_TYPES
-from cerebrascan.settings import PluginSettings, Settings
-from plugins.host import AnalyzerHost
+from cerebrascan.pipeline import build_analyzer_host
+from cerebrascan.settings import Settings
+from plugins.settings import PluginSettings
 from plugins.testing import MemoryArtefactSink, study_inputs
 
 logger = logging.getLogger("bench_classifiers")
@@ -48,7 +49,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as data_dir:
         os.environ["CEREBRASCAN_DATA_DIR"] = data_dir
         ensure_bundled_classifiers(Settings())
-        host = AnalyzerHost(PluginSettings(entry_points=False), builtin_plugins=PLUGINS)
+        host = build_analyzer_host(
+            Settings(plugins=PluginSettings(entry_points=False)), builtin_plugins=PLUGINS
+        )
         cases = [
             generate_case(args.seed + k, f"BENCH-{t}", PhantomParams(tumour_type=t))
             for k, t in enumerate(TUMOUR_TYPES)

@@ -3,8 +3,9 @@
 An nnU-Net v2 training folder is written with random weights (nnU-Net's own
 ``build_network_architecture`` and checkpoint format) from ``benchmarks/data/
 nnunet_plans_template.json`` with the chosen architecture; it is imported with
-``cerebrascan.nnunet_import`` exactly as ``cerebrascan import-nnunet`` does, and both predict the
-same brain-sized case at 1 mm (nnU-Net's BraTS spacing: no resampling, so the network dominates).
+``cerebrascan.training.nnunet_import`` exactly as ``cerebrascan import-nnunet`` does, and both
+predict the same brain-sized case at 1 mm (nnU-Net's BraTS spacing: no resampling, so the
+network dominates).
 
 Timed: the whole per-case prediction — nnU-Net's ``predict_single_npy_array`` (preprocess,
 sliding window, export) vs CerebraScan's ``segment_study`` (preprocess, runner, postprocess) —
@@ -169,12 +170,12 @@ def main() -> None:
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    from cerebrascan.imaging.study import Study
-    from cerebrascan.nnunet_import import build_nnunet_model_folder
+    from cerebrascan.inputs.study import Study
     from cerebrascan.segmentation import segment_study
-    from cerebrascan.settings import RunnerSettings
     from cerebrascan.testing.nnunet_reference import fp32_accumulation
+    from cerebrascan.training.nnunet_import import build_nnunet_model_folder
     from runners.factory import build_runner
+    from runners.settings import RunnerSettings
     from schemas.model_spec import ModelSpec
 
     engines = args.engines or (

@@ -28,12 +28,11 @@ REPO = Path(__file__).resolve().parent.parent
 def analyse_phantom(data_dir: Path) -> tuple[Path, str]:
     """Generate and analyse one phantom case; return the studies folder and the study id."""
     os.environ["CEREBRASCAN_DATA_DIR"] = str(data_dir)
-    from cerebrascan.analysis import AnalysisPipeline
-    from cerebrascan.imaging.case_folder import modality_path
+    from cerebrascan.inputs.case_folder import read_case
     from cerebrascan.phantoms.writer import write_cohort
+    from cerebrascan.pipeline import AnalysisPipeline
     from cerebrascan.registry import ensure_default_model, resolve_model
     from cerebrascan.settings import Settings
-    from plugins.host import AnalyzerHost
     from schemas.analysis import AnalyzeOptions
 
     settings = Settings()
@@ -45,12 +44,11 @@ def analyse_phantom(data_dir: Path) -> tuple[Path, str]:
         env=os.environ.copy(),
     )
     case = write_cohort(data_dir / "phantoms", seed=777, n_cases=1, prefix="BENCH")[0]
-    pipeline = AnalysisPipeline(
-        settings, resolve_model(settings), host=AnalyzerHost(settings.plugins)
-    )
-    files = {m: modality_path(case, m) for m in ("t1n", "t1c", "t2w", "t2f")}
+    # the default host: every analyzer configured from settings (classifiers from the registry)
+    pipeline = AnalysisPipeline(settings, resolve_model(settings))
     # A patient id makes the study store keep a registration image: the key image's background.
-    response = pipeline.analyze(files, AnalyzeOptions(patient_id="PAT-BENCH-0001"))
+    study = read_case(case)
+    response = pipeline.run(study, AnalyzeOptions(patient_id="PAT-BENCH-0001")).response
     return settings.studies_dir, response.study_id
 
 
@@ -71,11 +69,11 @@ def main() -> None:
             studies_dir, study_id = args.studies_dir, args.study_id
         else:
             studies_dir, study_id = analyse_phantom(args.work_dir or Path(tmp))
+        from cerebrascan.report.settings import ReportSettings
         from cerebrascan.report.study_reports import StudyReports, render_bytes
-        from cerebrascan.settings_report import ReportSettings
-        from cerebrascan.study_store import StudyStore
+        from cerebrascan.store.artefacts import StudyArtefacts
 
-        reports = StudyReports(StudyStore(studies_dir), ReportSettings())
+        reports = StudyReports(StudyArtefacts(studies_dir), ReportSettings())
         per_format: dict[str, list[float]] = {
             "build": [],
             "json": [],

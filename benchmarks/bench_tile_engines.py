@@ -3,7 +3,7 @@
 Why CerebraScan's CPU speed-up over nnUNetPredictor is what it is (issue #3): both spend nearly
 all their time in the network, so the ratio is the engines' ratio. Builds the "small" nnU-Net
 network of ``bench_nnunet.py`` (random weights, nnU-Net's own architecture), imports it with
-``cerebrascan.nnunet_import`` and times one forward pass per engine on a (B, 4, 96, 96, 96)
+``cerebrascan.training.nnunet_import`` and times one forward pass per engine on a (B, 4, 96, 96, 96)
 input, median of 3 after one warm-up; also ORT's per-operator profile.
 
     .venv/bin/python benchmarks/bench_tile_engines.py --batch 1 2 4 8
@@ -62,7 +62,7 @@ def main() -> None:
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from cerebrascan.nnunet_import import build_nnunet_model_folder
+    from cerebrascan.training.nnunet_import import build_nnunet_model_folder
 
     torch.set_num_threads(2)
     root = Path(tempfile.mkdtemp(prefix="cerebrascan-tiles-"))

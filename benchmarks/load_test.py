@@ -40,7 +40,7 @@ import psutil
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from cerebrascan.imaging.case_folder import modality_path  # noqa: E402
+from cerebrascan.inputs.case_folder import modality_path  # noqa: E402
 from cerebrascan.phantoms.writer import write_cohort  # noqa: E402
 
 logger = logging.getLogger("load_test")

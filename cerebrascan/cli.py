@@ -99,7 +99,7 @@ def registry_ensure_default() -> None:
     settings = Settings()
     version = ensure_default_model(settings)
     click.echo(f"{settings.model_name}@{settings.model_alias} -> version {version}")
-    from cerebrascan.classifiers.store import ensure_bundled_classifiers
+    from cerebrascan.classifiers.model_registry import ensure_bundled_classifiers
 
     for task, classifier_version in ensure_bundled_classifiers(settings).items():
         name = settings.classifiers.model_names[task]
@@ -151,7 +151,7 @@ def import_nnunet(
 
     Needs the `nnunet` extra. A broken folder is refused and nothing is registered.
     """
-    from cerebrascan.nnunet_import import NnunetImportError, import_nnunet_folder
+    from cerebrascan.training.nnunet_import import NnunetImportError, import_nnunet_folder
 
     fold_list = [f for item in (*folds, *more_folds) for f in item.split(",") if f]
     try:
@@ -293,7 +293,7 @@ def apikey_create(name: str, role: str) -> None:
     """Print a new key once, and the ``auth.api_keys`` entry (its hash) for the config file."""
     import yaml
 
-    from cerebrascan.apikeys import new_key
+    from cerebrascan.serving.apikeys import new_key
 
     key, entry = new_key(name, role)  # type: ignore[arg-type]
     click.echo(f"API key (shown once, give it to {name}; it is not stored anywhere):\n{key}\n")

@@ -4,14 +4,19 @@ A model folder holds ``model.onnx``, ``model_spec.json`` (:class:`schemas.model_
 ``model_card.md`` and ``metrics.json``. Registration logs the folder as run artefacts and points
 a new registry version at them; serving resolves ``name@alias`` and downloads the folder once
 into a cache keyed by name and version, checking the ONNX file's SHA-256.
+
+One flow for every model kind: :func:`register_version` registers, :func:`version_by_alias`
+looks an alias up, :func:`cached_version_folder` downloads and :func:`checksum_mismatches`
+checks. The segmentation models here and the classifiers
+(:mod:`cerebrascan.classifiers.model_registry`) differ only in their files and tags.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +27,7 @@ from mlflow.tracking import MlflowClient
 
 from cerebrascan.settings import Settings
 from cerebrascan.storage import apply_mlflow_s3_environment, experiment_artifact_location
+from runners.engine_cache import file_digest
 from schemas.model_spec import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -49,15 +55,6 @@ class ResolvedModel:
     def onnx_path(self) -> Path:
         """The network file."""
         return self.folder / "model.onnx"
-
-
-def sha256_of(path: Path) -> str:
-    """Hex SHA-256 of a file."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def client_for(settings: Settings) -> MlflowClient:
@@ -136,6 +133,56 @@ def ensure_registered_model(client: MlflowClient, name: str, description: str) -
             raise
 
 
+def register_version(
+    settings: Settings,
+    folder: Path,
+    *,
+    name: str,
+    alias: str,
+    files: Sequence[str],
+    tags: Mapping[str, str],
+    run_id: str | None = None,
+    experiment: str = REGISTRATION_EXPERIMENT,
+) -> str:
+    """Log ``files`` of ``folder`` as run artefacts, make them a new version of ``name`` and
+    point ``alias`` at it: the one registration flow of every model kind.
+
+    The artefacts go under ``model/`` of the run; the folder's ``model_card.md`` becomes the
+    registered model's description (when it is created) and the version's (first 5000
+    characters).
+
+    Args:
+        settings: where the registry is.
+        folder: the model folder, checked by the caller; it must hold ``model_card.md``.
+        name: registered model name.
+        alias: alias to set on the new version (e.g. ``champion``).
+        files: names of the folder's files to log, in order.
+        tags: version tags (checksums the download is checked against, training data, ...).
+        run_id: the MLflow run that produced the model; a registration run is made if None.
+        experiment: experiment of a registration run.
+
+    Returns:
+        The new version number as a string.
+    """
+    card = (folder / "model_card.md").read_text()
+    client = client_for(settings)
+    run_id = registration_run(client, settings, name, run_id, experiment)
+    for file_name in files:
+        client.log_artifact(run_id, str(folder / file_name), artifact_path="model")
+    artifact_uri = client.get_run(run_id).info.artifact_uri
+    ensure_registered_model(client, name, card)
+    version = client.create_model_version(
+        name,
+        source=f"{artifact_uri}/model",
+        run_id=run_id,
+        tags=dict(tags),
+        description=card[:5000],
+    )
+    client.set_registered_model_alias(name, alias, version.version)
+    logger.info("registered %s version %s with alias %s", name, version.version, alias)
+    return str(version.version)
+
+
 def register_model_folder(
     settings: Settings, folder: Path, *, name: str, alias: str, run_id: str | None = None
 ) -> str:
@@ -150,29 +197,33 @@ def register_model_folder(
 
     Returns:
         The new version number as a string.
+
+    Raises:
+        ModelNotAvailableError: a required file is missing or the spec is invalid.
     """
     spec = check_model_folder(folder)
-    client = client_for(settings)
     metrics = json.loads((folder / "metrics.json").read_text())
-    run_id = registration_run(client, settings, name, run_id)
     weights = spec.torch_network.weights if spec.torch_network else []
-    for file_name in (*MODEL_FILES, *weights):
-        client.log_artifact(run_id, str(folder / file_name), artifact_path="model")
-    artifact_uri = client.get_run(run_id).info.artifact_uri
-    ensure_registered_model(client, name, (folder / "model_card.md").read_text())
-    version = client.create_model_version(
-        name,
-        source=f"{artifact_uri}/model",
-        run_id=run_id,
+    return register_version(
+        settings,
+        folder,
+        name=name,
+        alias=alias,
+        files=(*MODEL_FILES, *weights),
         tags={
-            "onnx_sha256": sha256_of(folder / "model.onnx"),
+            "onnx_sha256": file_digest(folder / "model.onnx"),
             "training_data": str(metrics.get("training_data", "unknown")),
         },
-        description=(folder / "model_card.md").read_text()[:5000],
+        run_id=run_id,
     )
-    client.set_registered_model_alias(name, alias, version.version)
-    logger.info("registered %s version %s with alias %s", name, version.version, alias)
-    return str(version.version)
+
+
+def version_by_alias(client: MlflowClient, name: str, alias: str) -> Any | None:
+    """The registry version ``name@alias`` points to, or None when there is none."""
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
 
 
 def ensure_default_model(settings: Settings) -> str:
@@ -181,17 +232,15 @@ def ensure_default_model(settings: Settings) -> str:
     Returns:
         The version the alias points to.
     """
-    client = client_for(settings)
-    try:
-        existing = client.get_model_version_by_alias(settings.model_name, settings.model_alias)
+    existing = version_by_alias(client_for(settings), settings.model_name, settings.model_alias)
+    if existing is not None:
         return str(existing.version)
-    except MlflowException:
-        logger.info(
-            "no %s@%s in the registry; registering the bundled model from %s",
-            settings.model_name,
-            settings.model_alias,
-            settings.bundled_model_dir,
-        )
+    logger.info(
+        "no %s@%s in the registry; registering the bundled model from %s",
+        settings.model_name,
+        settings.model_alias,
+        settings.bundled_model_dir,
+    )
     return register_model_folder(
         settings, settings.bundled_model_dir, name=settings.model_name, alias=settings.model_alias
     )
@@ -238,11 +287,12 @@ def cached_version_folder(
     """The model cache folder of a registry version, downloaded (through a ``.partial``
     staging folder) unless ``key_file`` is there with the checksum in tag ``checksum_tag``.
 
-    The caller checks the checksums again: a download can still differ from the tags.
+    The caller checks the checksums again (:func:`checksum_mismatches`): a download can still
+    differ from the tags.
     """
     folder = settings.model_cache_dir / name / str(version.version)
     expected = version.tags.get(checksum_tag)
-    if (folder / key_file).is_file() and sha256_of(folder / key_file) == expected:
+    if (folder / key_file).is_file() and file_digest(folder / key_file) == expected:
         return folder
     if folder.exists():
         shutil.rmtree(folder)
@@ -259,10 +309,28 @@ def cached_version_folder(
     return folder
 
 
+def checksum_mismatches(folder: Path, version: Any, checksum_tags: Mapping[str, str]) -> list[str]:
+    """Files of ``folder`` whose SHA-256 differs from their registry version tag.
+
+    Args:
+        folder: a downloaded version folder.
+        version: the registry version (its ``tags`` hold the checksums).
+        checksum_tags: file name -> the tag holding its SHA-256, in the order checked.
+
+    Returns:
+        The differing file names, in the order of ``checksum_tags`` (empty when all match).
+    """
+    return [
+        file_name
+        for file_name, tag in checksum_tags.items()
+        if file_digest(folder / file_name) != version.tags.get(tag)
+    ]
+
+
 def _materialise(settings: Settings, name: str, version: Any, alias: str) -> ResolvedModel:
     """The version's folder in the model cache (downloaded and checked once) and its spec."""
     folder = cached_version_folder(settings, name, version, "model.onnx", "onnx_sha256")
-    if sha256_of(folder / "model.onnx") != version.tags.get("onnx_sha256"):
+    if checksum_mismatches(folder, version, {"model.onnx": "onnx_sha256"}):
         raise ModelNotAvailableError(
             f"{name} version {version.version}: model.onnx checksum differs from the registry tag"
         )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -18,24 +17,8 @@ from cerebrascan.imaging.postprocess import (
     scalar_map_on_input_grid,
 )
 from cerebrascan.imaging.preprocess import preprocess_images
-from cerebrascan.imaging.study import Study
-from runners.prediction import RunnerPrediction
-from schemas.model_spec import ModelSpec
-
-
-class ProbabilityRunner(Protocol):
-    """What the segmentation step needs from a runner."""
-
-    name: str
-    spec: ModelSpec
-
-    def predict(
-        self,
-        volume: npt.NDArray[np.float32],
-        *,
-        mirror_tta: bool,
-        tta_disagreement: bool = False,
-    ) -> RunnerPrediction: ...
+from cerebrascan.inputs.study import Study
+from runners.protocol import SegmentationRunner
 
 
 @dataclass
@@ -60,7 +43,7 @@ class SegmentationResult:
 
 def segment_study(
     study: Study,
-    runner: ProbabilityRunner,
+    runner: SegmentationRunner,
     *,
     mirror_tta: bool,
     keep_probabilities: bool = False,
@@ -128,7 +111,7 @@ def segment_study(
 
 def _segment_nnunet(
     study: Study,
-    runner: ProbabilityRunner,
+    runner: SegmentationRunner,
     *,
     mirror_tta: bool,
     keep_probabilities: bool,

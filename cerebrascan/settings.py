@@ -8,10 +8,12 @@ then the defaults below.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -19,247 +21,75 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from cerebrascan.settings_batching import BatchingSettings, GrpcSettings
-from cerebrascan.settings_report import ReportSettings
-from cerebrascan.settings_serving import (
+from cerebrascan.classifiers.settings import ClassifierSettings
+from cerebrascan.inputs.settings import LimitSettings
+from cerebrascan.longitudinal.settings import LongitudinalSettings
+from cerebrascan.report.settings import ReportSettings
+from cerebrascan.serving.settings import (
     AuthSettings,
+    BatchingSettings,
+    GrpcSettings,
     JobSettings,
     LogSettings,
-    StorageSettings,
 )
-
-ORT_PROVIDERS = (
-    "CPUExecutionProvider",
-    "CUDAExecutionProvider",
-    "TensorrtExecutionProvider",
-)
+from plugins.settings import NoGoSettings, PluginSettings
+from runners.settings import RunnerSettings
 
 
-class RunnerSettings(BaseModel):
-    """How the segmentation network is executed."""
+class StorageSettings(BaseModel):
+    """S3 storage of versioned data (DVC remote) and MLflow artefacts (``docs/storage.md``).
 
-    providers: list[str] = Field(
-        default_factory=lambda: ["CPUExecutionProvider"],
-        description="ONNX Runtime execution providers, in order of preference.",
-    )
-    intra_op_threads: int = Field(
-        default=0, ge=0, description="ONNX Runtime intra-op threads; 0 lets ORT decide."
-    )
-    intra_op_spinning: bool = Field(
-        default=True,
-        description="Let ONNX Runtime's idle intra-op threads spin (busy-wait) between "
-        "operators: faster alone, but spinning threads take CPU from concurrent work (other "
-        "cases' preprocessing and analyzers).",
-    )
-    tile_batch_size: int = Field(default=2, ge=1, le=64, description="Tiles per network call.")
-    tile_step: float = Field(
-        default=0.5, gt=0.0, le=1.0, description="Sliding-window step as a fraction of the patch."
-    )
-    mirror_tta: bool = Field(default=False, description="Mirror test-time augmentation.")
-    min_component_ml: float = Field(
-        default=0.05,
-        ge=0.0,
-        description="Tumour islands smaller than this (mL) are removed; 0 keeps every voxel.",
-    )
-    engine: Literal["onnxruntime", "torch", "tensorrt"] = Field(
-        default="onnxruntime",
-        description="What executes the network: ONNX Runtime (with ``providers``), PyTorch "
-        "(the model's safetensors weights) or native TensorRT (an engine built from the ONNX).",
-    )
-    device: str = Field(
-        default="cpu",
-        pattern=r"^(cpu|cuda(:\d+)?)$",
-        description="Device of the torch and TensorRT engines: cpu, cuda or cuda:N.",
-    )
-    precision: Literal["fp32", "fp16", "bf16"] = Field(
-        default="fp32",
-        description="Arithmetic of the network. Reduced precision is checked against fp32 on a "
-        "reference tile when the engine is built and falls back to fp32 if they disagree.",
-    )
-    torch_compile: bool = Field(
-        default=False, description="torch engine: compile the network with torch.compile."
-    )
-    engine_cache_dir: Path | None = Field(
-        default=None,
-        description="TensorRT engines and timing caches (both TensorRT paths); default: "
-        "<data_dir>/engine-cache.",
-    )
-    precision_guard_min_agreement: float = Field(
-        default=0.999,
-        gt=0.0,
-        le=1.0,
-        description="Reduced precision is kept only if its argmax agrees with fp32 on at "
-        "least this fraction of the reference tile's voxels.",
-    )
-    precision_guard_max_probability_difference: float = Field(
-        default=0.1,
-        gt=0.0,
-        le=1.0,
-        description="... and no probability differs from fp32 by more than this.",
-    )
-
-    @field_validator("providers")
-    @classmethod
-    def _known_providers(cls, value: list[str]) -> list[str]:
-        if not value:
-            raise ValueError("providers must name at least one ONNX Runtime execution provider")
-        unknown = [p for p in value if p not in ORT_PROVIDERS]
-        if unknown:
-            raise ValueError(
-                f"unknown execution provider(s) {unknown}; choose from {ORT_PROVIDERS}"
-            )
-        return value
-
-
-class LimitSettings(BaseModel):
-    """Bounds on what one request may make the server read and allocate."""
-
-    max_upload_mb: float = Field(default=512.0, gt=0, description="Whole request body, in MB.")
-    max_voxels: int = Field(
-        default=400 * 400 * 400, gt=0, description="Voxels per image a header may declare."
-    )
-
-
-class PluginSettings(BaseModel):
-    """Which analyzer plugins load and how they run (see ``docs/plugins.md``).
-
-    ``allow`` and ``block`` name plugins: a built-in module's last dotted part (``volumetrics``)
-    or a third-party entry point's name. A blocked or not-allowed third-party plugin is never
-    imported. ``block`` wins over ``allow``.
+    Credentials never live here: boto3 reads them from the environment, an instance role or
+    ``~/.aws`` as usual.
     """
 
     model_config = {"extra": "forbid"}
 
-    allow: list[str] | None = Field(
-        default=None, description="Only these plugins load; None loads every installed one."
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        description="S3 API endpoint for non-AWS stores (MinIO, Ceph, a local test server); "
+        "None: AWS.",
     )
-    block: list[str] = Field(default_factory=list, description="Plugins that never load.")
-    entry_points: bool = Field(
-        default=True, description="Discover third-party plugins (entry-point group cerebrascan)."
+    s3_region: str | None = Field(default=None, description="Bucket region, e.g. eu-central-1.")
+    dvc_remote_url: str | None = Field(
+        default=None, description="DVC remote, e.g. s3://cerebrascan-data/dvc."
     )
-    trace: bool = Field(default=False, description="Log every hook call at DEBUG level.")
-    timeouts: dict[str, float] = Field(
-        default_factory=dict,
-        description="Per-analyzer time limit in seconds, overriding the analyzer's timeout_s.",
+    mlflow_artifact_root: str | None = Field(
+        default=None,
+        description="Artefact location of experiments this project creates, e.g. "
+        "s3://cerebrascan-data/mlflow; None: a folder under data_dir.",
     )
 
-    @field_validator("allow", "block")
+    @field_validator("dvc_remote_url", "mlflow_artifact_root")
     @classmethod
-    def _non_empty_names(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None:
-            bad = [name for name in value if not name.strip()]
-            if bad:
-                raise ValueError(f"plugin names must be non-empty, got {value}")
-        return value
-
-    @field_validator("timeouts")
-    @classmethod
-    def _positive_timeouts(cls, value: dict[str, float]) -> dict[str, float]:
-        bad = {name: seconds for name, seconds in value.items() if not seconds > 0}
-        if bad:
-            raise ValueError(f"analyzer timeouts must be > 0 seconds, got {bad}")
+    def _s3_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(
+            r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$", value
+        ):
+            raise ValueError(f"expected s3://bucket[/prefix], got {value!r}")
         return value
 
 
-class LongitudinalSettings(BaseModel):
-    """Volumetric response criteria and limits of the ``delta`` analyzer and the patient
-    timeline (see ``docs/longitudinal.md`` for the defaults' sources)."""
-
-    model_config = {"extra": "forbid"}
-
-    response_region: Literal["ET", "TC", "WT"] = Field(
-        default="ET",
-        description="Region whose volume decides the response category (mRANO: enhancing).",
-    )
-    partial_response_change: float = Field(
-        default=-0.65,
-        gt=-1.0,
-        lt=0.0,
-        description="Relative volume change vs baseline at or below which a study is a partial "
-        "response (-0.65: the volumetric equivalent of RANO's -50 % bidimensional product).",
-    )
-    progression_change: float = Field(
-        default=0.40,
-        gt=0.0,
-        description="Relative volume change vs nadir at or above which a study is progression "
-        "(+0.40: the volumetric equivalent of RANO's +25 % bidimensional product).",
-    )
-    complete_response_max_ml: float = Field(
-        default=0.05,
-        ge=0.0,
-        description="Response-region volume (mL) at or below which the disease has disappeared.",
-    )
-    new_lesion_min_ml: float = Field(
-        default=0.5,
-        gt=0.0,
-        description="Smallest new tumour component (mL, 26-connected whole tumour, away from "
-        "every prior tumour) counted as a new lesion (a 10 mm sphere is 0.52 mL).",
-    )
-    new_lesion_margin_mm: float = Field(
-        default=3.0,
-        ge=0.0,
-        description="A current component within this distance of the registered prior tumour "
-        "is growth of that tumour, not a new lesion.",
-    )
-    max_priors: int = Field(
-        default=20, ge=1, le=500, description="Earlier studies of a patient handed to analyzers."
-    )
-    registration_modality: Literal["t1n", "t1c", "t2w", "t2f"] = Field(
-        default="t1n",
-        description="Modality stored with each study and used to register visits.",
-    )
-    registration_spacing_mm: float = Field(
-        default=2.0, gt=0.0, le=8.0, description="Grid of the rigid registration (mm)."
-    )
+LEGACY_ENVIRONMENT: dict[str, tuple[str, str]] = {
+    "CEREBRASCAN_NOGO_JUELICH_MOTOR": ("nogo", "juelich_motor"),
+}
+"""Documented variable names from before their section joined :class:`Settings` -> (section,
+field). The nested name (``CEREBRASCAN_NOGO__JUELICH_MOTOR``) wins when both are set."""
 
 
-class ClassifierSettings(BaseModel):
-    """Tumour type / grade / IDH / MGMT classifiers (analyzers ``classification`` and
-    ``radiogenomics``; research use only, trained on phantoms)."""
+class _LegacyEnvironmentSource(PydanticBaseSettingsSource):
+    """Reads :data:`LEGACY_ENVIRONMENT` (below the nested variables, above the YAML file)."""
 
-    model_config = {"extra": "forbid", "protected_namespaces": ()}
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
 
-    model_names: dict[str, str] = Field(
-        default_factory=lambda: {
-            "tumour_type": "cerebrascan-tumour-type",
-            "grade": "cerebrascan-grade",
-            "idh": "cerebrascan-idh",
-            "mgmt": "cerebrascan-mgmt",
-        },
-        description="Registered model name per task (tumour_type, grade, idh, mgmt).",
-    )
-    alias: str = Field(default="champion", description="Registry alias the analyzers load.")
-    bundled_dir: Path = Field(
-        default=Path(__file__).resolve().parent.parent / "models" / "classifiers",
-        description="Folder of the committed classifiers (one sub-folder per task), registered "
-        "by `cerebrascan registry ensure-default`.",
-    )
-    min_tumour_ml: float = Field(
-        default=0.3, gt=0, description="Smaller whole tumours are answered 'not assessable'."
-    )
-    ood_threshold_scale: float = Field(
-        default=1.0,
-        gt=0,
-        description="Multiplier of each model's out-of-distribution threshold (1: as trained).",
-    )
-    glioma_min_probability: float = Field(
-        default=0.5,
-        ge=0,
-        le=1,
-        description="radiogenomics answers IDH / MGMT only when P(glioma) reaches this.",
-    )
-    max_segmentation_uncertainty: float | None = Field(
-        default=0.8,
-        gt=0,
-        description="Above this many voxels of uncertain (0.2-0.8) tumour probability per "
-        "segmented tumour voxel the segmentation is taken to have failed and the tasks are "
-        "'not assessable' (its features would not describe the tumour). 0.8: the largest "
-        "value of a well-segmented (Dice >= 0.7) training case of the default model, rounded "
-        "up (docs/classifiers.md); null disables the check.",
-    )
-    top_features: int = Field(
-        default=5, ge=1, le=50, description="Contributing features listed per answer."
-    )
+    def __call__(self) -> dict[str, Any]:
+        environment = {name.upper(): value for name, value in os.environ.items()}
+        values: dict[str, Any] = {}
+        for name, (section, key) in LEGACY_ENVIRONMENT.items():
+            if name in environment:
+                values.setdefault(section, {})[key] = environment[name]
+        return values
 
 
 class Settings(BaseSettings):
@@ -301,6 +131,7 @@ class Settings(BaseSettings):
     plugins: PluginSettings = Field(default_factory=PluginSettings)
     classifiers: ClassifierSettings = Field(default_factory=ClassifierSettings)
     longitudinal: LongitudinalSettings = Field(default_factory=LongitudinalSettings)
+    nogo: NoGoSettings = Field(default_factory=NoGoSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
     logging: LogSettings = Field(default_factory=LogSettings)
@@ -318,7 +149,11 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [
+            init_settings,
+            env_settings,
+            _LegacyEnvironmentSource(settings_cls),
+        ]
         config_file = os.environ.get("CEREBRASCAN_CONFIG")
         if config_file:
             if not Path(config_file).is_file():

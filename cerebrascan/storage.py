@@ -11,7 +11,7 @@ import logging
 import os
 from pathlib import Path
 
-from cerebrascan.settings_serving import StorageSettings
+from cerebrascan.settings import StorageSettings
 
 logger = logging.getLogger(__name__)
 

@@ -29,14 +29,14 @@ from typing import Any
 
 import numpy as np
 
-from cerebrascan.atlas_registration import structure_atlas_for
+from cerebrascan.atlas.mapping import structure_atlas_for
 from cerebrascan.classifiers.cohort import CohortSpec, sample_case
 from cerebrascan.classifiers.features import case_features
-from cerebrascan.classifiers.pipeline import class_label
+from cerebrascan.classifiers.model_registry import load_folder
 from cerebrascan.classifiers.segmentation_quality import segmentation_uncertainty
 from cerebrascan.classifiers.serving import assess
-from cerebrascan.classifiers.store import load_folder
-from cerebrascan.imaging.study import Study
+from cerebrascan.classifiers.tasks import class_label
+from cerebrascan.inputs.study import Study
 from cerebrascan.phantoms.contrasts import MODALITIES
 from cerebrascan.phantoms.generator import PhantomParams, generate_case
 from cerebrascan.phantoms.tumour_types import SHIFTED_TUMOUR_TYPES, TUMOUR_TYPES

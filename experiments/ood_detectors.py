@@ -44,10 +44,12 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, QuantileTransformer, RobustScaler
 
-from cerebrascan.classifiers.cohort import CohortSpec, read_cohort, sample_case
+from cerebrascan.classifiers.cohort import CohortSpec, sample_case
+from cerebrascan.classifiers.cohort_files import read_cohort
 from cerebrascan.classifiers.feature_stage import read_features
 from cerebrascan.classifiers.models import feature_matrix, fit_ood_detector, ood_feature_names
-from cerebrascan.classifiers.pipeline import ClassifierParams, load_classifier_params, task_rows
+from cerebrascan.classifiers.params import ClassifierParams, load_classifier_params
+from cerebrascan.classifiers.tasks import task_rows
 
 logger = logging.getLogger("ood_detectors")
 
@@ -118,11 +120,11 @@ def fit_knn(
 def truth_row(record: dict[str, Any]) -> dict[str, Any]:
     """Render one case from its seed and extract its features on the ground-truth labels
     only (no segmentation: the OOD check learns and is measured on these)."""
-    from cerebrascan.atlas_registration import structure_atlas_for
+    from cerebrascan.atlas.mapping import structure_atlas_for
     from cerebrascan.classifiers.features import case_features
     from cerebrascan.phantoms.generator import PhantomParams, generate_case
 
-    overrides = {
+    overrides: dict[str, Any] = {
         k: tuple(v) if isinstance(v, list) else v
         for k, v in record.get("generator_overrides", {}).items()
     }

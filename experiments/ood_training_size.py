@@ -33,10 +33,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cerebrascan.classifiers.cohort import CohortSpec, read_cohort, sample_case
+from cerebrascan.classifiers.cohort import CohortSpec, sample_case
+from cerebrascan.classifiers.cohort_files import read_cohort
 from cerebrascan.classifiers.feature_stage import _case_row, read_features
 from cerebrascan.classifiers.models import feature_matrix, fit_ood_detector, ood_feature_names
-from cerebrascan.classifiers.pipeline import ClassifierParams, load_classifier_params, task_rows
+from cerebrascan.classifiers.params import ClassifierParams, load_classifier_params
+from cerebrascan.classifiers.tasks import task_rows
 
 logger = logging.getLogger("ood_training_size")
 

@@ -15,23 +15,24 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel
 
+from schemas.analyzers import ARTEFACT_NAME_PATTERN as ARTEFACT_NAME_PATTERN
 from schemas.analyzers import AnalyzerOutcome
 
 if TYPE_CHECKING:
-    from cerebrascan.settings import LongitudinalSettings
+    from cerebrascan.longitudinal.settings import LongitudinalSettings
 
 AnalyzerOutcomes = Mapping[str, AnalyzerOutcome]
+OptionsT = TypeVar("OptionsT", bound=BaseModel)
 
 ANALYZER_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 """Analyzer names: lowercase letter first, then lowercase letters, digits, underscores."""
-ARTEFACT_NAME_PATTERN = re.compile(r"^[a-z0-9_\-]{1,64}$")
-"""Artefact names (also checked by ``GET /studies/{id}/artefacts/{name}``)."""
 
 
 class Need(enum.StrEnum):
@@ -130,14 +131,38 @@ class AnalysisContext:
     artefacts: ArtefactSink
     images: npt.NDArray[np.float32] | None = None
     segmentation: npt.NDArray[np.uint8] | None = None
+    volumes_ml: Mapping[str, float] | None = None
+    """Volume (mL) of each label and region of ``segmentation`` (NETC, SNFH, ET, TC, WT): the
+    pipeline's figures, the answer's ``volumes_ml``, so analyzers reuse them instead of
+    measuring again. Given with ``segmentation``; None when the caller computed none."""
     probabilities: npt.NDArray[np.float16] | None = None
     tta_disagreement: npt.NDArray[np.float16] | None = None
     prior_studies: PatientHistory | None = None
     results: Mapping[str, BaseModel] = field(default_factory=dict)
     """Results of the analyzers named in ``depends_on`` (only those that succeeded)."""
-    options: Mapping[str, Any] = field(default_factory=dict)
-    """This analyzer's options from the request (``options.analyzers.<name>``), validated by
-    ``options_model`` (defaults filled in) when the analyzer declares one."""
+    options: BaseModel | Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    """This analyzer's options from the request (``options.analyzers.<name>``): the instance of
+    its ``options_model`` (validated once by the host, defaults filled in; read it with
+    :meth:`options_as`), or the mapping as sent when it declares no model."""
+
+    def options_as(self, model: type[OptionsT]) -> OptionsT:
+        """``options`` as the validated ``model`` instance the host put there.
+
+        Args:
+            model: the analyzer's ``options_model``.
+
+        Raises:
+            TypeError: the context holds something else, e.g. a context built by hand with raw
+                options (build it with :func:`plugins.testing.analysis_context`, which
+                validates them as the host does).
+        """
+        if isinstance(self.options, model):
+            return self.options
+        raise TypeError(
+            f"options of study {self.study_id} are a {type(self.options).__name__}, expected "
+            f"a validated {model.__name__} (the host validates options once; outside the host "
+            "use plugins.testing.validated_options)"
+        )
 
 
 class Analyzer(ABC):
@@ -152,9 +177,9 @@ class Analyzer(ABC):
     """Pydantic model of the result; its JSON schema is published at ``GET /plugins``."""
     options_model: ClassVar[type[BaseModel] | None] = None
     """Pydantic model of ``options.analyzers.<name>``. When set, the host validates the request's
-    options against it before segmentation starts (invalid options: a 400 naming the field) and
-    publishes its JSON schema at ``GET /plugins``; when None, options reach the analyzer as
-    sent."""
+    options against it once, before segmentation starts (invalid options: a 400 naming the
+    field), hands the instance over as ``context.options`` and publishes its JSON schema at
+    ``GET /plugins``; when None, options reach the analyzer as sent."""
     needs: ClassVar[frozenset[Need]] = frozenset()
     """Inputs to provide; every other input field of the context is None."""
     depends_on: ClassVar[tuple[str, ...]] = ()

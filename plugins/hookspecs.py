@@ -18,6 +18,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from plugins.analyzer import Analyzer, AnalyzerOutcomes
+    from plugins.settings import AnalyzerSettings
 
 PROJECT_NAME = "cerebrascan"
 
@@ -26,14 +27,21 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 
 @hookspec
-def register_analyzers() -> list[Analyzer]:
-    """Return the analyzers this plugin provides.
+def register_analyzers(settings: AnalyzerSettings) -> list[Analyzer]:
+    """Return the analyzers this plugin provides, built with their configuration.
 
-    Called once when the analyzer host starts (and again when plugins are reloaded). Each item
+    Called once when the analyzer host starts (and again when plugins are reloaded, e.g. after
+    a classifier is promoted): build each analyzer here from its section of ``settings`` and
+    resolve what it loads (models) now, not per study. An implementation may leave the
+    ``settings`` argument out (pluggy passes only the arguments it names). Each item
     is an instance of a subclass of :class:`plugins.analyzer.Analyzer`; its ``name`` must be
     unique across all plugins (a duplicate is refused and logged, the first one wins). An
     invalid declaration is refused the same way; if this hook raises, the whole plugin is
     unloaded and listed in ``failed_to_load`` at ``GET /plugins``.
+
+    Args:
+        settings: the sections handed to analyzers (``classifiers``, ``nogo``,
+            ``longitudinal``) and the classifier registry, built once per process.
 
     Returns:
         A list of analyzer instances (may be empty).

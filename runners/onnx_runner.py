@@ -24,12 +24,12 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from cerebrascan.settings import RunnerSettings
 from runners.engine_cache import engine_cache_key, file_digest, tile_profile, timing_cache_key
 from runners.errors import RunnerConfigError
 from runners.precision_guard import PrecisionDecision, compare_precisions, reference_tile
 from runners.prediction import RunnerPrediction
-from runners.sliding_window import sigmoid, sliding_window_predict, softmax
+from runners.settings import RunnerSettings
+from runners.window import DeviceWindow, predict_volume
 from schemas.model_spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -171,7 +171,7 @@ class OnnxSegmentationRunner:
                 self.session = self._session("fp32")
         self.precision = self.decision.used
         self.providers: list[str] = list(self.session.get_providers())
-        self._device = self._device_for_binding()
+        self._device_window = self._binding_window()
         logger.info(
             "ONNX Runtime session ready on %s, precision %s%s",
             self.providers,
@@ -221,8 +221,8 @@ class OnnxSegmentationRunner:
             max_probability_difference=self.settings.precision_guard_max_probability_difference,
         )
 
-    def _device_for_binding(self) -> torch.device | None:
-        """The CUDA device for the device-resident path, or None for the host path."""
+    def _binding_window(self) -> DeviceWindow | None:
+        """The device-resident window through IO binding on a GPU provider, else None (host)."""
         if not self.providers or self.providers[0] not in GPU_PROVIDERS:
             return None
         try:
@@ -232,7 +232,8 @@ class OnnxSegmentationRunner:
                 "torch is not installed: tiles go through host memory between network calls"
             )
             return None
-        return torch.device(self.settings.device if "cuda" in self.settings.device else "cuda")
+        device = torch.device(self.settings.device if "cuda" in self.settings.device else "cuda")
+        return DeviceWindow(device, self.predict_bound_tiles)
 
     def predict_tiles(self, tiles: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Logits for a batch of tiles ``(B, C, *patch)``."""
@@ -279,12 +280,6 @@ class OnnxSegmentationRunner:
         self.session.run_with_iobinding(binding)
         return output
 
-    def predict_probabilities(
-        self, volume: npt.NDArray[np.float32], *, mirror_tta: bool
-    ) -> npt.NDArray[np.float32]:
-        """Class probabilities ``(K, *spatial)`` for a preprocessed ``(C, *spatial)`` volume."""
-        return self.predict(volume, mirror_tta=mirror_tta).probabilities
-
     def predict(
         self,
         volume: npt.NDArray[np.float32],
@@ -293,6 +288,9 @@ class OnnxSegmentationRunner:
         tta_disagreement: bool = False,
     ) -> RunnerPrediction:
         """Class probabilities and, with mirror TTA, optionally the flips' disagreement.
+
+        Tiles stay on the GPU (IO binding) on the CUDA and TensorRT providers when torch is
+        installed, else they go through host memory (:func:`runners.window.predict_volume`).
 
         Args:
             volume: preprocessed ``(C, *spatial)`` float32.
@@ -303,41 +301,13 @@ class OnnxSegmentationRunner:
         Raises:
             ValueError: ``volume`` does not have one channel per modality of the network.
         """
-        expected = len(self.spec.modalities)
-        if volume.ndim != 4 or volume.shape[0] != expected:
-            raise ValueError(f"volume must be ({expected}, x, y, z), got shape {volume.shape}")
-        mirror_axes = self.spec.mirror_axes if mirror_tta else ()
-        disagreement = None
-        if self._device is not None and not (tta_disagreement and mirror_tta):
-            from runners.device_sliding_window import device_sliding_window_logits
-
-            logits = device_sliding_window_logits(
-                volume,
-                self.predict_bound_tiles,
-                device=self._device,
-                patch_size=self.spec.patch_size,
-                num_classes=self.spec.num_outputs,
-                step=self.settings.tile_step,
-                batch_size=self.settings.tile_batch_size,
-                mirror_axes=mirror_axes,
-            )
-        else:
-            output = sliding_window_predict(
-                volume,
-                self.predict_tiles,
-                patch_size=self.spec.patch_size,
-                num_classes=self.spec.num_outputs,
-                step=self.settings.tile_step,
-                batch_size=self.settings.tile_batch_size,
-                mirror_axes=mirror_axes,
-                return_disagreement=tta_disagreement and mirror_tta,
-            )
-            logits, disagreement = output.logits, output.disagreement
-        probabilities = (
-            sigmoid(logits)
-            if self.spec.output_kind == "sigmoid_regions"
-            else softmax(logits, axis=0)
-        )
-        return RunnerPrediction(
-            probabilities=probabilities, tta_disagreement=disagreement, logits=logits
+        return predict_volume(
+            volume,
+            self.spec,
+            self.predict_tiles,
+            device_window=self._device_window,
+            step=self.settings.tile_step,
+            batch_size=self.settings.tile_batch_size,
+            mirror_tta=mirror_tta,
+            tta_disagreement=tta_disagreement,
         )

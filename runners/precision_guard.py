@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.ndimage import gaussian_filter
 
-from runners.sliding_window import sigmoid, softmax
+from runners.sliding_window import activate
 from schemas.model_spec import ModelSpec
 
 REFERENCE_TILE_SEED = 20231
@@ -51,12 +51,6 @@ def reference_tile(spec: ModelSpec, batch: int = 1) -> npt.NDArray[np.float32]:
         axis=(1, 2, 3), keepdims=True
     )
     return np.repeat(tile[None].astype(np.float32), batch, axis=0)
-
-
-def _probabilities(logits: npt.NDArray[np.float32], spec: ModelSpec) -> npt.NDArray[np.float32]:
-    if spec.output_kind == "sigmoid_regions":
-        return sigmoid(logits)
-    return softmax(logits, axis=1)
 
 
 def _decision_map(probabilities: npt.NDArray[np.float32], spec: ModelSpec) -> npt.NDArray[np.int_]:
@@ -107,8 +101,10 @@ def compare_precisions(
             note=f"{requested} engine returned {bad} non-finite logits on the reference tile; "
             "serving fp32",
         )
-    reference_probabilities = _probabilities(reference_logits.astype(np.float32), spec)
-    candidate_probabilities = _probabilities(candidate, spec)
+    reference_probabilities = activate(
+        reference_logits.astype(np.float32), spec.output_kind, axis=1
+    )
+    candidate_probabilities = activate(candidate, spec.output_kind, axis=1)
     agreement = float(
         (
             _decision_map(reference_probabilities, spec)

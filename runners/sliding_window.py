@@ -10,6 +10,7 @@ import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -262,3 +263,25 @@ def sigmoid(logits: FloatArray) -> FloatArray:
     """Element-wise logistic function (region-based networks), float32."""
     result: FloatArray = (1.0 / (1.0 + np.exp(-logits.astype(np.float32)))).astype(np.float32)
     return result
+
+
+def activate(
+    logits: FloatArray,
+    output_kind: Literal["softmax_labels", "sigmoid_regions"],
+    *,
+    axis: int = 0,
+) -> FloatArray:
+    """The network's probabilities from its logits, as ``output_kind`` says.
+
+    Args:
+        logits: the network's output, classes (or regions) along ``axis``.
+        output_kind: ``softmax_labels`` (a softmax over ``axis``) or ``sigmoid_regions`` (one
+            sigmoid per region, element-wise).
+        axis: the class axis (0 for a volume, 1 for a batch of tiles).
+
+    Returns:
+        float32 probabilities, the shape of ``logits``.
+    """
+    if output_kind == "sigmoid_regions":
+        return sigmoid(logits)
+    return softmax(logits, axis=axis)

@@ -20,7 +20,6 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from cerebrascan.settings import RunnerSettings
 from runners.engine_cache import (
     TileProfile,
     engine_cache_key,
@@ -31,7 +30,8 @@ from runners.engine_cache import (
 from runners.errors import RunnerConfigError
 from runners.precision_guard import PrecisionDecision, compare_precisions, reference_tile
 from runners.prediction import RunnerPrediction
-from runners.sliding_window import sigmoid, softmax
+from runners.settings import RunnerSettings
+from runners.window import DeviceWindow, predict_volume
 from schemas.model_spec import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -98,6 +98,7 @@ class TensorRTSegmentationRunner:
         self.precision = self.decision.used
         self.context = self.engine.create_execution_context()
         self.providers = [f"tensorrt-{self.trt.__version__}:{self.device}"]
+        self._device_window = DeviceWindow(self.device, self.predict_bound_tiles)
         logger.info(
             "TensorRT engine ready on %s, precision %s%s",
             self.device,
@@ -220,29 +221,21 @@ class TensorRTSegmentationRunner:
         mirror_tta: bool,
         tta_disagreement: bool = False,
     ) -> RunnerPrediction:
-        """Class probabilities of a preprocessed volume (the disagreement is not computed here).
+        """Class probabilities of a preprocessed volume, tiles cut and accumulated on the GPU.
+
+        With the flips' disagreement the tiles take the host-side window
+        (:func:`runners.window.predict_volume`), as on the other engines.
 
         Raises:
             ValueError: ``volume`` does not have one channel per modality of the network.
         """
-        from runners.device_sliding_window import device_sliding_window_logits
-
-        expected = len(self.spec.modalities)
-        if volume.ndim != 4 or volume.shape[0] != expected:
-            raise ValueError(f"volume must be ({expected}, x, y, z), got shape {volume.shape}")
-        logits = device_sliding_window_logits(
+        return predict_volume(
             volume,
-            self.predict_bound_tiles,
-            device=self.device,
-            patch_size=self.spec.patch_size,
-            num_classes=self.spec.num_outputs,
+            self.spec,
+            self.predict_tiles,
+            device_window=self._device_window,
             step=self.settings.tile_step,
             batch_size=self.settings.tile_batch_size,
-            mirror_axes=self.spec.mirror_axes if mirror_tta else (),
+            mirror_tta=mirror_tta,
+            tta_disagreement=tta_disagreement,
         )
-        probabilities = (
-            sigmoid(logits)
-            if self.spec.output_kind == "sigmoid_regions"
-            else softmax(logits, axis=0)
-        )
-        return RunnerPrediction(probabilities=probabilities, logits=logits)

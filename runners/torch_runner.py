@@ -14,13 +14,12 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from cerebrascan.settings import RunnerSettings
-from runners.device_sliding_window import device_sliding_window_logits
 from runners.errors import RunnerConfigError
 from runners.precision_guard import PrecisionDecision, compare_precisions, reference_tile
 from runners.prediction import RunnerPrediction
-from runners.sliding_window import sigmoid, sliding_window_predict, softmax
+from runners.settings import RunnerSettings
 from runners.torch_network import load_torch_network
+from runners.window import DeviceWindow, predict_volume
 from schemas.model_spec import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -80,6 +79,7 @@ class TorchSegmentationRunner:
         self.decision = self._choose_precision()
         self.precision = self.decision.used
         self.providers = [f"torch:{self.device}"]
+        self._device_window = DeviceWindow(self.device, self._forward_serving)
         logger.info(
             "torch runner ready on %s, precision %s%s",
             self.device,
@@ -117,6 +117,10 @@ class TorchSegmentationRunner:
             max_probability_difference=self.settings.precision_guard_max_probability_difference,
         )
 
+    def _forward_serving(self, batch: torch.Tensor) -> torch.Tensor:
+        """The network on a device batch at the precision the guard chose."""
+        return self._forward(batch, self.precision)
+
     def predict_tiles(self, tiles: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Logits for a batch of tiles ``(B, C, *patch)`` (host arrays in and out)."""
         batch = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device)
@@ -134,45 +138,19 @@ class TorchSegmentationRunner:
     ) -> RunnerPrediction:
         """Class probabilities (and optionally the flips' disagreement) of a preprocessed volume.
 
-        The disagreement needs every flip's logits per tile, so it takes the host-side sliding
-        window; everything else stays on the device.
+        Everything stays on the device, except with the disagreement: it needs every flip's
+        logits per tile, so it takes the host-side window (:func:`runners.window.predict_volume`).
 
         Raises:
             ValueError: ``volume`` does not have one channel per modality of the network.
         """
-        expected = len(self.spec.modalities)
-        if volume.ndim != 4 or volume.shape[0] != expected:
-            raise ValueError(f"volume must be ({expected}, x, y, z), got shape {volume.shape}")
-        mirror_axes = self.spec.mirror_axes if mirror_tta else ()
-        disagreement = None
-        if tta_disagreement and mirror_tta:
-            output = sliding_window_predict(
-                volume,
-                self.predict_tiles,
-                patch_size=self.spec.patch_size,
-                num_classes=self.spec.num_outputs,
-                step=self.settings.tile_step,
-                batch_size=self.settings.tile_batch_size,
-                mirror_axes=mirror_axes,
-                return_disagreement=True,
-            )
-            logits, disagreement = output.logits, output.disagreement
-        else:
-            logits = device_sliding_window_logits(
-                volume,
-                lambda batch: self._forward(batch, self.precision),
-                device=self.device,
-                patch_size=self.spec.patch_size,
-                num_classes=self.spec.num_outputs,
-                step=self.settings.tile_step,
-                batch_size=self.settings.tile_batch_size,
-                mirror_axes=mirror_axes,
-            )
-        probabilities = (
-            sigmoid(logits)
-            if self.spec.output_kind == "sigmoid_regions"
-            else softmax(logits, axis=0)
-        )
-        return RunnerPrediction(
-            probabilities=probabilities, tta_disagreement=disagreement, logits=logits
+        return predict_volume(
+            volume,
+            self.spec,
+            self.predict_tiles,
+            device_window=self._device_window,
+            step=self.settings.tile_step,
+            batch_size=self.settings.tile_batch_size,
+            mirror_tta=mirror_tta,
+            tta_disagreement=tta_disagreement,
         )

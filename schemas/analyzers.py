@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+
+ARTEFACT_NAME_PATTERN = re.compile(r"^[a-z0-9_\-]{1,64}$")
+"""Artefact names: what an analyzer may write and ``GET /studies/{id}/artefacts/{name}`` serves."""
 
 
 class ArtefactLink(BaseModel):

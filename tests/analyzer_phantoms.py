@@ -20,7 +20,8 @@ from scipy import ndimage
 from cerebrascan.phantoms import PhantomCase, PhantomParams, WarpedAnatomy
 from cerebrascan.phantoms.contrasts import MODALITIES
 from cerebrascan.phantoms.generator import generate_case_with_anatomy
-from plugins.analyzer import AnalysisContext
+from plugins.analyzer import AnalysisContext, Analyzer
+from plugins.testing import validated_options
 
 SEED = 3
 #: Atlas voxel of the tumour centre: deep white matter ~18 mm from the (generous) ventricle
@@ -131,8 +132,14 @@ def make_context(
     options: dict[str, Any] | None = None,
     sink: RecordingSink | None = None,
     affine: npt.NDArray[np.float64] | None = None,
+    analyzer: Analyzer | None = None,
 ) -> AnalysisContext:
-    """An analysis context for ``case`` (images, segmentation, affine default to the case's)."""
+    """An analysis context for ``case`` (images, segmentation, affine default to the case's).
+
+    ``options`` are validated against ``analyzer``'s ``options_model`` as the host does (a
+    ``ValueError`` naming the analyzer when refused); without ``analyzer`` they are passed as
+    given.
+    """
     affine = np.asarray(case.affine if affine is None else affine, dtype=np.float64)
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     return AnalysisContext(
@@ -145,5 +152,5 @@ def make_context(
         segmentation=case.segmentation if segmentation is None else segmentation,
         probabilities=probabilities,
         tta_disagreement=tta_disagreement,
-        options=options or {},
+        options=validated_options(analyzer, options) if analyzer is not None else options or {},
     )

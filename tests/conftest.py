@@ -87,7 +87,7 @@ def reported_study(asgi_client, phantom_case: Path) -> dict:
     from click.testing import CliRunner
 
     from cerebrascan.cli import main
-    from cerebrascan.imaging.case_folder import modality_path
+    from cerebrascan.inputs.case_folder import modality_path
 
     # Registers the bundled classifiers too, so classification / radiogenomics can run.
     registered = CliRunner().invoke(main, ["registry", "ensure-default"])

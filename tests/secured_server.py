@@ -16,9 +16,9 @@ from pathlib import Path
 
 import httpx
 
-from cerebrascan.apikeys import new_key
-from cerebrascan.imaging.case_folder import modality_path
+from cerebrascan.inputs.case_folder import modality_path
 from cerebrascan.registry import ensure_default_model, register_model_folder
+from cerebrascan.serving.apikeys import new_key
 from cerebrascan.settings import Settings
 from cerebrascan.testing.server_process import RunningServer, bentoml_server
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from cerebrascan.http.plugins import plugins_app
-from cerebrascan.http.studies import studies_app
-from cerebrascan.settings import PluginSettings
-from cerebrascan.study_store import StudyArtefactSink, StudyStore
+from cerebrascan.serving.http.plugins import plugins_app
+from cerebrascan.serving.http.studies import studies_app
+from cerebrascan.store.artefacts import StudyArtefacts, StudyArtefactSink
 from plugins.host import AnalyzerHost
+from plugins.settings import PluginSettings
 
 STUDY = "ab" * 16
 SHAPE = (12, 10, 8)
@@ -27,7 +27,7 @@ def _affine() -> np.ndarray:
 
 
 def test_sink_writes_an_atomic_nifti_on_the_study_grid(tmp_path: Path) -> None:
-    sink = StudyArtefactSink(StudyStore(tmp_path), STUDY, _affine(), SHAPE)
+    sink = StudyArtefactSink(StudyArtefacts(tmp_path), STUDY, _affine(), SHAPE)
     values = np.random.default_rng(0).random(SHAPE)
     url = sink.write_nifti("risk_map", values, description="a map " + "x" * 200)
     assert url == f"/studies/{STUDY}/artefacts/risk_map"
@@ -58,14 +58,14 @@ def test_sink_writes_an_atomic_nifti_on_the_study_grid(tmp_path: Path) -> None:
 def test_sink_refuses_bad_names_and_arrays_off_the_grid(
     tmp_path: Path, name: str, array: np.ndarray, message: str
 ) -> None:
-    sink = StudyArtefactSink(StudyStore(tmp_path), STUDY, _affine(), SHAPE)
+    sink = StudyArtefactSink(StudyArtefacts(tmp_path), STUDY, _affine(), SHAPE)
     with pytest.raises(ValueError, match=message):
         sink.write_nifti(name, array, description="")
     assert not (tmp_path / STUDY).exists() or not any((tmp_path / STUDY).iterdir())
 
 
 def test_artefact_route_serves_validates_and_404s(tmp_path: Path) -> None:
-    sink = StudyArtefactSink(StudyStore(tmp_path), STUDY, _affine(), SHAPE)
+    sink = StudyArtefactSink(StudyArtefacts(tmp_path), STUDY, _affine(), SHAPE)
     sink.write_nifti(
         "hot-spot_2", np.arange(np.prod(SHAPE)).reshape(SHAPE).astype(np.int16), description="ramp"
     )

@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cerebrascan.jobs import configure_job_retention
-from cerebrascan.settings_serving import JobSettings
+from cerebrascan.serving.jobs import configure_job_retention
+from cerebrascan.serving.settings import JobSettings
 from tests.secured_server import JOB_RETENTION_S, MODALITIES, case_files, wait_for_result
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -16,9 +16,9 @@ import pytest
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.testclient import TestClient
 
-from cerebrascan.apikeys import KeyRing, hash_key, new_key, role_allows
-from cerebrascan.http.auth import ApiKeyMiddleware, presented_key, route_need
-from cerebrascan.settings_serving import ApiKeyEntry, AuthSettings
+from cerebrascan.serving.apikeys import KeyRing, hash_key, new_key, role_allows
+from cerebrascan.serving.http.auth import ApiKeyMiddleware, presented_key, route_need
+from cerebrascan.serving.settings import ApiKeyEntry, AuthSettings
 from tests.secured_server import case_files, wait_for_result
 
 READER_KEY, READER_ENTRY = new_key("reader-1", "reader")

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from cerebrascan.imaging.case_folder import modality_path
+from cerebrascan.inputs.case_folder import modality_path
 from cerebrascan.testing.server_process import bentoml_server, free_port
 from tests.conftest import SESSION_DATA_DIR
 

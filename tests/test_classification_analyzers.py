@@ -10,14 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cerebrascan.classifiers import serving, store
-from cerebrascan.classifiers.store import ensure_bundled_classifiers
-from cerebrascan.imaging.study import Study
+from cerebrascan.classifiers import model_registry, serving
+from cerebrascan.classifiers.model_registry import ensure_bundled_classifiers
+from cerebrascan.inputs.study import Study
 from cerebrascan.phantoms import PhantomCase, PhantomParams, generate_case
 from cerebrascan.phantoms.contrasts import MODALITIES
+from cerebrascan.pipeline import build_analyzer_host
 from cerebrascan.segmentation import segment_study
-from cerebrascan.settings import PluginSettings, Settings
+from cerebrascan.settings import Settings
 from plugins.host import AnalyzerHost
+from plugins.settings import PluginSettings
 from plugins.testing import MemoryArtefactSink, study_inputs
 from runners.onnx_runner import OnnxSegmentationRunner
 from schemas.analyzers import AnalyzerOutcome
@@ -64,8 +66,15 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         patch.setenv("CEREBRASCAN_DATA_DIR", str(data_dir))
         ensure_bundled_classifiers(Settings())
         yield data_dir
-    store._loaded.clear()
+    model_registry._loaded.clear()
     serving.clear_cache()
+
+
+def classifier_host() -> AnalyzerHost:
+    """A host with only the two analyzers, configured from the settings in force now (as the
+    server's composition root does), so their models are resolved from that registry."""
+    settings = Settings(plugins=PluginSettings(entry_points=False))
+    return build_analyzer_host(settings, builtin_plugins=PLUGINS)
 
 
 def run(
@@ -75,7 +84,7 @@ def run(
     probabilities: np.ndarray | None = None,
 ) -> dict[str, AnalyzerOutcome]:
     """Both analyzers on a case (the truth labels stand in for the predicted segmentation)."""
-    host = AnalyzerHost(PluginSettings(entry_points=False), builtin_plugins=PLUGINS)
+    host = classifier_host()
     images = np.stack([case.images[m] for m in MODALITIES]).astype(np.float32)
     options = {**NO_REGISTRATION, **({} if age is None else {"patient_age_years": age})}
     inputs = study_inputs(
@@ -215,3 +224,52 @@ def test_bad_options_are_refused_with_the_field_named() -> None:
     host = AnalyzerHost(PluginSettings(entry_points=False), builtin_plugins=PLUGINS)
     with pytest.raises(ValueError, match="patient_age_years"):
         host.validate_options({"classification": {"patient_age_years": -3}})
+
+
+@pytest.mark.slow
+def test_promotion_rebuilds_the_analyzers_with_the_new_version(registry: Path) -> None:
+    """Models are resolved once per build: an alias moved behind the server's back is not
+    picked up per study; ``POST /admin/models/promote`` (its function) moves it and rebuilds."""
+    from cerebrascan.errors import InputError
+    from cerebrascan.registry import client_for
+    from cerebrascan.serving.http.admin import promote_classifier
+
+    settings = Settings(plugins=PluginSettings(entry_points=False))
+    name = settings.classifiers.model_names["tumour_type"]
+    alias = settings.classifiers.alias
+    client = client_for(settings)
+    served = str(client.get_model_version_by_alias(name, alias).version)
+    host = build_analyzer_host(settings, builtin_plugins=PLUGINS)
+    case = typed("glioma", 31)
+    images = np.stack([case.images[m] for m in MODALITIES]).astype(np.float32)
+
+    def tumour_type_version() -> str:
+        outcome = host.run(
+            study_inputs(case.segmentation, affine=case.affine, images=images),
+            artefacts=MemoryArtefactSink(),
+            options={"classification": NO_REGISTRATION},
+        )["classification"]
+        assert outcome.status == "ok", outcome.error
+        (prediction,) = [p for p in outcome.result["predictions"] if p["task"] == "tumour_type"]
+        return str(prediction["model_version"])
+
+    new = model_registry.register_folder(
+        settings, settings.classifiers.bundled_dir / "tumour_type", name=name, alias="candidate"
+    )
+    try:
+        assert tumour_type_version() == served
+        client.set_registered_model_alias(name, alias, new)  # as another process would
+        assert tumour_type_version() == served  # resolved when built, not per study
+        client.set_registered_model_alias(name, alias, served)
+
+        answer = promote_classifier(settings, host, name, new)
+        assert answer == {"name": name, "alias": alias, "version": new, "previous_version": served}
+        assert tumour_type_version() == new
+
+        with pytest.raises(InputError) as unknown:
+            promote_classifier(settings, host, name, "999")
+        assert unknown.value.status_code == 404 and "'999'" in str(unknown.value)
+        assert str(client.get_model_version_by_alias(name, alias).version) == new
+    finally:
+        client.set_registered_model_alias(name, alias, served)
+        model_registry._loaded.clear()

@@ -19,20 +19,9 @@ from cerebrascan.classifiers.features import (
     case_features,
     radiomics_features,
 )
-from cerebrascan.classifiers.models import (
-    build_classifier,
-    feature_matrix,
-    fit_ood_detector,
-    ood_feature_names,
-)
-from cerebrascan.classifiers.pipeline import (
-    _ood_verdict,
-    _share_with_interval,
-    classification_metrics,
-)
-from cerebrascan.classifiers.segmentation_quality import segmentation_uncertainty
-from cerebrascan.classifiers.serving import assess
-from cerebrascan.classifiers.store import (
+from cerebrascan.classifiers.metrics import classification_metrics
+from cerebrascan.classifiers.model_card import ood_verdict, share_with_interval
+from cerebrascan.classifiers.model_registry import (
     ClassifierNotAvailableError,
     ensure_bundled_classifiers,
     load_folder,
@@ -40,6 +29,14 @@ from cerebrascan.classifiers.store import (
     resolve_classifier,
     save_skops,
 )
+from cerebrascan.classifiers.models import (
+    build_classifier,
+    feature_matrix,
+    fit_ood_detector,
+    ood_feature_names,
+)
+from cerebrascan.classifiers.segmentation_quality import segmentation_uncertainty
+from cerebrascan.classifiers.serving import assess
 from cerebrascan.settings import Settings
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models" / "classifiers"
@@ -226,8 +223,8 @@ def test_segmentation_uncertainty_counts_the_uncertain_cloud_per_tumour_voxel() 
 
 def test_model_card_rates_carry_wilson_intervals() -> None:
     # 25 of 30: Wilson 95 % interval 0.664-0.927 (Newcombe 1998, method 3)
-    assert _share_with_interval(25 / 30, 30) == "83.3% (95 % CI 66%-93%)"
-    assert _share_with_interval(0.0, 120) == "0.0% (95 % CI 0%-3%)"
+    assert share_with_interval(25 / 30, 30) == "83.3% (95 % CI 66%-93%)"
+    assert share_with_interval(0.0, 120) == "0.0% (95 % CI 0%-3%)"
 
 
 def test_ood_verdict_says_not_met_unless_both_cohorts_reach_90_percent() -> None:
@@ -236,11 +233,11 @@ def test_ood_verdict_says_not_met_unless_both_cohorts_reach_90_percent() -> None
         "ood_flagged_shifted_confirmation": 0.833,
         "ood_flagged_in_distribution": 0.05,
     }
-    assert "Not met" in _ood_verdict("tumour_type", rates)
+    assert "Not met" in ood_verdict("tumour_type", rates)
     rates["ood_flagged_shifted_confirmation"] = 0.917
-    assert "met as served on these cohorts" in _ood_verdict("tumour_type", rates)
+    assert "met as served on these cohorts" in ood_verdict("tumour_type", rates)
     rates["ood_flagged_in_distribution"] = 0.12
-    assert "Not met" in _ood_verdict("tumour_type", rates)
+    assert "Not met" in ood_verdict("tumour_type", rates)
 
 
 @pytest.fixture(scope="module")
@@ -268,9 +265,9 @@ def test_bundled_classifiers_register_resolve_and_check_their_checksum(
     cached = registry_settings.model_cache_dir / name / versions["idh"]
     resolve_classifier(registry_settings, "idh")
     (cached / "ood.skops").write_bytes((cached / "ood.skops").read_bytes() + b"x")
-    from cerebrascan.classifiers import store
+    from cerebrascan.classifiers import model_registry
 
-    store._loaded.clear()
+    model_registry._loaded.clear()
     with pytest.raises(ClassifierNotAvailableError, match="checksum"):
         resolve_classifier(registry_settings, "idh")
     empty = Settings(data_dir=registry_settings.data_dir / "empty")
@@ -288,7 +285,7 @@ def test_an_out_of_distribution_vector_gets_no_label(bundled: dict) -> None:
 
 @pytest.mark.slow
 def test_a_rendered_glioma_is_assessed_with_probabilities_and_reasons(bundled: dict) -> None:
-    from cerebrascan.atlas_registration import structure_atlas_for
+    from cerebrascan.atlas.mapping import structure_atlas_for
     from cerebrascan.phantoms import PhantomParams, generate_case
 
     case = generate_case(21, "GLIOMA", PhantomParams(tumour_type="glioma"))

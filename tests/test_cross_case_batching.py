@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import uniform_filter
 
-from cerebrascan.settings import RunnerSettings
+from cerebrascan.serving.runner_service import CrossCaseRunner, RunnerCase
 from runners.cross_case_batching import (
     CaseRequest,
     TileJob,
@@ -18,7 +18,7 @@ from runners.cross_case_batching import (
     plan_tile_jobs,
 )
 from runners.onnx_runner import OnnxSegmentationRunner
-from runners.runner_service import CrossCaseRunner, RunnerCase
+from runners.settings import RunnerSettings
 from runners.sliding_window import sliding_window_predict
 from schemas.model_spec import ModelSpec
 
@@ -207,10 +207,10 @@ def test_runner_service_path_keeps_the_in_process_labels(
     engine (the transport between them pickles losslessly, so it is left out) against the
     in-process runner: float32 on the wire gives the same labels; float16 probabilities flip
     at most a handful of near-tie voxels."""
-    from cerebrascan.imaging.case_folder import modality_path
-    from cerebrascan.imaging.nifti_decode import assemble_study, decode_nifti
+    from cerebrascan.inputs.case_folder import modality_path
+    from cerebrascan.inputs.nifti import assemble_study, decode_nifti
     from cerebrascan.segmentation import segment_study
-    from runners.runner_service import RemoteSegmentationRunner
+    from cerebrascan.serving.runner_service import RemoteSegmentationRunner
 
     spec = onnx_runner.spec
     engine = CrossCaseRunner(onnx_runner, spec, tile_step=0.5, tile_batch_size=4, model_version="1")

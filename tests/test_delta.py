@@ -18,7 +18,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cerebrascan.longitudinal import classify_response, growth_figures, new_lesions
+from cerebrascan.imaging.geometry import spacing_from_affine
+from cerebrascan.imaging.regions import volumes_ml
+from cerebrascan.longitudinal.response import classify_response, growth_figures, new_lesions
+from cerebrascan.longitudinal.settings import LongitudinalSettings
 from cerebrascan.phantoms.series import (
     PhantomVisit,
     SeriesPlan,
@@ -27,11 +30,9 @@ from cerebrascan.phantoms.series import (
     generate_series,
     true_current_to_prior_ras,
 )
-from cerebrascan.regions import volumes_ml
-from cerebrascan.settings import LongitudinalSettings, PluginSettings
-from cerebrascan.visit_registration import voxel_spacing
 from plugins.analyzer import PatientHistory, PriorStudy
 from plugins.host import AnalyzerHost, StudyInputs
+from plugins.settings import PluginSettings
 from plugins.testing import MemoryArtefactSink
 
 MODALITIES = ("t1n", "t1c", "t2w", "t2f")
@@ -83,7 +84,7 @@ def _history(
                 model_version=version,
                 same_model=version == MODEL[1],
                 analyzer_versions={},
-                volumes_ml=volumes_ml(case.segmentation, voxel_spacing(case.affine)),
+                volumes_ml=volumes_ml(case.segmentation, spacing_from_affine(case.affine)),
                 load_labels=functools.partial(lambda c: (c.segmentation, c.affine), case),
                 load_reference_image=functools.partial(
                     lambda c: (c.images["t1n"] / c.images["t1n"].max() * 255.0, c.affine), case
@@ -101,7 +102,7 @@ def _run_delta(
     inputs = StudyInputs(
         study_id=f"{current:032x}",
         affine=case.affine,
-        spacing_mm=voxel_spacing(case.affine),
+        spacing_mm=spacing_from_affine(case.affine),
         modalities=MODALITIES,
         images=np.stack([case.images[m] for m in MODALITIES]),
         segmentation=case.segmentation,

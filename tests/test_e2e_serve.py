@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from cerebrascan.imaging.case_folder import modality_path, read_labels
+from cerebrascan.inputs.case_folder import modality_path, read_labels
 from cerebrascan.testing.server_process import bentoml_server
 from cerebrascan.training.metrics import region_metrics
 from tests.conftest import SESSION_DATA_DIR

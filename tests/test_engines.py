@@ -16,12 +16,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from cerebrascan.settings import RunnerSettings, Settings  # noqa: E402
+from cerebrascan.settings import Settings  # noqa: E402
 from runners.engine_cache import engine_cache_key, tile_profile, timing_cache_key  # noqa: E402
 from runners.errors import RunnerConfigError  # noqa: E402
 from runners.factory import build_runner  # noqa: E402
 from runners.onnx_runner import OnnxSegmentationRunner, provider_options  # noqa: E402
 from runners.precision_guard import compare_precisions, reference_tile  # noqa: E402
+from runners.settings import RunnerSettings  # noqa: E402
 from runners.torch_runner import TorchSegmentationRunner  # noqa: E402
 from schemas.model_spec import ModelSpec  # noqa: E402
 

@@ -23,9 +23,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from cerebrascan.imaging.case_folder import modality_path
-from cerebrascan.settings import PluginSettings
+from cerebrascan.inputs.case_folder import modality_path
 from plugins.host import AnalyzerHost
+from plugins.settings import PluginSettings
 from plugins.testing import MemoryArtefactSink, study_inputs
 from tests.conftest import REPO_ROOT
 

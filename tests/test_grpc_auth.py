@@ -21,14 +21,14 @@ import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from cerebrascan.analysis import AnalysisPipeline
-from cerebrascan.apikeys import new_key
-from cerebrascan.grpc_oip.auth import METHOD_ROLES, MISSING_KEY, ApiKeyInterceptor
-from cerebrascan.grpc_oip.server import OipServicer, _with_request_id, start_oip_server
-from cerebrascan.logging_config import JsonFormatter, current_request_id
+from cerebrascan.pipeline import AnalysisPipeline
 from cerebrascan.registry import resolve_model
+from cerebrascan.serving.apikeys import new_key
+from cerebrascan.serving.grpc.auth import METHOD_ROLES, MISSING_KEY, ApiKeyInterceptor
+from cerebrascan.serving.grpc.server import OipServicer, _with_request_id, start_oip_server
+from cerebrascan.serving.logs import JsonFormatter, current_request_id
+from cerebrascan.serving.settings import AuthSettings
 from cerebrascan.settings import Settings
-from cerebrascan.settings_serving import AuthSettings
 from cerebrascan.testing.server_process import free_port
 from tests.test_grpc_oip import MODEL, parameters_for
 
@@ -196,7 +196,7 @@ def json_lines(caplog: pytest.LogCaptureFixture) -> list[dict]:
 def test_request_id_comes_back_in_trailing_metadata(
     secured_address: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="cerebrascan.grpc_oip")
+    caplog.set_level(logging.INFO, logger="cerebrascan.serving.grpc")
     caplog.handler.setFormatter(JsonFormatter())
     with grpc.insecure_channel(secured_address) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
@@ -241,9 +241,11 @@ def test_inference_logs_carry_the_request_id(
     study_id = json.loads(result.as_numpy("FINDINGS")[0])["study_id"]
     entries = json_lines(caplog)
     mine = [e for e in entries if e["request_id"] == "grpc-infer-7"]
-    assert any(study_id in e["message"] for e in mine if e["logger"] == "cerebrascan.analysis")
+    assert any(study_id in e["message"] for e in mine if e["logger"] == "cerebrascan.pipeline")
     assert any(
-        "'grpc-reader'" in e["message"] for e in mine if e["logger"] == "cerebrascan.grpc_oip.auth"
+        "'grpc-reader'" in e["message"]
+        for e in mine
+        if e["logger"] == "cerebrascan.serving.grpc.auth"
     )
     assert READER_KEY not in caplog.text
 
@@ -256,7 +258,9 @@ def test_request_id_reaches_the_service_loop_worker_thread(pipeline) -> None:
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     try:
-        servicer = OipServicer(lambda: pipeline, MODEL, loop)
+        servicer = OipServicer(
+            lambda: pipeline, MODEL, loop, max_voxels=pipeline.settings.limits.max_voxels
+        )
         seen = _with_request_id("loop-case-3", servicer._in_service_thread, current_request_id)
         assert seen == "loop-case-3"
         assert servicer._in_service_thread(current_request_id) is None

@@ -17,10 +17,11 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from cerebrascan.analysis import AnalysisPipeline
-from cerebrascan.grpc_oip.server import start_oip_server
-from cerebrascan.imaging.case_folder import modality_path
+from cerebrascan.inputs.case_folder import modality_path
+from cerebrascan.inputs.nifti import read_uploads
+from cerebrascan.pipeline import AnalysisPipeline
 from cerebrascan.registry import resolve_model
+from cerebrascan.serving.grpc.server import start_oip_server
 from cerebrascan.settings import Settings
 from cerebrascan.testing.server_process import free_port
 from schemas.analysis import AnalyzeOptions
@@ -108,7 +109,8 @@ def test_round_trip_gives_the_http_pipeline_answer(
     )
     # the same files through the pipeline as POST /analyze runs it: the same labels
     files = {m: modality_path(phantom_case, m) for m in MODALITIES}
-    direct = pipeline.analyze(files, AnalyzeOptions())
+    study = read_uploads(files, MODALITIES, max_voxels=pipeline.settings.limits.max_voxels)
+    direct = pipeline.run(study, AnalyzeOptions()).response
     stored = nib.load(pipeline.segmentation_path(direct.study_id))
     np.testing.assert_array_equal(labels[0], np.asarray(stored.dataobj, dtype=np.uint8))
     assert findings["volumes_ml"] == json.loads(direct.model_dump_json())["volumes_ml"]
@@ -165,13 +167,30 @@ def test_bad_parameters_are_invalid_argument(client, change: dict, needle: str) 
 
 
 def test_unusable_image_is_invalid_argument_from_the_pipeline(client) -> None:
-    """NaN voxels pass the tensor checks; the shared NIfTI validation refuses them."""
+    """NaN voxels pass the tensor checks; the voxel checks NIfTI uploads share refuse them."""
     data, parameters = small_case()
     data[0, 2, 1, 1, 1] = np.nan
     with pytest.raises(InferenceServerException) as error:
         infer(client, data, parameters)
     assert error.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert "t2w" in error.value.message()
+
+
+def test_grid_over_the_voxel_limit_is_resource_exhausted(pipeline: AnalysisPipeline) -> None:
+    """``limits.max_voxels`` bounds a tensor's grid as it bounds a NIfTI header's."""
+    port = free_port()
+    settings = Settings(grpc={"port": port, "host": "127.0.0.1"}, limits={"max_voxels": 511})
+    server = start_oip_server(settings, lambda: pipeline)
+    assert server is not None
+    data, parameters = small_case()
+    try:
+        with grpcclient.InferenceServerClient(f"127.0.0.1:{port}") as limited:
+            with pytest.raises(InferenceServerException) as error:
+                infer(limited, data, parameters)
+    finally:
+        server.stop(grace=1).wait()
+    assert error.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+    assert "[8, 8, 8] = 512 voxels, over the limit of 511" in error.value.message()
 
 
 def test_unknown_model_is_not_found(client) -> None:

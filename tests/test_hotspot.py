@@ -15,9 +15,10 @@ import pluggy
 import pytest
 from scipy import ndimage
 
-from cerebrascan.atlas_registration import structure_atlas_for
+from cerebrascan.atlas.mapping import structure_atlas_for
 from plugins import hookspecs
 from plugins.builtin.hotspot import HotspotAnalyzer, HotspotResult, pick_targets
+from plugins.settings import AnalyzerSettings
 from tests.analyzer_phantoms import (
     OFF_GRID_AFFINE,
     RecordingSink,
@@ -29,7 +30,8 @@ from tests.analyzer_phantoms import (
 
 
 def _mm(voxel: Any, affine: np.ndarray) -> np.ndarray:
-    return (affine @ np.append(np.asarray(voxel, dtype=np.float64), 1.0))[:3]
+    point: np.ndarray = (affine @ np.append(np.asarray(voxel, dtype=np.float64), 1.0))[:3]
+    return point
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +51,7 @@ def _run(
         probabilities=probabilities,
         options=options,
         sink=sink,
+        analyzer=HotspotAnalyzer(),
     )
     result = HotspotAnalyzer().analyze(context)
     assert isinstance(result, HotspotResult)
@@ -68,7 +71,7 @@ def test_planted_focus_is_in_the_truth() -> None:
     assert focus["voxels"] > 30
     # the focus enhances more than the rest of the enhancing tumour
     t1c = case.images["t1c"]
-    grid = np.indices(case.segmentation.shape, sparse=True)
+    grid: tuple[np.ndarray, ...] = np.indices(case.segmentation.shape, sparse=True)
     ball = sum((g - c) ** 2 for g, c in zip(grid, centre, strict=True)) <= 4
     rest = (case.segmentation == 3) & ~ndimage.binary_dilation(ball, iterations=4)
     assert np.median(t1c[ball]) > 1.3 * np.median(t1c[rest])
@@ -135,6 +138,7 @@ def test_other_grid_target_within_5mm_of_the_focus() -> None:
         segmentation=segmentation,
         probabilities=probabilities_from_labels(segmentation),
         affine=OFF_GRID_AFFINE,
+        analyzer=HotspotAnalyzer(),
     )
     result = HotspotAnalyzer().analyze(context)
     assert isinstance(result, HotspotResult)
@@ -190,7 +194,7 @@ def test_no_tumour_gives_no_targets(probabilities: np.ndarray) -> None:
 def test_missing_probabilities_and_bad_options_are_named(probabilities: np.ndarray) -> None:
     case, _ = phantom(False)
     with pytest.raises(ValueError, match=r"probabilities must have shape \(4, 240, 240, 155\)"):
-        HotspotAnalyzer().analyze(make_context(case))
+        HotspotAnalyzer().analyze(make_context(case, analyzer=HotspotAnalyzer()))
     with pytest.raises(ValueError, match="pons"):
         _run(probabilities, exclude_structures=["pons"])
     with pytest.raises(ValueError, match=r"k\n.*less than or equal to 20"):
@@ -212,5 +216,7 @@ def test_hook_registers_the_analyzer() -> None:
     manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     manager.add_hookspecs(hookspecs)
     manager.register(importlib.import_module("plugins.builtin.hotspot"))
-    analyzers = [a for group in manager.hook.register_analyzers() for a in group]
+    analyzers = [
+        a for group in manager.hook.register_analyzers(settings=AnalyzerSettings()) for a in group
+    ]
     assert [a.name for a in analyzers] == ["hotspot"]

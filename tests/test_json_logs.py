@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cerebrascan.logging_config import JsonFormatter, request_id_from
+from cerebrascan.serving.logs import JsonFormatter, request_id_from
 from tests.secured_server import case_files
 
 PATIENT_NAME = "DOE^JOHNATHAN"
@@ -59,7 +59,7 @@ def test_request_logs_are_json_with_the_request_id_and_no_patient_data(
         time.sleep(0.5)
     text = log_path.read_text(errors="replace")
     assert "bentoml.access" in loggers, mine  # BentoML's own lines are JSON too
-    assert any(study_id in e["message"] for e in mine if e["logger"] == "cerebrascan.analysis")
+    assert any(study_id in e["message"] for e in mine if e["logger"] == "cerebrascan.pipeline")
     for entry in mine:
         assert {"time", "level", "logger", "message", "request_id"} <= entry.keys()
     for secret in (PATIENT_NAME, "Johnathan", "JOHNATHAN", FILE_PREFIX):
@@ -101,8 +101,8 @@ def test_formatter_writes_one_json_object_with_exception() -> None:
 
 
 def test_only_the_server_handler_switches_to_json(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cerebrascan.logging_config import BENTOML_SERVER_HANDLER, configure_logging
-    from cerebrascan.settings_serving import LogSettings
+    from cerebrascan.serving.logs import BENTOML_SERVER_HANDLER, configure_logging
+    from cerebrascan.serving.settings import LogSettings
 
     monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
     logger = logging.getLogger("cerebrascan.test_json_logs")

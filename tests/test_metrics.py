@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cerebrascan.regions import structure_mask, volumes_ml
+from cerebrascan.imaging.regions import structure_mask, volumes_ml
 from cerebrascan.training.metrics import EMPTY_HD95_MM, dice, hd95, region_metrics
 
 

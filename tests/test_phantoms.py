@@ -30,7 +30,7 @@ from cerebrascan.phantoms.generator import (
     generate_case_with_anatomy,
 )
 from cerebrascan.phantoms.tumour import TumourShape, build_tumour_labels
-from cerebrascan.phantoms.writer import case_tumour_type
+from cerebrascan.phantoms.tumour_types import case_tumour_type
 
 SHAPE = (240, 240, 155)
 ATLAS_AFFINE = np.diag([-1.0, 1.0, 1.0, 1.0])

@@ -13,8 +13,8 @@ import yaml
 from click.testing import CliRunner
 
 from cerebrascan.cli import main
-from cerebrascan.imaging.case_folder import read_phantom_tumour_type
-from cerebrascan.phantoms.writer import case_tumour_type
+from cerebrascan.inputs.case_folder import read_phantom_tumour_type
+from cerebrascan.phantoms.tumour_types import case_tumour_type
 from cerebrascan.registry import resolve_model
 from cerebrascan.settings import Settings
 from tests.conftest import REPO_ROOT

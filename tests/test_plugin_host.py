@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from pydantic import BaseModel
 
-from cerebrascan.settings import PluginSettings
 from plugins.analyzer import AnalysisContext, Analyzer, Need
 from plugins.hookspecs import hookimpl
 from plugins.host import BUILTIN_PLUGINS, AnalyzerHost, AnalyzerOptionsError
+from plugins.settings import PluginSettings
 from plugins.testing import MemoryArtefactSink, study_inputs
 from schemas.analyzers import AnalyzerOutcome
 

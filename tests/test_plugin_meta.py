@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, Field
 
-from cerebrascan.settings import PluginSettings
 from plugins import hookspecs
 from plugins.analyzer import Analyzer
 from plugins.host import BUILTIN_PLUGINS, AnalyzerHost
+from plugins.settings import AnalyzerSettings, PluginSettings
 
 TESTS_DIR = Path(__file__).resolve().parent
 SPEC_MARK = f"{hookspecs.PROJECT_NAME}_spec"
@@ -97,10 +97,12 @@ def builtin_analyzers() -> list[tuple[str, Analyzer]]:
         if module_name.rsplit(".", 1)[-1] in host.failed_to_load:
             continue
         module = importlib.import_module(module_name)
+        register = module.register_analyzers
+        # as pluggy does: only the arguments the implementation names
+        wanted = inspect.signature(register).parameters
+        kwargs = {"settings": AnalyzerSettings()} if "settings" in wanted else {}
         analyzers.extend(
-            (module_name, analyzer)
-            for analyzer in module.register_analyzers()
-            if analyzer.name in accepted
+            (module_name, analyzer) for analyzer in register(**kwargs) if analyzer.name in accepted
         )
     return analyzers
 

@@ -12,6 +12,7 @@ from scipy import ndimage
 
 from plugins import hookspecs
 from plugins.builtin.quality import QualityAnalyzer, QualityResult
+from plugins.settings import AnalyzerSettings
 from tests.analyzer_phantoms import make_context, phantom, stack_images
 
 T1N, T1C, T2W, T2F = range(4)
@@ -19,7 +20,7 @@ T1N, T1C, T2W, T2F = range(4)
 
 def _check(**kwargs: Any) -> QualityResult:
     case, _ = phantom(False)
-    result = QualityAnalyzer().analyze(make_context(case, **kwargs))
+    result = QualityAnalyzer().analyze(make_context(case, analyzer=QualityAnalyzer(), **kwargs))
     assert isinstance(result, QualityResult)
     return result
 
@@ -171,5 +172,7 @@ def test_hook_registers_the_analyzer() -> None:
     manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     manager.add_hookspecs(hookspecs)
     manager.register(importlib.import_module("plugins.builtin.quality"))
-    analyzers = [a for group in manager.hook.register_analyzers() for a in group]
+    analyzers = [
+        a for group in manager.hook.register_analyzers(settings=AnalyzerSettings()) for a in group
+    ]
     assert [a.name for a in analyzers] == ["quality"]

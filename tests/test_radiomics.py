@@ -21,11 +21,10 @@ import pytest
 import radiomics  # noqa: F401  (fails, not skips, without the radiomics extra)
 import SimpleITK as sitk  # noqa: N813
 
+from cerebrascan.imaging.sitk_images import Geometry, as_geometry
 from cerebrascan.radiomics.extract import (
     DEFAULT_PARAMS_FILE,
     MIN_REGION_VOXELS,
-    Geometry,
-    as_geometry,
     extract_array_features,
     extract_features,
     extract_regions,

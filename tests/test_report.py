@@ -25,7 +25,7 @@ from cerebrascan.report.builder import build_report
 from cerebrascan.report.facts import fmt_ml, report_facts
 from cerebrascan.report.grounding import check_sections, extract_claims
 from cerebrascan.report.render import to_html, to_markdown, to_pdf
-from cerebrascan.settings_report import ReportSettings
+from cerebrascan.report.settings import ReportSettings
 from schemas.report import OverlayImage, StudyReport
 
 NO_IMAGE = OverlayImage(shown=False, reason="not drawn in this test")

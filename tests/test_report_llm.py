@@ -21,7 +21,7 @@ from cerebrascan.report.builder import build_report
 from cerebrascan.report.facts import report_facts
 from cerebrascan.report.grounding import check_sections
 from cerebrascan.report.render import to_html, to_markdown, to_pdf
-from cerebrascan.settings_report import ReportSettings
+from cerebrascan.report.settings import ReportSettings
 from schemas.report import OverlayImage, StudyReport, WriterRecord
 from tests.llm_server import SERVED_MODEL_NAME, llama_cpp_server
 

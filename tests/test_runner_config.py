@@ -8,8 +8,9 @@ import sys
 import onnxruntime as ort
 import pytest
 
-from cerebrascan.settings import RunnerSettings, Settings
+from cerebrascan.settings import Settings
 from runners.onnx_runner import OnnxSegmentationRunner, RunnerConfigError
+from runners.settings import RunnerSettings
 from schemas.model_spec import ModelSpec
 from tests.conftest import REPO_ROOT
 

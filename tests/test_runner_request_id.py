@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from cerebrascan.logging_config import JsonFormatter, bound_request_id, current_request_id
-from cerebrascan.settings import RunnerSettings
+from cerebrascan.serving.logs import JsonFormatter, bound_request_id, current_request_id
+from cerebrascan.serving.runner_service import CrossCaseRunner, RemoteSegmentationRunner, RunnerCase
 from runners.onnx_runner import OnnxSegmentationRunner
-from runners.runner_service import CrossCaseRunner, RemoteSegmentationRunner, RunnerCase
+from runners.settings import RunnerSettings
 from schemas.model_spec import ModelSpec
 
 UNSAFE_ID = 'x" , "level": "ERROR'
@@ -99,7 +99,8 @@ def test_an_unsafe_request_id_is_refused(engine: CrossCaseRunner) -> None:
 def test_runner_logs_carry_each_cases_request_id(
     engine: CrossCaseRunner, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="runners")
+    # the runner service moved from runners/ to cerebrascan/serving/: its logger's level
+    caplog.set_level(logging.INFO, logger="cerebrascan.serving.runner_service")
     caplog.handler.setFormatter(JsonFormatter())
     spec = engine.spec
     cases = [
@@ -111,7 +112,9 @@ def test_runner_logs_carry_each_cases_request_id(
     results = engine.segment(cases)
     assert results[1].error_kind == "input"
     assert all(results[i].error is None for i in (0, 2, 3))
-    entries = [e for e in json_entries(caplog) if e["logger"] == "runners.runner_service"]
+    entries = [
+        e for e in json_entries(caplog) if e["logger"] == "cerebrascan.serving.runner_service"
+    ]
     per_case = [e for e in entries if e["message"].startswith("runner case")]
     assert [e["request_id"] for e in per_case] == ["case-a", "case-b", None, "case-d"]
     assert per_case[1]["level"] == "WARNING" and "3 channels" in per_case[1]["message"]

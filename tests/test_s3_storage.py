@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cerebrascan.settings import Settings
-from cerebrascan.settings_serving import StorageSettings
+from cerebrascan.settings import Settings, StorageSettings
 from tests.conftest import REPO_ROOT
 from tests.s3_server import AwsUser, MotoS3Server, moto_s3_server
 
@@ -143,8 +142,8 @@ def test_mlflow_artefacts_round_trip_on_s3(
         client_for,
         register_model_folder,
         resolve_model,
-        sha256_of,
     )
+    from runners.engine_cache import file_digest
 
     monkeypatch.delenv("MLFLOW_S3_ENDPOINT_URL", raising=False)
     for name, value in s3.mlflow_writer.environment().items():
@@ -174,7 +173,7 @@ def test_mlflow_artefacts_round_trip_on_s3(
     shutil.rmtree(serving_cache, ignore_errors=True)
     model = resolve_model(serving)
     assert model.version == version
-    assert sha256_of(model.onnx_path) == sha256_of(settings.bundled_model_dir / "model.onnx")
+    assert file_digest(model.onnx_path) == file_digest(settings.bundled_model_dir / "model.onnx")
     reader = s3.server.client(user=s3.mlflow_reader)
     with pytest.raises(reader.exceptions.ClientError, match=r"AccessDenied|403"):
         reader.put_object(Bucket=BUCKET, Key="mlflow/tampered.onnx", Body=b"x")

@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from cerebrascan.imaging.case_folder import modality_path
+from cerebrascan.inputs.case_folder import modality_path
 from tests import nifti_faults as faults
 
 MODALITIES = ("t1n", "t1c", "t2w", "t2f")

@@ -16,10 +16,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from cerebrascan.longitudinal.settings import LongitudinalSettings
+from cerebrascan.longitudinal.timeline import build_timeline
 from cerebrascan.phantoms.series import PhantomVisit, SeriesPlan, generate_series
-from cerebrascan.settings import LongitudinalSettings, Settings
+from cerebrascan.settings import Settings
 from cerebrascan.store import StudyRepository, create_store_engine
-from cerebrascan.timeline import build_timeline
 from tests.postgres_server import postgres_server
 
 KEY = b"timeline-test-key-0123456789"
@@ -146,7 +147,8 @@ def _write_visit(visit: PhantomVisit, folder: Path) -> dict[str, Path]:
     paths = {}
     for modality, image in visit.case.images.items():
         path = folder / f"{modality}.nii.gz"
-        nib.save(nib.Nifti1Image(image.astype(np.float32), visit.case.affine), str(path))
+        image_file = nib.Nifti1Image(image.astype(np.float32), visit.case.affine)
+        nib.save(image_file, str(path))
         paths[modality] = path
     return paths
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cerebrascan.imaging.study import Study
+from cerebrascan.inputs.study import Study
 from cerebrascan.segmentation import segment_study
 from runners.prediction import RunnerPrediction
 from runners.sliding_window import (

@@ -2,6 +2,6 @@
 
 Cohorts of typed phantoms (:mod:`.cohort`), their features (:mod:`.features`), calibrated
 scikit-learn models with an out-of-distribution check (:mod:`.models`), the DVC stages
-(:mod:`.pipeline`), model folders and the MLflow registry (:mod:`.store`) and serving
+(:mod:`.pipeline`), model folders and the MLflow registry (:mod:`.model_registry`) and serving
 (:mod:`.serving`, used by the ``classification`` and ``radiogenomics`` analyzers).
 """

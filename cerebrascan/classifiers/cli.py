@@ -52,7 +52,8 @@ def classifiers() -> None:
 )
 def cohort(params_path: Path, out_dir: Path) -> None:
     """Truth records of the training, held-out and shifted cohorts."""
-    from cerebrascan.classifiers.pipeline import load_classifier_params, run_cohort_stage
+    from cerebrascan.classifiers.params import load_classifier_params
+    from cerebrascan.classifiers.stages import run_cohort_stage
 
     run_cohort_stage(load_classifier_params(params_path), out_dir)
 
@@ -68,7 +69,7 @@ def features(params_path: Path, cohort_dir: Path, out_dir: Path, segmentation_mo
     """Render every case, segment it with the default model and extract its features on the
     ground-truth labels and on the predicted segmentation."""
     from cerebrascan.classifiers.feature_stage import run_features_stage
-    from cerebrascan.classifiers.pipeline import load_classifier_params
+    from cerebrascan.classifiers.params import load_classifier_params
 
     run_features_stage(
         load_classifier_params(params_path).workers, cohort_dir, out_dir, segmentation_model
@@ -91,7 +92,8 @@ def train(
     segmentation_model: Path,
 ) -> None:
     """Fit the four calibrated classifiers and their OOD detectors."""
-    from cerebrascan.classifiers.pipeline import load_classifier_params, run_train_stage
+    from cerebrascan.classifiers.params import load_classifier_params
+    from cerebrascan.classifiers.stages import run_train_stage
 
     run_train_stage(
         load_classifier_params(params_path),
@@ -109,7 +111,8 @@ def train(
 @MODELS_OPTION
 def evaluate(params_path: Path, cohort_dir: Path, features_dir: Path, models_dir: Path) -> None:
     """Held-out metrics, reliability plots, OOD rates and model cards."""
-    from cerebrascan.classifiers.pipeline import load_classifier_params, run_evaluate_stage
+    from cerebrascan.classifiers.params import load_classifier_params
+    from cerebrascan.classifiers.stages import run_evaluate_stage
 
     run_evaluate_stage(load_classifier_params(params_path), cohort_dir, features_dir, models_dir)
 
@@ -121,7 +124,7 @@ def evaluate(params_path: Path, cohort_dir: Path, features_dir: Path, models_dir
 )
 def register(models_dir: Path, record: Path) -> None:
     """Register every classifier folder with alias ``champion``."""
-    from cerebrascan.classifiers.pipeline import run_register_stage
+    from cerebrascan.classifiers.stages import run_register_stage
 
     for task, version in run_register_stage(models_dir, record).items():
         click.echo(f"{task}: version {version}")

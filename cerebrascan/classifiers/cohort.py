@@ -3,7 +3,8 @@
 A cohort is a list of cases, each a tumour type rendered by the phantom generator
 (``PhantomParams(tumour_type=...)``) and the labels a study would record. Sampling a cohort is
 cheap: only :func:`cerebrascan.phantoms.generator.sample_case_params` runs (no image); the
-features stage renders each case again from its seed, bit-identically.
+features stage renders each case again from its seed, bit-identically. Cohort folders are
+written and read by :mod:`cerebrascan.classifiers.cohort_files`.
 
 Recorded labels carry deliberate noise, as real ones do (misdiagnosis, assay error): with
 probability ``label_noise.tumour_type`` the recorded type is another type, and IDH / MGMT labels
@@ -13,9 +14,6 @@ recorded labels. The patient's age is "given" for a fraction of the cases only.
 
 from __future__ import annotations
 
-import json
-import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,8 +21,6 @@ from pydantic import BaseModel, Field, field_validator
 
 from cerebrascan.phantoms.generator import PhantomParams, case_seed, sample_case_params
 from cerebrascan.phantoms.tumour_types import ALL_TUMOUR_TYPES, TUMOUR_TYPES, check_type_weights
-
-logger = logging.getLogger(__name__)
 
 TASKS: tuple[str, ...] = ("tumour_type", "grade", "idh", "mgmt")
 """The four classification tasks."""
@@ -54,7 +50,7 @@ class CohortSpec(BaseModel):
 
     def phantom_params(self, tumour_type: str) -> PhantomParams:
         """The generator knobs of one case of this cohort."""
-        overrides = {
+        overrides: dict[str, Any] = {
             k: tuple(v) if isinstance(v, list) else v for k, v in self.generator_overrides.items()
         }
         return PhantomParams(tumour_type=tumour_type, **overrides)
@@ -121,39 +117,6 @@ def sample_case(spec: CohortSpec, index: int, case_id: str) -> dict[str, Any]:
 def sample_cohort(spec: CohortSpec, prefix: str) -> list[dict[str, Any]]:
     """Truth records of every case of a cohort, named ``<prefix>-<index:05d>``."""
     return [sample_case(spec, k, f"{prefix}-{k:05d}") for k in range(spec.cases)]
-
-
-def write_cohort_truth(records: list[dict[str, Any]], out_dir: Path) -> Path:
-    """Write ``<out_dir>/<case_id>/truth.json`` per case and ``cohort.json`` (all records).
-
-    Returns:
-        The path of ``cohort.json``.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for record in records:
-        folder = out_dir / record["case_id"]
-        folder.mkdir(exist_ok=True)
-        (folder / "truth.json").write_text(json.dumps(record, indent=2) + "\n")
-    manifest = out_dir / "cohort.json"
-    manifest.write_text(json.dumps(records, indent=1) + "\n")
-    counts: dict[str, int] = {}
-    for record in records:
-        counts[record["rendered_type"]] = counts.get(record["rendered_type"], 0) + 1
-    logger.info("cohort %s: %d cases %s", out_dir, len(records), counts)
-    return manifest
-
-
-def read_cohort(folder: Path) -> list[dict[str, Any]]:
-    """The records of a cohort folder written by :func:`write_cohort_truth`.
-
-    Raises:
-        FileNotFoundError: the folder has no ``cohort.json``.
-    """
-    manifest = folder / "cohort.json"
-    if not manifest.is_file():
-        raise FileNotFoundError(f"{manifest} does not exist; run the cohort stage first")
-    records: list[dict[str, Any]] = json.loads(manifest.read_text())
-    return records
 
 
 def task_target(record: dict[str, Any], task: str) -> Any:

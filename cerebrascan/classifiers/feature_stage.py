@@ -8,7 +8,7 @@ analyzers see at serving time. The SRI24 atlas is matched by voxel index (the ph
 the SRI24 grid). One JSON-lines file per cohort; NaN is written as null; a case whose predicted
 segmentation is empty has ``predicted_features: null``. Each row also records the prediction's
 whole-tumour Dice and its :func:`~cerebrascan.classifiers.serving.segmentation_uncertainty`.
-Kept apart from :mod:`cerebrascan.classifiers.pipeline` so that training code changes do not
+Kept apart from :mod:`cerebrascan.classifiers.stages` so that training code changes do not
 invalidate this, the slow stage.
 """
 
@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from cerebrascan.classifiers.cohort import read_cohort
+from cerebrascan.classifiers.cohort_files import read_cohort
 
 logger = logging.getLogger(__name__)
 
@@ -74,16 +74,16 @@ def _features_or_none(features: dict[str, float] | None) -> dict[str, float | No
 def _case_row(record: dict[str, Any], segmentation_model: Path) -> dict[str, Any]:
     """Render one case from its seed, segment it with ``segmentation_model`` and extract its
     features on both segmentations (runs in a worker process)."""
-    from cerebrascan.atlas_registration import structure_atlas_for
+    from cerebrascan.atlas.mapping import structure_atlas_for
     from cerebrascan.classifiers.features import case_features
     from cerebrascan.classifiers.segmentation_quality import segmentation_uncertainty
-    from cerebrascan.imaging.study import Study
+    from cerebrascan.inputs.study import Study
     from cerebrascan.phantoms.generator import PhantomParams, generate_case
     from cerebrascan.segmentation import segment_study
     from cerebrascan.settings import Settings
 
     started = time.perf_counter()
-    overrides = {
+    overrides: dict[str, Any] = {
         k: tuple(v) if isinstance(v, list) else v
         for k, v in record.get("generator_overrides", {}).items()
     }

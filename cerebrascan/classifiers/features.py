@@ -15,7 +15,7 @@ Three groups, all keyed by name (the model keeps the column order it was trained
 * **age**: ``age_years`` when given, else NaN.
 
 Training uses the phantoms' ground-truth labels; serving uses the predicted segmentation. The
-SRI24 structures come as a :class:`cerebrascan.atlas_registration.StructureAtlas` on the case grid.
+SRI24 structures come as a :class:`cerebrascan.atlas.structures.StructureAtlas` on the case grid.
 """
 
 from __future__ import annotations
@@ -32,9 +32,11 @@ import numpy.typing as npt
 import SimpleITK as sitk  # noqa: N813
 from scipy import ndimage
 
-from cerebrascan.atlas_registration import StructureAtlas
-from cerebrascan.radiomics.extract import Geometry, extract_features, make_extractor, to_sitk
-from cerebrascan.regions import structure_mask
+from cerebrascan.atlas.structures import CEREBRAL_STRUCTURES, StructureAtlas
+from cerebrascan.imaging.geometry import spacing_from_affine
+from cerebrascan.imaging.regions import structure_mask
+from cerebrascan.imaging.sitk_images import Geometry, to_sitk
+from cerebrascan.radiomics.extract import extract_features, make_extractor
 
 logger = logging.getLogger(__name__)
 
@@ -55,14 +57,6 @@ LOCATION_STRUCTURES: tuple[str, ...] = (
     "thalamus",
     "brainstem",
     "corpus_callosum",
-)
-CEREBRAL_STRUCTURES: tuple[str, ...] = (
-    "frontal_lobe",
-    "parietal",
-    "occipital",
-    "temporal",
-    "insula",
-    "thalamus",
 )
 MIN_TEXTURE_VOXELS = 64
 """Regions with fewer voxels (1 mm grid; 8 voxels at 2 mm) get NaN texture features."""
@@ -250,7 +244,7 @@ def location_features(
     core = (labels == 1) | (labels == 3)
     region = core if core.sum() >= 10 else wt
     affine = np.asarray(affine, dtype=np.float64)
-    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    spacing = np.asarray(spacing_from_affine(affine))
     wt_voxels = np.argwhere(wt)
     region_voxels = np.argwhere(region)
     ras = region_voxels @ affine[:3, :3].T + affine[:3, 3]

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cerebrascan.atlas_registration import AtlasMapping
+from cerebrascan.atlas.mapping import AtlasMapping
 from cerebrascan.classifiers.features import MODALITIES, case_features
+from cerebrascan.classifiers.model_registry import LoadedClassifier
 from cerebrascan.classifiers.models import contributions, feature_matrix
-from cerebrascan.classifiers.store import LoadedClassifier
 
 logger = logging.getLogger(__name__)
 

@@ -210,7 +210,7 @@ def sigmoid(logits: FloatArray) -> FloatArray:
 
 
 def _softmax(logits: FloatArray) -> FloatArray:
-    shifted = logits.astype(np.float32) - logits.max(axis=0, keepdims=True)
+    shifted: FloatArray = logits.astype(np.float32) - logits.max(axis=0, keepdims=True)
     np.exp(shifted, out=shifted)
     shifted /= shifted.sum(axis=0, keepdims=True)
     return shifted

@@ -5,7 +5,7 @@ to it by voxel index (their headers carry a different sign convention, the grids
 The atlas ventricle mask is generous (it includes periventricular tissue); :class:`Anatomy`
 keeps it as ``ventricle_region`` and derives ``ventricles`` as the CSF-dark voxels inside it.
 :func:`load_anatomy` also keeps every SRI24 structure mask of
-:data:`cerebrascan.atlas.SRI24_STRUCTURES`, clipped to the brain, as ``structures`` (the
+:data:`cerebrascan.atlas.files.SRI24_STRUCTURES`, clipped to the brain, as ``structures`` (the
 generator warps them to compute ``truth["structure_distances_mm"]``).
 """
 
@@ -20,21 +20,12 @@ from types import MappingProxyType
 import numpy as np
 from scipy import ndimage
 
-from cerebrascan.atlas import SRI24_STRUCTURES, load_sri24_structure_mask, load_sri24_t1
+from cerebrascan.atlas.files import SRI24_STRUCTURES, load_sri24_structure_mask, load_sri24_t1
+from cerebrascan.atlas.structures import CEREBRAL_STRUCTURES
+from cerebrascan.imaging.geometry import spacing_from_affine
 from cerebrascan.phantoms.contrasts import estimate_tissue_means
 
 logger = logging.getLogger(__name__)
-
-#: SRI24 cerebral structure masks; voxels outside them, inferior to the top of the brainstem
-#: mask, are taken as infratentorial (cerebellum) together with the brainstem.
-CEREBRAL_STRUCTURES: tuple[str, ...] = (
-    "frontal_lobe",
-    "parietal",
-    "occipital",
-    "temporal",
-    "insula",
-    "thalamus",
-)
 
 
 def supratentorial_mask(
@@ -78,7 +69,7 @@ def supratentorial_mask(
         sizes = np.bincount(labels.ravel())
         sizes[0] = 0
         infratentorial = labels == int(np.argmax(sizes))
-    return brain & ~infratentorial
+    return np.asarray(brain & ~infratentorial)
 
 
 @dataclass(frozen=True, eq=False)
@@ -113,8 +104,7 @@ class Anatomy:
     @property
     def spacing_mm(self) -> tuple[float, float, float]:
         """Voxel spacing in mm (column norms of the affine)."""
-        norms = np.linalg.norm(self.affine[:3, :3], axis=0)
-        return (float(norms[0]), float(norms[1]), float(norms[2]))
+        return spacing_from_affine(self.affine)
 
 
 def anatomy_from_arrays(
@@ -184,7 +174,7 @@ def load_anatomy() -> Anatomy:
         The cached, read-only anatomy on the BraTS grid (240 x 240 x 155, 1 mm).
 
     Raises:
-        cerebrascan.atlas.AtlasNotInstalledError: if the atlas wheels are missing.
+        cerebrascan.atlas.files.AtlasNotInstalledError: if the atlas wheels are missing.
         ValueError: if a mask grid does not match the T1 grid.
     """
     t1, affine = load_sri24_t1()

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from cerebrascan.atlas import SRI24_STRUCTURES
+from cerebrascan.atlas.files import SRI24_STRUCTURES
 from cerebrascan.phantoms.anatomy import Anatomy, load_anatomy
 from cerebrascan.phantoms.contrasts import (
     LABEL_NAMES,
@@ -134,7 +134,8 @@ class PhantomParams:
         focus_radius_mm: radius of the focus ball.
         focus_t1c_gain: t1c signal of the focus relative to the surrounding ET (>= 1).
         focus_heterogeneity: relative std of the focus texture on t1c.
-        truth_structures: SRI24 structure names (see :data:`cerebrascan.atlas.SRI24_STRUCTURES`)
+        truth_structures: SRI24 structure names (see
+            :data:`cerebrascan.atlas.files.SRI24_STRUCTURES`)
             warped with the anatomy to record ``truth["structure_distances_mm"]`` (minimum
             distance between voxel centres of WT and the structure, 0 when they overlap) and
             ``truth["structure_overlap_ml"]``.
@@ -261,7 +262,7 @@ class PhantomCase:
     images: dict[str, np.ndarray]
     segmentation: np.ndarray
     affine: np.ndarray
-    truth: dict = field(default_factory=dict)
+    truth: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -765,6 +766,401 @@ def _brain_box(
     return out_lo, out_hi
 
 
+def _box_shape(lo: np.ndarray, hi: np.ndarray) -> tuple[int, int, int]:
+    """Shape of the box from voxel ``lo`` to ``hi`` (exclusive)."""
+    extent = hi - lo
+    return (int(extent[0]), int(extent[1]), int(extent[2]))
+
+
+@dataclass(frozen=True)
+class _TumourPlacement:
+    """Step 2: where the tumour sits.
+
+    Attributes:
+        centre: tumour centre in case voxel coordinates (float64).
+        info: the truth record's ``params.placement``.
+        matrix: 3x3 matrix ``A`` of the atlas-to-case global affine.
+        translation: its translation ``t`` (voxels).
+    """
+
+    centre: np.ndarray
+    info: dict[str, Any]
+    matrix: np.ndarray
+    translation: np.ndarray
+
+
+@dataclass(frozen=True)
+class _WarpedCrop:
+    """Step 3: the atlas resampled into case space over the case's brain box.
+
+    Attributes:
+        lo: first case voxel of the box.
+        hi: end (exclusive) of the box.
+        t1: float32 warped T1, 0 outside the brain.
+        brain: bool warped brain.
+        ventricles: bool warped ventricles, inside the brain.
+        structures: bool warped SRI24 structures of ``PhantomParams.truth_structures``.
+        edge_radius_mm: radius ``R`` of the mass effect.
+    """
+
+    lo: np.ndarray
+    hi: np.ndarray
+    t1: np.ndarray
+    brain: np.ndarray
+    ventricles: np.ndarray
+    structures: dict[str, np.ndarray]
+    edge_radius_mm: float
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Shape of the box."""
+        return _box_shape(self.lo, self.hi)
+
+    @property
+    def region(self) -> tuple[slice, ...]:
+        """The box as slices of the full grid."""
+        return tuple(slice(int(a), int(b)) for a, b in zip(self.lo, self.hi, strict=True))
+
+
+@dataclass(frozen=True)
+class _TissueModel:
+    """Tissue classes of the warped T1's brain voxels.
+
+    Attributes:
+        means: (CSF, GM, WM) T1 class means.
+        t1_brain: the warped T1 of the brain voxels (in ``np.nonzero`` order).
+        memberships: ``(n, 3)`` CSF / GM / WM memberships of those voxels.
+    """
+
+    means: tuple[float, float, float]
+    t1_brain: np.ndarray
+    memberships: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Focus:
+    """The enhancing nodule planted in the tumour (``PhantomParams.focus``).
+
+    Attributes:
+        weight: partial-volume weight of the nodule on the tumour box.
+        texture: its heterogeneity field on the tumour box.
+        truth: the truth record's ``focus``.
+    """
+
+    weight: np.ndarray
+    texture: np.ndarray
+    truth: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _TumourBox:
+    """Step 4: the tumour labels on a box of the crop.
+
+    Attributes:
+        box: the box, as slices of the crop.
+        labels: uint8 labels on the box.
+        focus: the planted nodule; None when off or when there is no enhancing tumour.
+    """
+
+    box: tuple[slice, ...]
+    labels: np.ndarray
+    focus: _Focus | None
+
+
+def _place_tumour(
+    anatomy: Anatomy,
+    table: _PlacementTable,
+    shape: TumourShape,
+    drawn: dict[str, Any],
+    params: PhantomParams,
+    rngs: dict[str, np.random.Generator],
+) -> _TumourPlacement:
+    """Step 2: the tumour centre in the atlas (its site, drawn, or fixed), then in case space.
+
+    Draws from the ``tumour_site`` stream (a typed tumour) or the ``placement`` stream.
+    """
+    if params.tumour_centre_atlas_voxel is None and params.tumour_type is not None:
+        centre_src, info = _place_typed_centre(
+            anatomy, table, shape, drawn["diagnosis"], params, rngs["tumour_site"]
+        )
+    elif params.tumour_centre_atlas_voxel is None:
+        centre_src, info = _place_centre(
+            table, shape, drawn["tumour"]["supratentorial"], params, rngs["placement"]
+        )
+    else:
+        centre_src, info = _fixed_centre(anatomy, params.tumour_centre_atlas_voxel)
+    matrix, translation = _global_affine(drawn["anatomy_transform"])
+    centre = matrix @ (centre_src - table.centroid) + table.centroid + translation
+    info["centre_case_voxel"] = [_json_float(v) for v in centre]
+    return _TumourPlacement(centre=centre, info=info, matrix=matrix, translation=translation)
+
+
+def _warp_anatomy(
+    anatomy: Anatomy,
+    table: _PlacementTable,
+    placement: _TumourPlacement,
+    shape: TumourShape,
+    mass: dict[str, Any],
+    truth_structures: tuple[str, ...],
+) -> _WarpedCrop:
+    """Step 3: resample the atlas T1, brain, ventricles (and truth structures) once through one
+    coordinate map over the case's brain box (no random draw).
+
+    Raises:
+        ValueError: a truth structure is not in the anatomy.
+    """
+    edge_radius = max(float(shape.semi_axes_mm.mean()), mass["displacement_mm"] + 1.0)
+    out_lo, out_hi = _brain_box(
+        anatomy,
+        table,
+        placement.matrix,
+        placement.translation,
+        margin=mass["displacement_mm"] + 2.0,
+    )
+    coords = build_coordinate_map(
+        out_lo,
+        _box_shape(out_lo, out_hi),
+        placement.matrix,
+        placement.translation,
+        table.centroid,
+        placement.centre,
+        mass["displacement_mm"],
+        edge_radius,
+        mass["decay_mm"],
+    )
+    sample = functools.partial(
+        ndimage.map_coordinates,
+        coordinates=coords,
+        order=1,
+        mode="constant",
+        cval=0.0,
+        prefilter=False,
+        output=np.float32,
+    )
+    t1 = sample(anatomy.t1)
+    brain = sample(anatomy.brain.astype(np.float32)) > 0.5
+    ventricles = (sample(anatomy.ventricles.astype(np.float32)) > 0.5) & brain
+    missing = [name for name in truth_structures if name not in anatomy.structures]
+    if missing:
+        raise ValueError(
+            f"truth_structures {missing} are not in the anatomy "
+            f"(it has {sorted(anatomy.structures)})"
+        )
+    structures = {
+        name: (sample(anatomy.structures[name].astype(np.float32)) > 0.5) & brain
+        for name in truth_structures
+    }
+    t1[~brain] = 0.0
+    return _WarpedCrop(
+        lo=out_lo,
+        hi=out_hi,
+        t1=t1,
+        brain=brain,
+        ventricles=ventricles,
+        structures=structures,
+        edge_radius_mm=edge_radius,
+    )
+
+
+def _tissue_model(crop: _WarpedCrop) -> _TissueModel:
+    """Tissue memberships of the warped T1 (no random draw)."""
+    means = estimate_tissue_means(crop.t1[crop.brain])
+    t1_brain = crop.t1[crop.brain]
+    return _TissueModel(
+        means=means, t1_brain=t1_brain, memberships=tissue_memberships(t1_brain, means)
+    )
+
+
+def _render_tumour(
+    shape: TumourShape,
+    crop: _WarpedCrop,
+    tissue: _TissueModel,
+    placement: _TumourPlacement,
+    params: PhantomParams,
+    rngs: dict[str, np.random.Generator],
+    affine: np.ndarray,
+    case_id: str,
+    tumour_labels: np.ndarray | None,
+) -> _TumourBox:
+    """Step 4: the tumour labels on a box around the centre, and the optional focus.
+
+    Draws from the ``fields`` stream (the labels are drawn even when ``tumour_labels``
+    replaces them, so that every later draw is unchanged) and the ``focus`` stream.
+    """
+    white_matter = np.zeros(crop.shape, dtype=np.float32)
+    white_matter[crop.brain] = tissue.memberships[:, 2]
+    reach = shape.reach_mm()
+    c_local = placement.centre - crop.lo
+    box_lo = np.maximum(np.floor(c_local - reach), 0).astype(int)
+    box_hi = np.minimum(np.ceil(c_local + reach) + 1, crop.shape).astype(int)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(box_lo, box_hi, strict=True))
+    wm_box = ndimage.gaussian_filter(white_matter[box], sigma=2.0, mode="nearest")
+    labels_box = build_tumour_labels(
+        shape, c_local - box_lo, crop.brain[box], crop.ventricles[box], wm_box, rngs["fields"]
+    )
+    if tumour_labels is not None:  # a caller-given tumour replaces the drawn one
+        box, labels_box = _given_tumour_box(tumour_labels, params, crop.lo, crop.hi, c_local)
+    if not params.focus:
+        return _TumourBox(box=box, labels=labels_box, focus=None)
+    labels_box, focus_centre, focus_ball = plant_focus(
+        labels_box, params.focus_radius_mm, rngs["focus"]
+    )
+    if focus_centre is None:
+        logger.warning("%s: no enhancing tumour, no focus planted", case_id)
+        return _TumourBox(box=box, labels=labels_box, focus=None)
+    weight = ndimage.gaussian_filter(
+        focus_ball.astype(np.float32), sigma=params.partial_volume_sigma_mm
+    )
+    texture = smooth_random_field(rngs["focus"], labels_box.shape, 1.0)
+    # the drawn box's corner, as before: a given tumour's box may start elsewhere
+    centre_voxel = [int(v) for v in focus_centre + box_lo + crop.lo]
+    truth = {
+        "centre_voxel": centre_voxel,
+        "centre_ras_mm": [
+            _json_float(v) for v in (affine @ np.append(np.asarray(centre_voxel, float), 1.0))[:3]
+        ],
+        "radius_mm": params.focus_radius_mm,
+        "voxels": int(focus_ball.sum()),
+        "t1c_gain": params.focus_t1c_gain,
+        "heterogeneity": params.focus_heterogeneity,
+    }
+    return _TumourBox(
+        box=box, labels=labels_box, focus=_Focus(weight=weight, texture=texture, truth=truth)
+    )
+
+
+def _synthesise_images(
+    grid_shape: tuple[int, int, int],
+    crop: _WarpedCrop,
+    tissue: _TissueModel,
+    tumour: _TumourBox,
+    intensity: dict[str, Any],
+    params: PhantomParams,
+    rngs: dict[str, np.random.Generator],
+) -> dict[str, np.ndarray]:
+    """Step 5: each modality from the warped T1, the tumour blended in with partial-volume
+    weights, then bias field, noise and a global scale; 0 outside the brain.
+
+    Draws the texture from the ``fields`` stream (after the labels), then the noise of each
+    modality from the ``noise`` stream, in :data:`MODALITIES` order.
+    """
+    labels_box, box, brain = tumour.labels, tumour.box, crop.brain
+    weights = partial_volume_weights(labels_box, params.partial_volume_sigma_mm)
+    texture = smooth_random_field(rngs["fields"], labels_box.shape, params.texture_scale_mm)
+    grid_half = (np.asarray(grid_shape, dtype=np.float32) - 1.0) / 2.0
+    brain_idx = np.nonzero(brain)
+    norm_coords = np.stack(
+        [(brain_idx[k] + crop.lo[k] - grid_half[k]) / grid_half[k] for k in range(3)], axis=1
+    ).astype(np.float32)
+    noise_rng = rngs["noise"]
+    images: dict[str, np.ndarray] = {}
+    relative = np.zeros(crop.shape, dtype=np.float32)
+    for mod in MODALITIES:
+        levels = intensity["tissue_levels"].get(mod)
+        level_tuple = None if levels is None else (levels["csf"], levels["gm"], levels["wm"])
+        relative[brain] = normal_tissue_signal(
+            tissue.t1_brain, tissue.memberships, tissue.means, level_tuple, params.tail_gain
+        )
+        relative[box] = blend_tumour_signal(
+            relative[box],
+            weights,
+            intensity["tumour_levels"][mod],
+            texture,
+            intensity["texture_amplitude"],
+            intensity["edema_blend"],
+        )
+        if mod == "t1c" and tumour.focus is not None:
+            focus_signal = np.float32(params.focus_t1c_gain) * (
+                1.0 + np.float32(params.focus_heterogeneity) * tumour.focus.texture
+            )
+            gain = np.maximum(1.0 + tumour.focus.weight * (focus_signal - 1.0), np.float32(0.2))
+            relative[box] *= gain
+        values = relative[brain] * polynomial_bias_field(
+            norm_coords,
+            np.asarray(intensity["bias_coefficients"][mod]),
+            intensity["bias_amplitude"][mod],
+        )
+        values += noise_rng.standard_normal(values.size, dtype=np.float32) / np.float32(
+            intensity["snr"][mod]
+        )
+        scale = np.float32(intensity["global_scale"][mod])
+        values = np.maximum(values * scale, scale * np.float32(1e-3))
+        volume = np.zeros(grid_shape, dtype=np.float32)
+        volume[crop.region][brain] = values
+        images[mod] = volume
+    return images
+
+
+def _case_truth(
+    seed: int,
+    case_id: str,
+    params: PhantomParams,
+    anatomy: Anatomy,
+    drawn: dict[str, Any],
+    placement: _TumourPlacement,
+    crop: _WarpedCrop,
+    tissue: _TissueModel,
+    tumour: _TumourBox,
+    segmentation: np.ndarray,
+) -> dict[str, Any]:
+    """The case's JSON-serialisable truth record: geometry, measured labels, drawn parameters."""
+    affine = np.array(anatomy.affine, dtype=np.float64)
+    extras: dict[str, Any] = {}
+    if params.focus:
+        extras["focus"] = None if tumour.focus is None else tumour.focus.truth
+    if crop.structures:
+        tumour_crop = segmentation[crop.region] > 0
+        extras.update(_structure_truth(tumour_crop, crop.structures, anatomy.spacing_mm, affine))
+    settings = dataclasses.asdict(params)
+    if params.tumour_type is None:
+        del settings["tumour_type"]  # default truth.json stays byte-identical
+    else:
+        extras["diagnosis"] = drawn["diagnosis"]
+        extras["tumour_types_version"] = TUMOUR_TYPES_VERSION
+    mass = drawn["mass_effect"]
+    return {
+        "case_id": case_id,
+        "seed": int(seed),
+        "generator_version": GENERATOR_VERSION,
+        "shape": list(anatomy.shape),
+        "spacing_mm": list(anatomy.spacing_mm),
+        "affine": affine.tolist(),
+        **compute_truth(segmentation, affine),
+        **extras,
+        "params": {
+            **drawn,
+            "placement": placement.info,
+            "mass_effect": {**mass, "edge_radius_mm": crop.edge_radius_mm},
+            "tissue_means_t1": list(tissue.means),
+            "settings": settings,
+        },
+    }
+
+
+def _full_grid_anatomy(
+    grid_shape: tuple[int, int, int], crop: _WarpedCrop, tissue: _TissueModel
+) -> WarpedAnatomy:
+    """The warped anatomy of the crop, put back on the full grid."""
+    region = crop.region
+    t1 = np.zeros(grid_shape, dtype=np.float32)
+    t1[region] = crop.t1
+    brain = np.zeros(grid_shape, dtype=bool)
+    brain[region] = crop.brain
+    ventricles = np.zeros(grid_shape, dtype=bool)
+    ventricles[region] = crop.ventricles
+    tissue_crop = np.zeros(crop.shape, dtype=np.uint8)
+    tissue_crop[crop.brain] = (np.argmax(tissue.memberships, axis=1) + 1).astype(np.uint8)
+    tissue_full = np.zeros(grid_shape, dtype=np.uint8)
+    tissue_full[region] = tissue_crop
+    structures: dict[str, np.ndarray] = {}
+    for name, mask in crop.structures.items():
+        structures[name] = np.zeros(grid_shape, dtype=bool)
+        structures[name][region] = mask
+    return WarpedAnatomy(
+        t1=t1, brain=brain, ventricles=ventricles, tissue=tissue_full, structures=structures
+    )
+
+
 def generate_case_with_anatomy(
     seed: int,
     case_id: str,
@@ -774,6 +1170,11 @@ def generate_case_with_anatomy(
     tumour_labels: np.ndarray | None = None,
 ) -> tuple[PhantomCase, WarpedAnatomy]:
     """Generate one case and return it with its case-space (warped) anatomy.
+
+    Runs the five steps of the module docstring: :func:`sample_case_params`,
+    :func:`_place_tumour`, :func:`_warp_anatomy` (and :func:`_tissue_model`),
+    :func:`_render_tumour`, :func:`_synthesise_images`; each draws from its own random streams,
+    so the steps' order keeps every draw as it was.
 
     Args:
         seed: non-negative case seed; the same seed gives bit-identical arrays.
@@ -800,212 +1201,34 @@ def generate_case_with_anatomy(
     table = _placement_table(anatomy)
     shape = tumour_shape_from_params(drawn["tumour"])
 
-    # 1. Tumour placement (atlas space) and case-space centre.
-    if params.tumour_centre_atlas_voxel is None and params.tumour_type is not None:
-        centre_src, placement = _place_typed_centre(
-            anatomy, table, shape, drawn["diagnosis"], params, rngs["tumour_site"]
-        )
-    elif params.tumour_centre_atlas_voxel is None:
-        centre_src, placement = _place_centre(
-            table, shape, drawn["tumour"]["supratentorial"], params, rngs["placement"]
-        )
-    else:
-        centre_src, placement = _fixed_centre(anatomy, params.tumour_centre_atlas_voxel)
-    matrix, translation = _global_affine(drawn["anatomy_transform"])
-    centre = matrix @ (centre_src - table.centroid) + table.centroid + translation
-    placement["centre_case_voxel"] = [_json_float(v) for v in centre]
-
-    # 2. One composed coordinate map over the case's brain box; resample once.
-    mass = drawn["mass_effect"]
-    edge_radius = max(float(shape.semi_axes_mm.mean()), mass["displacement_mm"] + 1.0)
-    out_lo, out_hi = _brain_box(
-        anatomy, table, matrix, translation, margin=mass["displacement_mm"] + 2.0
+    placement = _place_tumour(anatomy, table, shape, drawn, params, rngs)
+    crop = _warp_anatomy(
+        anatomy, table, placement, shape, drawn["mass_effect"], params.truth_structures
     )
-    crop_shape = tuple(int(v) for v in out_hi - out_lo)
-    coords = build_coordinate_map(
-        out_lo,
-        crop_shape,
-        matrix,
-        translation,
-        table.centroid,
-        centre,
-        mass["displacement_mm"],
-        edge_radius,
-        mass["decay_mm"],
+    tissue = _tissue_model(crop)
+    tumour = _render_tumour(
+        shape, crop, tissue, placement, params, rngs, anatomy.affine, case_id, tumour_labels
     )
-    sample = functools.partial(
-        ndimage.map_coordinates,
-        coordinates=coords,
-        order=1,
-        mode="constant",
-        cval=0.0,
-        prefilter=False,
-        output=np.float32,
+    images = _synthesise_images(
+        anatomy.shape, crop, tissue, tumour, drawn["intensity"], params, rngs
     )
-    t1 = sample(anatomy.t1)
-    brain = sample(anatomy.brain.astype(np.float32)) > 0.5
-    ventricles = (sample(anatomy.ventricles.astype(np.float32)) > 0.5) & brain
-    missing = [name for name in params.truth_structures if name not in anatomy.structures]
-    if missing:
-        raise ValueError(
-            f"truth_structures {missing} are not in the anatomy "
-            f"(it has {sorted(anatomy.structures)})"
-        )
-    structures_crop = {
-        name: (sample(anatomy.structures[name].astype(np.float32)) > 0.5) & brain
-        for name in params.truth_structures
-    }
-    del coords
-    t1[~brain] = 0.0
 
-    # 3. Tissue memberships of the warped T1.
-    means = estimate_tissue_means(t1[brain])
-    t1_brain = t1[brain]
-    memberships = tissue_memberships(t1_brain, means)
-    white_matter = np.zeros(crop_shape, dtype=np.float32)
-    white_matter[brain] = memberships[:, 2]
-
-    # 4. Tumour labels on a local box.
-    reach = shape.reach_mm()
-    c_local = centre - out_lo
-    box_lo = np.maximum(np.floor(c_local - reach), 0).astype(int)
-    box_hi = np.minimum(np.ceil(c_local + reach) + 1, crop_shape).astype(int)
-    box = tuple(slice(int(a), int(b)) for a, b in zip(box_lo, box_hi, strict=True))
-    wm_box = ndimage.gaussian_filter(white_matter[box], sigma=2.0, mode="nearest")
-    labels_box = build_tumour_labels(
-        shape, c_local - box_lo, brain[box], ventricles[box], wm_box, rngs["fields"]
-    )
-    if tumour_labels is not None:  # a caller-given tumour replaces the drawn one
-        box, labels_box = _given_tumour_box(tumour_labels, params, out_lo, out_hi, c_local)
-    focus_weight: np.ndarray | None = None
-    focus_texture: np.ndarray | None = None
-    focus_truth: dict[str, Any] | None = None
-    if params.focus:
-        labels_box, focus_centre, focus_ball = plant_focus(
-            labels_box, params.focus_radius_mm, rngs["focus"]
-        )
-        if focus_centre is None:
-            logger.warning("%s: no enhancing tumour, no focus planted", case_id)
-        else:
-            focus_weight = ndimage.gaussian_filter(
-                focus_ball.astype(np.float32), sigma=params.partial_volume_sigma_mm
-            )
-            focus_texture = smooth_random_field(rngs["focus"], labels_box.shape, 1.0)
-            centre_voxel = [int(v) for v in focus_centre + box_lo + out_lo]
-            focus_truth = {
-                "centre_voxel": centre_voxel,
-                "centre_ras_mm": [
-                    _json_float(v)
-                    for v in (anatomy.affine @ np.append(np.asarray(centre_voxel, float), 1.0))[:3]
-                ],
-                "radius_mm": params.focus_radius_mm,
-                "voxels": int(focus_ball.sum()),
-                "t1c_gain": params.focus_t1c_gain,
-                "heterogeneity": params.focus_heterogeneity,
-            }
-    seg_crop = np.zeros(crop_shape, dtype=np.uint8)
-    seg_crop[box] = labels_box
-
-    # 5. Intensities.
-    intensity = drawn["intensity"]
-    weights = partial_volume_weights(labels_box, params.partial_volume_sigma_mm)
-    texture = smooth_random_field(rngs["fields"], labels_box.shape, params.texture_scale_mm)
-    grid_half = (np.asarray(anatomy.shape, dtype=np.float32) - 1.0) / 2.0
-    brain_idx = np.nonzero(brain)
-    norm_coords = np.stack(
-        [(brain_idx[k] + out_lo[k] - grid_half[k]) / grid_half[k] for k in range(3)], axis=1
-    ).astype(np.float32)
-    noise_rng = rngs["noise"]
-    crop = tuple(slice(int(a), int(b)) for a, b in zip(out_lo, out_hi, strict=True))
-    images: dict[str, np.ndarray] = {}
-    relative = np.zeros(crop_shape, dtype=np.float32)
-    for mod in MODALITIES:
-        levels = intensity["tissue_levels"].get(mod)
-        level_tuple = None if levels is None else (levels["csf"], levels["gm"], levels["wm"])
-        relative[brain] = normal_tissue_signal(
-            t1_brain, memberships, means, level_tuple, params.tail_gain
-        )
-        relative[box] = blend_tumour_signal(
-            relative[box],
-            weights,
-            intensity["tumour_levels"][mod],
-            texture,
-            intensity["texture_amplitude"],
-            intensity["edema_blend"],
-        )
-        if mod == "t1c" and focus_weight is not None and focus_texture is not None:
-            focus_signal = np.float32(params.focus_t1c_gain) * (
-                1.0 + np.float32(params.focus_heterogeneity) * focus_texture
-            )
-            gain = np.maximum(1.0 + focus_weight * (focus_signal - 1.0), np.float32(0.2))
-            relative[box] *= gain
-        values = relative[brain] * polynomial_bias_field(
-            norm_coords,
-            np.asarray(intensity["bias_coefficients"][mod]),
-            intensity["bias_amplitude"][mod],
-        )
-        values += noise_rng.standard_normal(values.size, dtype=np.float32) / np.float32(
-            intensity["snr"][mod]
-        )
-        scale = np.float32(intensity["global_scale"][mod])
-        values = np.maximum(values * scale, scale * np.float32(1e-3))
-        volume = np.zeros(anatomy.shape, dtype=np.float32)
-        volume[crop][brain] = values
-        images[mod] = volume
-
+    seg_crop = np.zeros(crop.shape, dtype=np.uint8)
+    seg_crop[tumour.box] = tumour.labels
     segmentation = np.zeros(anatomy.shape, dtype=np.uint8)
-    segmentation[crop] = seg_crop
-    affine = np.array(anatomy.affine, dtype=np.float64)
-    extras: dict[str, Any] = {}
-    if params.focus:
-        extras["focus"] = focus_truth
-    if structures_crop:
-        extras.update(_structure_truth(seg_crop > 0, structures_crop, anatomy.spacing_mm, affine))
-    settings = dataclasses.asdict(params)
-    if params.tumour_type is None:
-        del settings["tumour_type"]  # default truth.json stays byte-identical
-    else:
-        extras["diagnosis"] = drawn["diagnosis"]
-        extras["tumour_types_version"] = TUMOUR_TYPES_VERSION
-    truth = {
-        "case_id": case_id,
-        "seed": int(seed),
-        "generator_version": GENERATOR_VERSION,
-        "shape": list(anatomy.shape),
-        "spacing_mm": list(anatomy.spacing_mm),
-        "affine": affine.tolist(),
-        **compute_truth(segmentation, affine),
-        **extras,
-        "params": {
-            **drawn,
-            "placement": placement,
-            "mass_effect": {**mass, "edge_radius_mm": edge_radius},
-            "tissue_means_t1": list(means),
-            "settings": settings,
-        },
-    }
-
-    full = {
-        "t1": np.zeros(anatomy.shape, dtype=np.float32),
-        "brain": np.zeros(anatomy.shape, dtype=bool),
-        "ventricles": np.zeros(anatomy.shape, dtype=bool),
-        "tissue": np.zeros(anatomy.shape, dtype=np.uint8),
-    }
-    full["t1"][crop] = t1
-    full["brain"][crop] = brain
-    full["ventricles"][crop] = ventricles
-    tissue_crop = np.zeros(crop_shape, dtype=np.uint8)
-    tissue_crop[brain] = (np.argmax(memberships, axis=1) + 1).astype(np.uint8)
-    full["tissue"][crop] = tissue_crop
-    structures_full: dict[str, np.ndarray] = {}
-    for name, mask in structures_crop.items():
-        structures_full[name] = np.zeros(anatomy.shape, dtype=bool)
-        structures_full[name][crop] = mask
+    segmentation[crop.region] = seg_crop
+    truth = _case_truth(
+        seed, case_id, params, anatomy, drawn, placement, crop, tissue, tumour, segmentation
+    )
     logger.debug("generated %s (seed %d) in %.2f s", case_id, seed, time.perf_counter() - start)
     case = PhantomCase(
-        case_id=case_id, images=images, segmentation=segmentation, affine=affine, truth=truth
+        case_id=case_id,
+        images=images,
+        segmentation=segmentation,
+        affine=np.array(anatomy.affine, dtype=np.float64),
+        truth=truth,
     )
-    return case, WarpedAnatomy(**full, structures=structures_full)
+    return case, _full_grid_anatomy(anatomy.shape, crop, tissue)
 
 
 def generate_case(

@@ -143,7 +143,7 @@ def smooth_random_field(
         field = coarse
     field = field - np.float32(field.mean())
     std = float(field.std())
-    return (field / np.float32(std if std > 0 else 1.0)).astype(np.float32, copy=False)
+    return np.asarray(field / np.float32(std if std > 0 else 1.0), dtype=np.float32)
 
 
 def ellipsoid_signed_distance(
@@ -196,7 +196,7 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
         return mask
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    return labels == int(np.argmax(sizes))
+    return np.asarray(labels == int(np.argmax(sizes)))
 
 
 def _components_touching(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
@@ -206,7 +206,7 @@ def _components_touching(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
     keep = np.zeros(count + 1, dtype=bool)
     keep[np.unique(labels[seed & mask])] = True
     keep[0] = False
-    return keep[labels]
+    return np.asarray(keep[labels])
 
 
 def build_tumour_labels(

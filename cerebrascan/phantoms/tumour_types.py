@@ -77,6 +77,44 @@ def check_type_weights(type_probs: Mapping[str, float], known: Sequence[str]) ->
         )
 
 
+#: key of ``type_probs`` for the generic glioma-like phantom (``PhantomParams.tumour_type=None``)
+GENERIC_TYPE = "generic"
+
+
+def check_type_probs(type_probs: Mapping[str, float]) -> None:
+    """Raise ``ValueError`` unless ``type_probs`` weighs known tumour types.
+
+    Args:
+        type_probs: weight of each type: ``"generic"`` or a name of :data:`ALL_TUMOUR_TYPES`.
+    """
+    check_type_weights(type_probs, (GENERIC_TYPE, *ALL_TUMOUR_TYPES))
+
+
+def case_tumour_type(seed: int, index: int, type_probs: Mapping[str, float]) -> str:
+    """The tumour type of case ``index`` of a typed cohort, independent of the cohort size.
+
+    Drawn from a stream of its own, so the case's image streams
+    (:func:`cerebrascan.phantoms.generator.case_seed`) are the same as in an untyped cohort of
+    the same seed.
+
+    Args:
+        seed: the cohort seed.
+        index: the case index.
+        type_probs: weight of each type (:func:`check_type_probs`).
+
+    Returns:
+        ``"generic"`` or a tumour type.
+
+    Raises:
+        ValueError: bad ``type_probs``.
+    """
+    check_type_probs(type_probs)
+    names = sorted(type_probs)
+    weights = np.asarray([type_probs[name] for name in names], dtype=float)
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index, 104729)))
+    return str(rng.choice(names, p=weights / weights.sum()))
+
+
 #: Midline of the SRI24 grid (voxel index along x; RAS x = -i, midline at x = -119.5 mm).
 _MIDLINE_VOXEL_X = 119.5
 

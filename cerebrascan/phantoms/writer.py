@@ -18,37 +18,11 @@ import numpy as np
 
 from cerebrascan.phantoms.contrasts import MODALITIES
 from cerebrascan.phantoms.generator import PhantomCase, PhantomParams, case_seed, generate_case
-from cerebrascan.phantoms.tumour_types import ALL_TUMOUR_TYPES, check_type_weights
+from cerebrascan.phantoms.tumour_types import GENERIC_TYPE, case_tumour_type, check_type_probs
 
 logger = logging.getLogger(__name__)
 
 _DEFAULT_PARAMS = PhantomParams()
-
-#: key of ``type_probs`` for the generic glioma-like phantom (``PhantomParams.tumour_type=None``)
-GENERIC_TYPE = "generic"
-
-
-def check_type_probs(type_probs: Mapping[str, float]) -> None:
-    """Raise ``ValueError`` unless ``type_probs`` weighs known tumour types.
-
-    Args:
-        type_probs: weight of each type: ``"generic"`` or a name of
-            :data:`cerebrascan.phantoms.tumour_types.ALL_TUMOUR_TYPES`.
-    """
-    check_type_weights(type_probs, (GENERIC_TYPE, *ALL_TUMOUR_TYPES))
-
-
-def case_tumour_type(seed: int, index: int, type_probs: Mapping[str, float]) -> str:
-    """The tumour type of case ``index`` of a typed cohort, independent of the cohort size.
-
-    Drawn from a stream of its own, so the case's image streams (:func:`case_seed`) are the
-    same as in an untyped cohort of the same seed.
-    """
-    check_type_probs(type_probs)
-    names = sorted(type_probs)
-    weights = np.asarray([type_probs[name] for name in names], dtype=float)
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index, 104729)))
-    return str(rng.choice(names, p=weights / weights.sum()))
 
 
 def _nifti(data: np.ndarray, affine: np.ndarray, dtype: type) -> nib.Nifti1Image:
@@ -116,7 +90,8 @@ def write_cohort(
         params: generator knobs.
         prefix: case-id prefix (letters, digits, ``.``, ``_``, ``-``).
         type_probs: None renders every case with ``params``; otherwise each case's tumour
-            type is drawn with these weights (:func:`case_tumour_type`; ``"generic"`` is
+            type is drawn with these weights
+            (:func:`cerebrascan.phantoms.tumour_types.case_tumour_type`; ``"generic"`` is
             ``params`` as given) and set on ``params``.
 
     Returns:

@@ -7,7 +7,8 @@ this module feeds it in-memory images and flattens its answer:
   default :data:`DEFAULT_PARAMS_FILE`, ``params/brats_ibsi.yaml``), or a copy of a dict.
 - :func:`make_extractor` validates parameters (pyradiomics' own schema) into an extractor.
 - :func:`extract_features` runs it on a SimpleITK image and mask; :func:`extract_array_features`
-  on ``(x, y, z)`` numpy arrays with a :class:`Geometry` (or a RAS affine, or voxel sizes).
+  on ``(x, y, z)`` numpy arrays with a :class:`~cerebrascan.imaging.sitk_images.Geometry` (or a
+  RAS affine, or voxel sizes).
   Both return ``{"original_firstorder_Mean": ..., ...}`` as floats, diagnostics dropped.
 - :func:`extract_regions` does so for each sub-region (NETC, SNFH, ET, TC, WT of BraTS labels
   1/2/3) and each modality, keyed ``"{region}_{modality}_{feature}"``; regions that are empty,
@@ -26,7 +27,6 @@ from __future__ import annotations
 import copy
 import importlib
 import logging
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -38,7 +38,8 @@ import numpy.typing as npt
 import SimpleITK as sitk  # noqa: N813 (the name SimpleITK documents)
 import yaml
 
-from cerebrascan.regions import STRUCTURES, structure_mask
+from cerebrascan.imaging.regions import STRUCTURES, structure_mask
+from cerebrascan.imaging.sitk_images import Geometry, as_geometry, to_sitk
 
 logger = logging.getLogger(__name__)
 
@@ -54,120 +55,8 @@ MIN_REGION_VOXELS = 10
 ParamsSource = Mapping[str, Any] | str | os.PathLike[str]
 """A pyradiomics parameter dict, or the path of a parameter YAML file."""
 
-_LPS = np.diag([-1.0, -1.0, 1.0])
 _DIAGNOSTICS_PREFIX = "diagnostics_"
 _BRATS_LABEL_VALUES = (0, 1, 2, 3)
-_IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """Where an ``(x, y, z)`` voxel array lies in space, in SimpleITK's (LPS) terms.
-
-    Attributes:
-        spacing: voxel size in mm along the array axes x, y, z.
-        origin: LPS position (mm) of voxel ``(0, 0, 0)``'s centre.
-        direction: 3x3 direction cosines, row-major (SimpleITK's ``GetDirection()``): column
-            ``i`` is the LPS direction of array axis ``i``.
-    """
-
-    spacing: tuple[float, float, float]
-    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    direction: tuple[float, ...] = _IDENTITY
-
-    def __post_init__(self) -> None:
-        spacing = tuple(float(v) for v in self.spacing)
-        origin = tuple(float(v) for v in self.origin)
-        direction = tuple(float(v) for v in self.direction)
-        if len(spacing) != 3 or not all(math.isfinite(v) and v > 0 for v in spacing):
-            raise ValueError(f"spacing must be 3 finite voxel sizes > 0 mm, got {self.spacing!r}")
-        if len(origin) != 3 or not all(math.isfinite(v) for v in origin):
-            raise ValueError(f"origin must be 3 finite coordinates (mm), got {self.origin!r}")
-        matrix = np.asarray(direction, dtype=np.float64)
-        if (
-            matrix.size != 9
-            or not np.isfinite(matrix).all()
-            or abs(np.linalg.det(matrix.reshape(3, 3))) < 1e-6
-        ):
-            raise ValueError(
-                "direction must be 9 finite values of an invertible 3x3 matrix, "
-                f"got {self.direction!r}"
-            )
-        object.__setattr__(self, "spacing", spacing)
-        object.__setattr__(self, "origin", origin)
-        object.__setattr__(self, "direction", direction)
-
-    @classmethod
-    def from_affine(cls, affine: npt.ArrayLike) -> Geometry:
-        """Geometry of a voxel-to-RAS affine (nibabel's ``img.affine``), converted to LPS.
-
-        Raises:
-            ValueError: ``affine`` is not a finite, invertible 4x4 matrix.
-        """
-        matrix = np.asarray(affine, dtype=np.float64)
-        if matrix.shape != (4, 4) or not np.isfinite(matrix).all():
-            raise ValueError(f"affine must be a finite 4x4 matrix, got {matrix.tolist()!r}")
-        spacing = np.sqrt((matrix[:3, :3] ** 2).sum(axis=0))
-        if not (spacing > 0).all():
-            raise ValueError(f"affine has a zero voxel size, got {matrix.tolist()!r}")
-        direction = _LPS @ (matrix[:3, :3] / spacing)
-        origin = _LPS @ matrix[:3, 3]
-        return cls(
-            spacing=(float(spacing[0]), float(spacing[1]), float(spacing[2])),
-            origin=(float(origin[0]), float(origin[1]), float(origin[2])),
-            direction=tuple(float(v) for v in direction.ravel()),
-        )
-
-    @classmethod
-    def from_image(cls, image: sitk.Image) -> Geometry:
-        """Geometry of a 3D SimpleITK image."""
-        if image.GetDimension() != 3:
-            raise ValueError(f"image must be 3D, got {image.GetDimension()}D")
-        sx, sy, sz = image.GetSpacing()
-        ox, oy, oz = image.GetOrigin()
-        return cls(spacing=(sx, sy, sz), origin=(ox, oy, oz), direction=image.GetDirection())
-
-    @property
-    def voxel_volume_mm3(self) -> float:
-        """Volume of one voxel in mm³."""
-        return float(np.prod(self.spacing))
-
-
-def as_geometry(geometry: Geometry | npt.ArrayLike) -> Geometry:
-    """A :class:`Geometry` from itself, a 4x4 voxel-to-RAS affine, or 3 voxel sizes (mm).
-
-    Voxel sizes alone give an axis-aligned grid with its first voxel at the origin.
-
-    Raises:
-        ValueError: ``geometry`` is neither, or holds bad values (named in the message).
-    """
-    if isinstance(geometry, Geometry):
-        return geometry
-    values = np.asarray(geometry, dtype=np.float64)
-    if values.shape == (4, 4):
-        return Geometry.from_affine(values)
-    if values.shape == (3,):
-        return Geometry(spacing=(float(values[0]), float(values[1]), float(values[2])))
-    raise ValueError(
-        f"geometry must be a Geometry, a 4x4 affine or 3 voxel sizes, got shape {values.shape}"
-    )
-
-
-def to_sitk(array: npt.ArrayLike, geometry: Geometry | npt.ArrayLike) -> sitk.Image:
-    """SimpleITK image of an ``(x, y, z)`` array placed by ``geometry`` (see :func:`as_geometry`).
-
-    Raises:
-        ValueError: ``array`` is not 3D, or ``geometry`` is bad.
-    """
-    grid = as_geometry(geometry)
-    voxels = np.asarray(array)
-    if voxels.ndim != 3:
-        raise ValueError(f"array must be 3D (x, y, z), got shape {voxels.shape}")
-    image = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(voxels, (2, 1, 0))))
-    image.SetSpacing(grid.spacing)
-    image.SetOrigin(grid.origin)
-    image.SetDirection(grid.direction)
-    return image
 
 
 def load_params(source: ParamsSource | None = None) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from cerebrascan.settings_report import ReportSettings
+from cerebrascan.report.settings import ReportSettings
 from schemas.report import OverlayImage, StudyReport, WriterName, WriterRecord
 
 from . import findings as sections

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, Field, ValidationError
 
-from cerebrascan.settings_report import ReportSettings
+from cerebrascan.report.settings import ReportSettings
 from schemas.report import Narrative, StudyReport, WriterRecord
 
 from . import template_writer

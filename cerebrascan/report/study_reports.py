@@ -14,8 +14,8 @@ import numpy as np
 import numpy.typing as npt
 
 from cerebrascan.errors import InputError
-from cerebrascan.settings_report import ReportSettings
-from cerebrascan.study_store import RESULT_FILE, SEGMENTATION_FILE, StudyStore
+from cerebrascan.report.settings import ReportSettings
+from cerebrascan.store.artefacts import RESULT_FILE, SEGMENTATION_FILE, StudyArtefacts
 from schemas.report import OverlayImage, ReportFormat, StudyReport, WriterName
 
 from . import render
@@ -56,7 +56,7 @@ class StudyReports:
         settings: writer selection and LLM endpoint.
     """
 
-    def __init__(self, store: StudyStore, settings: ReportSettings) -> None:
+    def __init__(self, store: StudyArtefacts, settings: ReportSettings) -> None:
         self.store = store
         self.settings = settings
 

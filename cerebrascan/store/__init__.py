@@ -5,7 +5,7 @@ when the repository opens.
 """
 
 from cerebrascan.store.patient_ids import PatientIdError, normalise_patient_id
-from cerebrascan.store.repository import StudyRecord, StudyRepository, create_store_engine
+from cerebrascan.store.records import StudyRecord, StudyRepository, create_store_engine
 
 __all__ = [
     "PatientIdError",

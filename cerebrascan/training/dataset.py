@@ -9,7 +9,7 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from cerebrascan.imaging.preprocess import preprocess_images
-from cerebrascan.imaging.study import Study
+from cerebrascan.inputs.study import Study
 
 
 @dataclass(frozen=True)

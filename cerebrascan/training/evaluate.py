@@ -9,18 +9,18 @@ from typing import Any
 
 import numpy as np
 
-from cerebrascan.imaging.case_folder import (
+from cerebrascan.imaging.regions import volumes_ml
+from cerebrascan.inputs.case_folder import (
     list_cases,
     read_case,
     read_labels,
     read_phantom_tumour_type,
 )
-from cerebrascan.regions import volumes_ml
 from cerebrascan.segmentation import segment_study
-from cerebrascan.settings import RunnerSettings
 from cerebrascan.training.metrics import REGIONS, region_metrics
 from cerebrascan.training.params import PipelineParams
 from runners.onnx_runner import OnnxSegmentationRunner
+from runners.settings import RunnerSettings
 from schemas.model_spec import ModelSpec
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from cerebrascan.regions import structure_mask
+from cerebrascan.imaging.regions import structure_mask
 
 EMPTY_HD95_MM = 373.0
 REGIONS: tuple[str, ...] = ("WT", "TC", "ET")
@@ -31,7 +31,7 @@ def dice(prediction: BoolArray, reference: BoolArray) -> float:
 
 def _surface(mask: BoolArray) -> BoolArray:
     structure = np.ones((3, 3, 3), dtype=bool)
-    return mask & ~ndimage.binary_erosion(mask, structure=structure, border_value=0)
+    return np.asarray(mask & ~ndimage.binary_erosion(mask, structure=structure, border_value=0))
 
 
 def hd95(

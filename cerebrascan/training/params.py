@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, Field, field_validator
 
-from cerebrascan.phantoms.writer import check_type_probs
+from cerebrascan.phantoms.tumour_types import check_type_probs
 
 
 class PhantomStageParams(BaseModel):

@@ -12,7 +12,7 @@ import torch
 from mlflow.entities import Param
 from torch import nn
 
-from cerebrascan.imaging.case_folder import list_cases, read_case, read_labels
+from cerebrascan.inputs.case_folder import list_cases, read_case, read_labels
 from cerebrascan.registry import client_for, ensure_experiment
 from cerebrascan.settings import Settings
 from cerebrascan.training.dataset import TrainingCase, augment, sample_patch, to_training_case

@@ -1,30 +1,30 @@
 """Shared parts of the built-in ``classification`` and ``radiogenomics`` analyzers.
 
-Not a plugin (no hook implementation). Result models, options and the one routine both
-analyzers run: check the tumour, map the atlas (shared with ``nogo``), compute the study's
+Not a plugin (no hook implementation). Result models, options, the task models resolved once
+(:class:`TaskModels`), the analyzer base both extend (:class:`ClassifierAnalyzer`) and the one
+routine they run: check the tumour, map the atlas (shared with ``nogo``), compute the study's
 features once, then assess each task's registered model (out-of-distribution check first).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from cerebrascan.classifiers.model_registry import ClassifierNotAvailableError, LoadedClassifier
 from cerebrascan.classifiers.segmentation_quality import UNCERTAIN_BAND, segmentation_uncertainty
 from cerebrascan.classifiers.serving import RESEARCH_NOTICE, Assessment, assess, study_features
-from cerebrascan.classifiers.store import (
-    ClassifierNotAvailableError,
-    LoadedClassifier,
-    resolve_classifier,
-)
-from cerebrascan.settings import ClassifierSettings, Settings
-from plugins.analyzer import AnalysisContext
+from cerebrascan.classifiers.settings import ClassifierSettings
+from plugins.analyzer import AnalysisContext, Analyzer, Need
 from plugins.builtin._support import channel, segmentation_of, voxel_volume_ml
 from plugins.builtin.nogo import AtlasOptions, RegistrationInfo, map_atlas, registration_info
+from plugins.settings import ClassifierResolver
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +149,48 @@ def prediction_of(task: str, model: LoadedClassifier, answer: Assessment) -> Tas
     )
 
 
+class TaskModels:
+    """The registered models of some tasks, resolved once, when the analyzer is built.
+
+    The host builds its analyzers anew on reload, so a promoted champion is picked up then
+    (``POST /admin/models/promote``, ``POST /admin/plugins/reload``). While the registry has
+    no usable model for a task, each study asks again (and is "not assessable" until one is
+    registered); once resolved, the models stay until the next reload.
+
+    Args:
+        tasks: the tasks, in answer order.
+        resolve: loads a task's registered model; None: no registry (never assessable).
+    """
+
+    def __init__(self, tasks: tuple[str, ...], resolve: ClassifierResolver | None) -> None:
+        self.tasks = tasks
+        self._resolve = resolve
+        self._lock = threading.Lock()
+        self._models: dict[str, LoadedClassifier] | None = None
+        try:
+            self._models = self._resolve_all()
+        except ClassifierNotAvailableError as exc:
+            logger.info("classifiers %s not resolved at start: %s", list(tasks), exc)
+        except Exception:  # an unreachable registry: retried (and reported) per study
+            logger.warning("classifiers %s not resolved at start", list(tasks), exc_info=True)
+
+    def _resolve_all(self) -> dict[str, LoadedClassifier]:
+        if self._resolve is None:
+            raise ClassifierNotAvailableError("no classifier registry configured")
+        return {task: self._resolve(task) for task in self.tasks}
+
+    def models(self) -> dict[str, LoadedClassifier]:
+        """Task -> its loaded model.
+
+        Raises:
+            ClassifierNotAvailableError: a task has no usable registered model (yet).
+        """
+        with self._lock:
+            if self._models is None:
+                self._models = self._resolve_all()
+            return self._models
+
+
 @dataclass
 class StudyRun:
     """What :func:`run_tasks` found for a study."""
@@ -160,25 +202,25 @@ class StudyRun:
 def run_tasks(
     context: AnalysisContext,
     options: ClassifierOptions,
-    tasks: tuple[str, ...],
+    task_models: TaskModels,
     settings: ClassifierSettings,
-    full_settings: Settings,
     *,
     precondition: str | None = None,
 ) -> StudyRun:
-    """Assess ``tasks`` for a study; every failure of a precondition is 'not assessable'.
+    """Assess the tasks of ``task_models`` for a study; every failure of a precondition is
+    'not assessable'.
 
     Args:
         context: the analysis context (images and segmentation).
         options: validated options.
-        tasks: tasks to answer, in order.
+        task_models: the tasks to answer, in order, and their resolved models.
         settings: the classifier settings.
-        full_settings: the server settings (registry location).
         precondition: a reason that makes every task not assessable (e.g. not a glioma).
 
     Raises:
         ValueError: missing images or segmentation, or mismatched grids.
     """
+    tasks = task_models.tasks
     segmentation = segmentation_of(context, channel(context, "t1n").shape)
     volume_ml = float(np.count_nonzero(segmentation)) * voxel_volume_ml(context.affine)
     uncertainty: float | None = None
@@ -215,13 +257,11 @@ def run_tasks(
             f"the tumour ({uncertainty:.2f} voxels at {low}-{high} tumour probability per "
             f"segmented voxel > {limit})"
         )
-    models: dict[str, LoadedClassifier] = {}
-    for task in tasks:
-        try:
-            models[task] = resolve_classifier(full_settings, task)
-        except ClassifierNotAvailableError as exc:
-            logger.warning("classifier %s unavailable: %s", task, exc)
-            return nothing(f"not assessable: model not installed ({exc})")
+    try:
+        models = task_models.models()
+    except ClassifierNotAvailableError as exc:
+        logger.warning("classifiers %s unavailable: %s", list(tasks), exc)
+        return nothing(f"not assessable: model not installed ({exc})")
     started = time.perf_counter()
     mapping = map_atlas(context, options)
     images = context.images
@@ -268,3 +308,50 @@ def run_tasks(
         ),
         assessments,
     )
+
+
+class ClassifierAnalyzer(Analyzer):
+    """Base of the analyzers answering registered classifier tasks (not registered itself).
+
+    A subclass sets ``name``, ``version`` and ``tasks`` and may override :meth:`precondition`.
+
+    Args:
+        settings: the ``classifiers`` section.
+        resolve: loads a task's registered model (the server's registry); None: no registry,
+            every task is "not assessable".
+    """
+
+    tasks: ClassVar[tuple[str, ...]]
+    result_model = ClassifierResult
+    options_model = ClassifierOptions
+    # probabilities: the segmentation-uncertainty check (skipped when a model gives none)
+    needs: ClassVar[frozenset[Need]] = frozenset(
+        {Need.IMAGES, Need.SEGMENTATION, Need.PROBABILITIES}
+    )
+    timeout_s = 60.0
+
+    def __init__(
+        self, settings: ClassifierSettings | None = None, resolve: ClassifierResolver | None = None
+    ) -> None:
+        self.settings = settings if settings is not None else ClassifierSettings()
+        self.task_models = TaskModels(self.tasks, resolve)
+
+    def precondition(self, context: AnalysisContext) -> str | None:
+        """Why no task can be assessed for this study before looking at it (None: go on)."""
+        return None
+
+    def analyze(self, context: AnalysisContext) -> ClassifierResult:
+        """Assess this analyzer's tasks on the study's tumour (research use only).
+
+        Raises:
+            TypeError: options not validated by the host.
+            ValueError: missing images or segmentation, mismatched grids.
+        """
+        options = context.options_as(ClassifierOptions)
+        return run_tasks(
+            context,
+            options,
+            self.task_models,
+            self.settings,
+            precondition=self.precondition(context),
+        ).result

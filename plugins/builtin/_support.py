@@ -1,33 +1,18 @@
-"""Small helpers shared by the built-in analyzers ``nogo``, ``hotspot`` and ``quality``.
+"""Small helpers shared by the built-in analyzers (``nogo``, ``hotspot``, ``quality``, ...).
 
 Not a plugin (no hook implementation): nothing here is registered with the host.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ValidationError
 
-from cerebrascan.atlas import SRI24_STRUCTURES
+from cerebrascan.atlas.files import SRI24_STRUCTURES
+from cerebrascan.imaging.regions import volumes_ml
 from plugins.analyzer import AnalysisContext
-
-ModelT = TypeVar("ModelT", bound=BaseModel)
-
-
-def parse_options(model: type[ModelT], options: Mapping[str, Any] | None, analyzer: str) -> ModelT:
-    """Validate an analyzer's options (the host validates too; unit tests pass raw dicts).
-
-    Raises:
-        ValueError: naming the analyzer and pydantic's description of the bad values.
-    """
-    try:
-        return model.model_validate(dict(options or {}))
-    except ValidationError as exc:
-        raise ValueError(f"invalid options for analyzer {analyzer!r}: {exc}") from exc
 
 
 def channel(context: AnalysisContext, modality: str) -> npt.NDArray[np.float32]:
@@ -65,6 +50,22 @@ def segmentation_of(context: AnalysisContext, shape: tuple[int, ...]) -> npt.NDA
             f"segmentation shape {segmentation.shape} differs from the images' {tuple(shape)}"
         )
     return segmentation
+
+
+def segmentation_volumes(context: AnalysisContext) -> dict[str, float]:
+    """The segmentation's volumes (mL) per label and region: the pipeline's, when it gave them.
+
+    Measured here only for a caller that gave none (a unit test, another host), with the same
+    function as the pipeline, so the answer and every analyzer report one set of figures.
+
+    Raises:
+        ValueError: if the context has no segmentation.
+    """
+    if context.volumes_ml is not None:
+        return dict(context.volumes_ml)
+    if context.segmentation is None:
+        raise ValueError("the analysis context has no segmentation")
+    return volumes_ml(context.segmentation, context.spacing_mm)
 
 
 def bounding_box(mask: npt.NDArray[np.bool_], margin: int = 0) -> tuple[slice, slice, slice] | None:

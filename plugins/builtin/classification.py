@@ -3,7 +3,8 @@
 For the tumour of the predicted segmentation the analyzer computes one feature vector
 (:mod:`cerebrascan.classifiers.features`: pyradiomics per sub-region and modality, location
 through the SRI24 atlas, the patient's age when given) and asks two registered models
-(``classifiers.model_names``, alias ``classifiers.alias``, loaded from the MLflow registry):
+(``classifiers.model_names``, alias ``classifiers.alias``, loaded from the MLflow registry once
+when the analyzer is built, and again when the host reloads, e.g. after a promotion):
 
 * ``tumour_type``: glioma, meningioma, pituitary adenoma, schwannoma, medulloblastoma or
   ependymoma;
@@ -25,42 +26,23 @@ registration mode).
 
 from __future__ import annotations
 
-from typing import ClassVar
-
-from cerebrascan.settings import Settings
-from plugins.analyzer import AnalysisContext, Analyzer, Need
-from plugins.builtin._classifiers import ClassifierOptions, ClassifierResult, run_tasks
-from plugins.builtin._support import parse_options
+from plugins.analyzer import Analyzer
+from plugins.builtin._classifiers import ClassifierAnalyzer
 from plugins.hookspecs import hookimpl
+from plugins.settings import AnalyzerSettings
 
 TASKS: tuple[str, ...] = ("tumour_type", "grade")
 
 
-class ClassificationAnalyzer(Analyzer):
+class ClassificationAnalyzer(ClassifierAnalyzer):
     """Tumour type and grade with calibrated probabilities and an out-of-distribution check."""
 
     name = "classification"
     version = "1.0.0"
-    result_model = ClassifierResult
-    options_model = ClassifierOptions
-    # probabilities: the segmentation-uncertainty check (skipped when a model gives none)
-    needs: ClassVar[frozenset[Need]] = frozenset(
-        {Need.IMAGES, Need.SEGMENTATION, Need.PROBABILITIES}
-    )
-    timeout_s = 60.0
-
-    def analyze(self, context: AnalysisContext) -> ClassifierResult:
-        """Assess tumour type and grade of the study's tumour.
-
-        Raises:
-            ValueError: invalid options, missing images or segmentation, mismatched grids.
-        """
-        options = parse_options(ClassifierOptions, context.options, self.name)
-        settings = Settings()
-        return run_tasks(context, options, TASKS, settings.classifiers, settings).result
+    tasks = TASKS
 
 
 @hookimpl
-def register_analyzers() -> list[Analyzer]:
-    """The classification analyzer."""
-    return [ClassificationAnalyzer()]
+def register_analyzers(settings: AnalyzerSettings) -> list[Analyzer]:
+    """The classification analyzer, its models resolved from the server's registry now."""
+    return [ClassificationAnalyzer(settings.classifiers, settings.resolve_classifier)]

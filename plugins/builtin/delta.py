@@ -21,22 +21,19 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, Field
 
-from cerebrascan.longitudinal import (
+from cerebrascan.imaging.geometry import spacing_from_affine
+from cerebrascan.imaging.regions import STRUCTURES, structure_mask
+from cerebrascan.longitudinal.registration import metric_mask, register_visits, resample_labels
+from cerebrascan.longitudinal.response import (
+    ResponseAssessment,
     change_map,
-    classify_response,
+    classify_follow_up,
     growth_figures,
     new_lesions,
 )
-from cerebrascan.regions import STRUCTURES, structure_mask, volumes_ml
-from cerebrascan.settings import LongitudinalSettings
-from cerebrascan.visit_registration import (
-    metric_mask,
-    register_visits,
-    resample_labels,
-    voxel_spacing,
-)
+from cerebrascan.longitudinal.settings import LongitudinalSettings
 from plugins.analyzer import AnalysisContext, Analyzer, Need, PriorStudy
-from plugins.builtin._support import channel
+from plugins.builtin._support import channel, segmentation_volumes
 from plugins.hookspecs import hookimpl
 
 logger = logging.getLogger(__name__)
@@ -172,7 +169,7 @@ class DeltaAnalyzer(Analyzer):
         if labels is None:
             raise ValueError("the analysis context has no segmentation")
         criteria = history.criteria
-        current_volumes = volumes_ml(labels, context.spacing_mm)
+        current_volumes = segmentation_volumes(context)
         prior = history.priors[-1]
         baseline = history.priors[0]
         region = criteria.response_region
@@ -184,8 +181,9 @@ class DeltaAnalyzer(Analyzer):
                 "not the current model; volume changes mix disease and model differences"
             )
         image = channel(context, criteria.registration_modality)
-        spacing = voxel_spacing(context.affine)
+        spacing = spacing_from_affine(context.affine)
         current_mask = metric_mask(image, labels > 0, spacing)
+        days = _days(history.study_date, prior.study_date)
         registered = _registered_labels(context, prior, image, current_mask, criteria, warnings)
         regions = _region_deltas(
             prior,
@@ -193,18 +191,12 @@ class DeltaAnalyzer(Analyzer):
             labels,
             registered[0] if registered is not None else None,
             float(np.prod(context.spacing_mm)) / 1000.0,
-            _days(history.study_date, prior.study_date),
+            days,
         )
         lesions_vs_previous: list[float] = []
         if registered is not None:
             prior_labels = registered[0]
-            lesions_vs_previous = new_lesions(
-                prior_labels > 0,
-                labels > 0,
-                spacing,
-                margin_mm=criteria.new_lesion_margin_mm,
-                min_ml=criteria.new_lesion_min_ml,
-            )
+            lesions_vs_previous = _new_lesions(prior_labels, labels, spacing, criteria)
             context.artefacts.write_nifti(
                 "change_map",
                 change_map(prior_labels > 0, labels > 0),
@@ -216,30 +208,16 @@ class DeltaAnalyzer(Analyzer):
                 context, baseline, image, current_mask, criteria, warnings
             )
             if registered_baseline is not None:
-                lesions_vs_baseline = new_lesions(
-                    registered_baseline[0] > 0,
-                    labels > 0,
-                    spacing,
-                    margin_mm=criteria.new_lesion_margin_mm,
-                    min_ml=criteria.new_lesion_min_ml,
+                lesions_vs_baseline = _new_lesions(
+                    registered_baseline[0], labels, spacing, criteria
                 )
-        current_ml = current_volumes[region]
-        previous_ml = prior.volumes_ml.get(region, 0.0)
-        vs_previous = classify_response(
-            current_ml,
-            baseline_ml=previous_ml,
-            nadir_ml=previous_ml,
-            new_lesion=bool(lesions_vs_previous),
+        responses = classify_follow_up(
+            current_volumes[region],
+            [p.volumes_ml.get(region, 0.0) for p in history.priors],
+            new_lesion_vs_previous=bool(lesions_vs_previous),
+            new_lesion_since_baseline=bool(lesions_vs_baseline),
             criteria=criteria,
         )
-        overall = classify_response(
-            current_ml,
-            baseline_ml=baseline.volumes_ml.get(region, 0.0),
-            nadir_ml=nadir.volumes_ml.get(region, 0.0),
-            new_lesion=bool(lesions_vs_baseline),
-            criteria=criteria,
-        )
-        days = _days(history.study_date, prior.study_date)
         return DeltaResult(
             computed=True,
             reason=None,
@@ -259,19 +237,35 @@ class DeltaAnalyzer(Analyzer):
             baseline_ml=baseline.volumes_ml.get(region, 0.0),
             nadir_study_id=nadir.study_id,
             nadir_ml=nadir.volumes_ml.get(region, 0.0),
-            response_vs_previous=ResponseResult(
-                category=vs_previous.category,
-                reason=vs_previous.reason,
-                change_vs_reference=vs_previous.change_vs_reference,
-                reference_study_id=prior.study_id,
-            ),
-            response_overall=ResponseResult(
-                category=overall.category,
-                reason=overall.reason,
-                change_vs_reference=overall.change_vs_reference,
-                reference_study_id=baseline.study_id,
-            ),
+            response_vs_previous=_response(responses.vs_previous, prior.study_id),
+            response_overall=_response(responses.overall, baseline.study_id),
         )
+
+
+def _response(assessment: ResponseAssessment, reference_study_id: str) -> ResponseResult:
+    return ResponseResult(
+        category=assessment.category,
+        reason=assessment.reason,
+        change_vs_reference=assessment.change_vs_reference,
+        reference_study_id=reference_study_id,
+    )
+
+
+def _new_lesions(
+    registered_prior: npt.NDArray[np.uint8],
+    labels: npt.NDArray[np.uint8],
+    spacing_mm: tuple[float, float, float],
+    criteria: LongitudinalSettings,
+) -> list[float]:
+    """New lesions of the current tumour against a registered earlier one (thresholds of
+    ``criteria``)."""
+    return new_lesions(
+        registered_prior > 0,
+        labels > 0,
+        spacing_mm,
+        margin_mm=criteria.new_lesion_margin_mm,
+        min_ml=criteria.new_lesion_min_ml,
+    )
 
 
 def _days(current: date | None, prior: date) -> int | None:
@@ -321,7 +315,7 @@ def _registered_labels(
         return None
     prior_image, prior_affine = reference
     prior_labels, labels_affine = prior.load_labels()
-    prior_spacing = voxel_spacing(prior_affine)
+    prior_spacing = spacing_from_affine(prior_affine)
     registration = register_visits(
         image,
         context.affine,

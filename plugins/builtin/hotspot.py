@@ -33,13 +33,13 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from scipy import ndimage
 
-from cerebrascan.atlas import SRI24_STRUCTURES
+from cerebrascan.atlas.files import SRI24_STRUCTURES
+from cerebrascan.imaging.geometry import spacing_from_affine
 from plugins.analyzer import AnalysisContext, Analyzer, Need
 from plugins.builtin._support import (
     bounding_box,
     channel,
     known_structure_names,
-    parse_options,
     segmentation_of,
 )
 from plugins.builtin.nogo import AtlasOptions, map_atlas
@@ -265,7 +265,7 @@ class HotspotAnalyzer(Analyzer):
             ValueError: for invalid options, missing inputs or mismatched grids.
         """
         started = time.perf_counter()
-        options = parse_options(HotspotOptions, context.options, self.name)
+        options = context.options_as(HotspotOptions)
         t1c = channel(context, "t1c")
         t1n = channel(context, "t1n")
         segmentation = segmentation_of(context, t1c.shape)
@@ -274,8 +274,7 @@ class HotspotAnalyzer(Analyzer):
             shape = None if probabilities is None else probabilities.shape
             raise ValueError(f"probabilities must have shape {(4, *t1c.shape)}, got {shape}")
         affine = np.asarray(context.affine, dtype=np.float64)
-        spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
-        spacing_mm = (spacing[0], spacing[1], spacing[2])
+        spacing_mm = spacing_from_affine(affine)
 
         core = (segmentation == 1) | (segmentation == 3)
         region_name: Literal["TC", "WT", "none"] = "TC"

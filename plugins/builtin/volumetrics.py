@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from typing import Literal
 
 import numpy as np
@@ -18,9 +19,10 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 from scipy.spatial.distance import cdist
 
-from cerebrascan.regions import structure_mask, volumes_ml
+from cerebrascan.imaging.geometry import spacing_from_affine
+from cerebrascan.imaging.regions import structure_mask, volumes_ml
 from plugins.analyzer import AnalysisContext, Analyzer, Need
-from plugins.builtin._support import bounding_box
+from plugins.builtin._support import bounding_box, segmentation_volumes
 from plugins.hookspecs import hookimpl
 
 logger = logging.getLogger(__name__)
@@ -140,7 +142,7 @@ class VolumetricsAnalyzer(Analyzer):
         if labels is None or labels.ndim != 3:
             shape = None if labels is None else labels.shape
             raise ValueError(f"volumetrics needs a 3-D segmentation, got shape {shape}")
-        options = VolumetricsOptions.model_validate(dict(context.options))
+        options = context.options_as(VolumetricsOptions)
         affine = np.asarray(context.affine, dtype=np.float64)
         midline = options.midline_x_mm
         if midline is None:
@@ -153,6 +155,7 @@ class VolumetricsAnalyzer(Analyzer):
             context.spacing_mm,
             midline_x_mm=midline,
             midline_tolerance_mm=options.midline_tolerance_mm,
+            volumes=segmentation_volumes(context),
         )
 
 
@@ -169,6 +172,7 @@ def measure(
     *,
     midline_x_mm: float = 0.0,
     midline_tolerance_mm: float = 2.0,
+    volumes: Mapping[str, float] | None = None,
 ) -> VolumetricsResult:
     """Every volumetrics measurement of a BraTS label map.
 
@@ -178,8 +182,10 @@ def measure(
         spacing_mm: voxel size along the array axes.
         midline_x_mm: RAS x of the mid-sagittal plane.
         midline_tolerance_mm: half-width of the 'midline' band.
+        volumes: the label map's volumes (mL) per label and region, when already measured
+            (the pipeline's); measured here when None.
     """
-    volumes = volumes_ml(labels, spacing_mm)
+    volumes = dict(volumes) if volumes is not None else volumes_ml(labels, spacing_mm)
     box = bounding_box(labels > 0)
     if box is None:
         return VolumetricsResult(
@@ -347,8 +353,7 @@ def max_diameter_mm(
 
 def axial_axis(affine: npt.NDArray[np.float64]) -> int:
     """The voxel axis whose direction is closest to scanner S (superior)."""
-    columns = affine[:3, :3]
-    cosines = np.abs(columns[2]) / np.linalg.norm(columns, axis=0)
+    cosines = np.abs(affine[2, :3]) / np.asarray(spacing_from_affine(affine))
     return int(np.argmax(cosines))
 
 
@@ -399,7 +404,8 @@ def rano_measurement(
         normal = np.array([-direction[1], direction[0]])
         along = points @ direction
         across = points @ normal
-        pixel = float(min(np.linalg.norm(columns[:, a]) for a in in_plane))
+        spacing = spacing_from_affine(affine)
+        pixel = min(spacing[a] for a in in_plane)
         bins = np.floor((along - along.min()) / pixel).astype(np.int64)
         order = np.argsort(bins, kind="stable")
         edges = np.flatnonzero(np.diff(bins[order])) + 1
@@ -449,10 +455,10 @@ def surface_area_mm2(
     if method == "marching_cubes":
         from skimage.measure import marching_cubes, mesh_surface_area
 
-        vertices, faces, _, _ = marching_cubes(  # type: ignore[no-untyped-call]
+        vertices, faces, _, _ = marching_cubes(
             padded.astype(np.float32), level=0.5, spacing=tuple(float(s) for s in spacing_mm)
         )
-        return float(mesh_surface_area(vertices, faces)), method  # type: ignore[no-untyped-call]
+        return float(mesh_surface_area(vertices, faces)), method
     if method == "voxel_faces":
         area = 0.0
         for axis in range(3):

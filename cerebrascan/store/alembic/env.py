@@ -31,7 +31,7 @@ def _run() -> None:
         _migrate(connection)
         return
     from cerebrascan.settings import Settings
-    from cerebrascan.store.repository import create_store_engine
+    from cerebrascan.store.records import create_store_engine
 
     url = context.config.get_main_option("sqlalchemy.url") or Settings().store_database_url
     engine = create_store_engine(url)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from cerebrascan_example_plugin import plugin
 
-from cerebrascan.settings import PluginSettings
 from plugins.host import AnalyzerHost
+from plugins.settings import PluginSettings
 from plugins.testing import MemoryArtefactSink, study_inputs
 
 

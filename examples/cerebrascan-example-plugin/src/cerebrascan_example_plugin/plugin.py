@@ -66,7 +66,7 @@ class EdemaIndexAnalyzer(Analyzer):
             raise ValueError("edema_index needs the volumetrics result, got none")
         volumes = volumetrics.model_dump()["volumes_ml"]
         snfh, tc = float(volumes["SNFH"]), float(volumes["TC"])
-        options = EdemaIndexOptions.model_validate(dict(context.options))
+        options = context.options_as(EdemaIndexOptions)  # validated once by the host
         if options.write_mask and context.segmentation is not None:
             context.artefacts.write_nifti(
                 "edema_index_snfh",
@@ -84,5 +84,5 @@ class EdemaIndexAnalyzer(Analyzer):
 
 @hookimpl
 def register_analyzers() -> list[Analyzer]:
-    """This plugin's analyzers."""
+    """This plugin's analyzers (it needs no server settings, so it takes no ``settings``)."""
     return [EdemaIndexAnalyzer()]

@@ -1,0 +1,396 @@
+"""The analysis pipeline: a decoded :class:`Study` -> segment -> analyzers -> store.
+
+Every transport (HTTP NIfTI uploads, gRPC tensors, a case folder, DICOM later) decodes its
+input into a :class:`~cerebrascan.inputs.study.Study` in :mod:`cerebrascan.inputs` and calls
+:meth:`AnalysisPipeline.run`; nothing here reads an upload.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from types import MappingProxyType
+
+import nibabel as nib
+import numpy as np
+import numpy.typing as npt
+
+from cerebrascan.classifiers.model_registry import resolve_classifier
+from cerebrascan.errors import InputError
+from cerebrascan.imaging.regions import volumes_ml
+from cerebrascan.inputs.study import Study
+from cerebrascan.observability import record_study
+from cerebrascan.registry import ResolvedModel
+from cerebrascan.segmentation import segment_study
+from cerebrascan.settings import Settings
+from cerebrascan.store import PatientIdError, StudyRecord, StudyRepository
+from cerebrascan.store.artefacts import (
+    RESULT_FILE,
+    SEGMENTATION_FILE,
+    StudyArtefacts,
+    StudyArtefactSink,
+    artefact_file_name,
+)
+from plugins.analyzer import Need, PatientHistory, PriorStudy
+from plugins.host import BUILTIN_PLUGINS, AnalyzerHost, AnalyzerOptionsError, StudyInputs
+from plugins.settings import AnalyzerSettings
+from runners.factory import build_runner
+from runners.protocol import SegmentationRunner
+from schemas.analysis import AnalyzeOptions, AnalyzeResponse, Geometry, ModelInfo, RegionVolumes
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StudyAnalysis:
+    """What :meth:`AnalysisPipeline.run` gives a transport: the answer and the label map."""
+
+    response: AnalyzeResponse
+    labels: npt.NDArray[np.uint8]
+    """NETC=1 / SNFH=2 / ET=3 on the study's grid (the stored ``segmentation``)."""
+
+
+def build_analyzer_host(
+    settings: Settings, *, builtin_plugins: Sequence[str] = BUILTIN_PLUGINS
+) -> AnalyzerHost:
+    """The analyzer host of a process, configured from its one ``settings`` object.
+
+    Each analyzer gets its section (``classifiers`` with the registry ``settings`` names,
+    ``nogo``, ``longitudinal``) through ``register_analyzers(settings)``; classifier models
+    are resolved as the host builds the analyzers, and again on :meth:`AnalyzerHost.reload`.
+
+    Args:
+        settings: the process's settings.
+        builtin_plugins: modules of the built-in plugins to load (tests load a few).
+    """
+    sections = AnalyzerSettings(
+        classifiers=settings.classifiers,
+        nogo=settings.nogo,
+        longitudinal=settings.longitudinal,
+        resolve_classifier=functools.partial(resolve_classifier, settings),
+    )
+    return AnalyzerHost(
+        settings.plugins, analyzer_settings=sections, builtin_plugins=builtin_plugins
+    )
+
+
+class AnalysisPipeline:
+    """Holds the loaded model and runs one study at a time through every stage.
+
+    Args:
+        settings: server settings (runner, limits, storage, plugins).
+        model: the registry version to serve.
+        host: the analyzer host; default: :func:`build_analyzer_host` of ``settings``.
+        records: the study store (records of studies); default: the one ``settings`` names,
+            migrated to the newest schema.
+        runner_factory: builds the runner of a model (the front service's remote runner);
+            default: the in-process engine ``settings.runner`` names.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        model: ResolvedModel,
+        host: AnalyzerHost | None = None,
+        records: StudyRepository | None = None,
+        runner_factory: Callable[[ResolvedModel], SegmentationRunner] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._swap_lock = threading.Lock()
+        self.model = model
+        # the front service passes a factory for the remote runner service (batching.remote_runner)
+        self._runner_factory = runner_factory
+        self.runner = self._build_runner(model)
+        self.artefacts = StudyArtefacts(settings.studies_dir)
+        self.records = records if records is not None else StudyRepository.from_settings(settings)
+        self.host = host if host is not None else build_analyzer_host(settings)
+
+    def run(
+        self,
+        study: Study,
+        options: AnalyzeOptions,
+        *,
+        serving: tuple[ResolvedModel, SegmentationRunner] | None = None,
+        input_timings_ms: Mapping[str, float] | None = None,
+    ) -> StudyAnalysis:
+        """Segment and analyse one decoded study, store it and answer.
+
+        Args:
+            study: the decoded, checked study (:mod:`cerebrascan.inputs`).
+            options: the request's options.
+            serving: the model and runner the transport read with :attr:`serving` before it
+                decoded, so a study is served by one model from its first byte even if
+                :meth:`swap_model` runs meanwhile; default: those in service now.
+            input_timings_ms: the transport's own stage times (``decode``), reported first.
+
+        Returns:
+            The answer and the label map on the study's grid. A study of a known patient
+            posted again is answered from the store (its stored labels included).
+
+        Raises:
+            InputError: the study's modalities are not the served model's (400),
+                ``options.analyzers`` names an unknown analyzer or holds invalid options (400),
+                or ``options.patient_id`` is refused (422; the message never repeats it).
+        """
+        try:
+            analyzer_options = self.host.validate_options(options.analyzers)
+        except AnalyzerOptionsError as exc:
+            raise InputError(str(exc), status_code=400, field="options") from exc
+        try:
+            patient_key = (
+                self.records.patient_key(options.patient_id) if options.patient_id else None
+            )
+        except PatientIdError as exc:
+            raise InputError(str(exc), status_code=422, field="options") from None
+        # one consistent model and runner for the whole study, even if swap_model runs meanwhile
+        model, runner = serving if serving is not None else self.serving
+        if tuple(study.modalities) != tuple(model.spec.modalities):
+            raise InputError(
+                f"study modalities {list(study.modalities)} are not the served model's "
+                f"{list(model.spec.modalities)}",
+                status_code=400,
+            )
+        timings: dict[str, float] = dict(input_timings_ms or {})
+        # a study of a known patient has a content-derived id: posting it again is idempotent
+        study_id = (
+            study_digest(study, patient_key, options, model)
+            if patient_key is not None
+            else uuid.uuid4().hex
+        )
+        stored = self._stored_response(study_id) if patient_key is not None else None
+        if stored is not None:
+            logger.info("study %s was analysed before; returning the stored result", study_id)
+            labels, _ = self.artefacts.load_labels(study_id)
+            return StudyAnalysis(response=stored, labels=labels)
+        mirror_tta = (
+            self.settings.runner.mirror_tta if options.mirror_tta is None else options.mirror_tta
+        )
+        needs = self.host.needs
+        segmentation = segment_study(
+            study,
+            runner,
+            mirror_tta=mirror_tta,
+            keep_probabilities=Need.PROBABILITIES in needs,
+            tta_disagreement=mirror_tta and Need.TTA_DISAGREEMENT in needs,
+            min_component_ml=self.settings.runner.min_component_ml,
+        )
+        timings.update(segmentation.timings_ms)
+        # one measurement for the answer and every analyzer (one source of truth)
+        volumes = volumes_ml(segmentation.labels, study.spacing)
+        clock = time.perf_counter()
+        outcomes = self.host.run(
+            StudyInputs(
+                study_id=study_id,
+                affine=study.affine,
+                spacing_mm=study.spacing,
+                modalities=study.modalities,
+                images=study.images,
+                segmentation=segmentation.labels,
+                volumes_ml=MappingProxyType(volumes),
+                probabilities=segmentation.probabilities,
+                tta_disagreement=segmentation.tta_disagreement,
+                prior_studies=(
+                    self._patient_history(patient_key, options.study_date, study_id, model)
+                    if Need.PRIOR_STUDIES in needs
+                    else None
+                ),
+            ),
+            artefacts=StudyArtefactSink(self.artefacts, study_id, study.affine, study.shape),
+            options=analyzer_options,
+        )
+        segmentation.probabilities = segmentation.tta_disagreement = None
+        timings["analyzers"] = (time.perf_counter() - clock) * 1000
+        response = AnalyzeResponse(
+            study_id=study_id,
+            created_at=datetime.now(UTC),
+            model=ModelInfo(
+                name=model.name,
+                version=model.version,
+                alias=model.alias,
+                runner=runner.name,
+                providers=runner.providers,
+                precision=runner.precision,
+                precision_note=runner.decision.note,
+                mirror_tta=mirror_tta,
+                trained_on=model.training_data,
+                min_component_ml=self.settings.runner.min_component_ml,
+                removed_islands=segmentation.removed_islands,
+            ),
+            geometry=Geometry(
+                shape=study.shape,
+                spacing_mm=study.spacing,
+                affine=study.affine.tolist(),
+                orientation="".join(nib.aff2axcodes(study.affine)),
+            ),
+            volumes_ml=RegionVolumes(**volumes),
+            timings_ms=timings,
+            segmentation_url=f"/studies/{study_id}/segmentation",
+            analyzers=outcomes,
+        )
+        clock = time.perf_counter()
+        result_json = response.model_dump_json()
+        self.artefacts.save(study_id, segmentation.labels, study.affine, result_json)
+        if patient_key is not None:  # later visits of the patient register to this image
+            self._save_registration_image(study_id, study)
+        self._save_record(response, json.loads(result_json), patient_key, options)
+        timings["store"] = (time.perf_counter() - clock) * 1000
+        response.timings_ms = {k: round(v, 1) for k, v in timings.items()}
+        record_study(timings, outcomes)
+        logger.info("study %s analysed in %s ms", study_id, response.timings_ms)
+        return StudyAnalysis(response=response, labels=segmentation.labels)
+
+    def _build_runner(self, model: ResolvedModel) -> SegmentationRunner:
+        """The runner for ``model``: the factory's, or an in-process engine from settings."""
+        if self._runner_factory is not None:
+            return self._runner_factory(model)
+        return build_runner(
+            model.folder, model.spec, self.settings.runner, self.settings.engine_cache_dir
+        )
+
+    @property
+    def serving(self) -> tuple[ResolvedModel, SegmentationRunner]:
+        """The model and runner in service now, read together."""
+        with self._swap_lock:
+            return self.model, self.runner
+
+    def swap_model(self, model: ResolvedModel) -> ResolvedModel:
+        """Serve ``model`` from now on; studies already running finish on the old one.
+
+        The new runner is built before the swap, so a model that fails to load leaves the
+        old one serving.
+
+        Returns:
+            The model served until now.
+        """
+        runner = self._build_runner(model)
+        with self._swap_lock:
+            previous = self.model
+            self.model, self.runner = model, runner
+        logger.info(
+            "now serving %s version %s (was %s)", model.name, model.version, previous.version
+        )
+        return previous
+
+    def _stored_response(self, study_id: str) -> AnalyzeResponse | None:
+        """The stored answer of an already analysed study, or None."""
+        record = self.records.get_study(study_id)
+        if record is None:
+            return None
+        return AnalyzeResponse.model_validate(record.findings)
+
+    def _patient_history(
+        self,
+        patient_key: str | None,
+        study_date: date | None,
+        study_id: str,
+        model: ResolvedModel,
+    ) -> PatientHistory:
+        """The patient's studies dated before this one, for ``Need.PRIOR_STUDIES`` analyzers."""
+        criteria = self.settings.longitudinal
+        if patient_key is None:
+            return PatientHistory(None, (), criteria, reason="the request has no patient_id")
+        if study_date is None:
+            return PatientHistory(
+                None,
+                (),
+                criteria,
+                reason="the request has no study_date, so earlier studies cannot be ordered",
+            )
+        records = self.records.prior_studies(
+            patient_key, study_date, limit=criteria.max_priors, exclude_study_id=study_id
+        )
+        priors = tuple(self._prior_study(record, model) for record in records)
+        reason = (
+            None
+            if priors
+            else "the patient has no study dated before this one (studies without a date, on "
+            "the same day or later are not priors)"
+        )
+        return PatientHistory(study_date, priors, criteria, reason=reason)
+
+    def _prior_study(self, record: StudyRecord, model: ResolvedModel) -> PriorStudy:
+        volumes = record.findings.get("volumes_ml") or {}
+        if record.study_date is None:  # pragma: no cover - prior_studies() filters these
+            raise ValueError(f"study {record.study_id} has no date")
+        return PriorStudy(
+            study_id=record.study_id,
+            study_date=record.study_date,
+            created_at=record.created_at,
+            model_name=record.model_name,
+            model_version=record.model_version,
+            same_model=(record.model_name, record.model_version) == (model.name, model.version),
+            analyzer_versions=MappingProxyType(dict(record.analyzer_versions)),
+            volumes_ml=MappingProxyType({k: float(v) for k, v in volumes.items()}),
+            load_labels=functools.partial(self.artefacts.load_labels, record.study_id),
+            load_reference_image=functools.partial(
+                self.artefacts.load_registration_image, record.study_id
+            ),
+        )
+
+    def _save_registration_image(self, study_id: str, study: Study) -> None:
+        modality = self.settings.longitudinal.registration_modality
+        if modality not in study.modalities:
+            logger.warning("no %s image: later visits cannot register to this study", modality)
+            return
+        image = study.images[study.modalities.index(modality)]
+        self.artefacts.save_registration_image(study_id, image, study.affine)
+
+    def _save_record(
+        self,
+        response: AnalyzeResponse,
+        findings: dict[str, object],
+        patient_key: str | None,
+        options: AnalyzeOptions,
+    ) -> StudyRecord:
+        """Record the study in the store, with the locations of its artefact files."""
+        folder = self.artefacts.folder(response.study_id)
+        artefacts = {
+            "segmentation": (folder / SEGMENTATION_FILE).as_uri(),
+            "result": (folder / RESULT_FILE).as_uri(),
+        }
+        for outcome in response.analyzers.values():
+            for link in outcome.artefacts:
+                artefacts[link.name] = (folder / artefact_file_name(link.name)).as_uri()
+        return self.records.save_study(
+            response.study_id,
+            findings=findings,
+            model_name=response.model.name,
+            model_version=response.model.version,
+            patient_id=patient_key,
+            study_date=options.study_date,
+            created_at=response.created_at,
+            analyzer_versions={name: o.version for name, o in response.analyzers.items()},
+            artefacts=artefacts,
+        )
+
+    def segmentation_path(self, study_id: str) -> Path:
+        """The stored label map of a study (InputError 404 if unknown)."""
+        return self.artefacts.artefact(study_id, SEGMENTATION_FILE)
+
+    def result_path(self, study_id: str) -> Path:
+        """The stored JSON result of a study (InputError 404 if unknown)."""
+        return self.artefacts.artefact(study_id, RESULT_FILE)
+
+
+def study_digest(
+    study: Study, patient_key: str, options: AnalyzeOptions, model: ResolvedModel
+) -> str:
+    """Content-derived study id (32 hex) of a patient's study: the same images, patient,
+    date and model give the same id, so a study posted twice is stored once."""
+    digest = hashlib.blake2b(digest_size=16)
+    date_text = options.study_date.isoformat() if options.study_date else "-"
+    for part in (patient_key, date_text, model.name, model.version, ",".join(study.modalities)):
+        digest.update(part.encode("utf-8") + b"\0")
+    digest.update(repr(study.images.shape).encode("ascii"))
+    digest.update(study.affine.astype("<f8").tobytes())
+    digest.update(study.images.astype("<f4", copy=False).tobytes())
+    return digest.hexdigest()

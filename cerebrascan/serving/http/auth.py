@@ -1,0 +1,128 @@
+"""ASGI middleware: API keys with roles on every HTTP route (``auth`` settings).
+
+A key comes in ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. Each route needs a role:
+``public`` (health checks; ``/metrics`` unless ``auth.public_metrics`` is false), ``reader``
+(analyses, jobs, studies and their reports, patient timelines, plugins, API docs) or
+``admin`` (``/admin/*``, and anything not in :data:`ROUTE_ROLES`, so a new route is closed
+until it is mapped). No or an unknown key: 401;
+a key whose role is too low: 403. Both answer JSON ``{"error": ...}`` naming what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Literal
+
+from cerebrascan.serving.apikeys import KeyRing, role_allows
+from cerebrascan.serving.settings import AuthSettings
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+Need = Literal["public", "metrics", "reader", "admin"]
+
+logger = logging.getLogger(__name__)
+
+# (path regex, role). First match wins. "metrics" is public or admin by auth.public_metrics.
+ROUTE_ROLES: tuple[tuple[str, Need], ...] = (
+    (r"/(livez|readyz|healthz)", "public"),
+    (r"/metrics", "metrics"),
+    (r"/analyze(/(submit|status|get|retry|cancel))?", "reader"),
+    (r"/studies/[^/]+(/segmentation|/artefacts/[^/]+|/report|/report/overlay\.png)?", "reader"),
+    (r"/patients/[^/]+/timeline", "reader"),
+    (r"/plugins", "reader"),
+    (r"/|/docs\.json|/schema\.json|/static_content/.*", "reader"),
+    (r"/admin/.*", "admin"),
+)
+_COMPILED = tuple((re.compile(f"^(?:{pattern})$"), need) for pattern, need in ROUTE_ROLES)
+
+
+def route_need(path: str) -> Need | None:
+    """The role a path needs by :data:`ROUTE_ROLES`, or None if no entry maps it."""
+    for pattern, need in _COMPILED:
+        if pattern.match(path):
+            return need
+    return None
+
+
+def presented_key(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The API key in ``Authorization: Bearer`` or ``X-API-Key``, or None."""
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+        elif lowered == b"x-api-key" and value.strip():
+            return value.decode("latin-1").strip()
+    return None
+
+
+class ApiKeyMiddleware:
+    """Answer 401 / 403 before the app sees a request without a suitable key.
+
+    Args:
+        app: the ASGI app to protect.
+        settings: the ``auth`` settings; when ``enabled`` is false every request passes.
+    """
+
+    def __init__(self, app: ASGIApp, settings: AuthSettings) -> None:
+        self.app = app
+        self.settings = settings
+        self.keys = KeyRing(settings.api_keys)
+        if not settings.enabled:
+            logger.warning(
+                "API-key access control is off (auth.enabled=false): every route is open"
+            )
+
+    def required_role(self, path: str) -> str | None:
+        """The role ``path`` needs, or None if it is public."""
+        need = route_need(path)
+        if need == "public" or (need == "metrics" and self.settings.public_metrics):
+            return None
+        if need in ("reader", "admin"):
+            return need
+        return "admin"  # metrics when not public, and every unmapped path
+
+    async def _refuse(self, send: Send, status: int, message: str) -> None:
+        body = json.dumps({"error": message}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        if status == 401:
+            headers.append((b"www-authenticate", b'Bearer realm="cerebrascan"'))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.settings.enabled:
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        needed = self.required_role(path)
+        if needed is None:
+            await self.app(scope, receive, send)
+            return
+        key = presented_key(scope.get("headers", []))
+        if key is None:
+            await self._refuse(
+                send, 401, "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key'"
+            )
+            return
+        entry = self.keys.match(key)
+        if entry is None:
+            await self._refuse(send, 401, "invalid API key")
+            return
+        if not role_allows(entry.role, needed):
+            await self._refuse(
+                send,
+                403,
+                f"API key {entry.name!r} has role {entry.role!r}; {path} needs role {needed!r}",
+            )
+            return
+        scope.setdefault("state", {})["api_key_name"] = entry.name
+        await self.app(scope, receive, send)

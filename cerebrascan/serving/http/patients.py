@@ -1,0 +1,96 @@
+"""``GET /patients/{patient_id}/timeline``: a patient's volumes and responses over time.
+
+Mounted into the BentoML service at ``/patients``. The patient id goes through the study
+store's normalisation (a name-like id is hashed with the configured key, or refused): a
+refused id is a 422 whose message never repeats it, an id with no stored study a 404.
+``?format=png`` returns a plot instead of JSON. The id is part of the URL, so the access log's
+copy of such paths is masked (``/patients/***/timeline``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import threading
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from cerebrascan.longitudinal.plot import timeline_png
+from cerebrascan.longitudinal.timeline import build_timeline
+from cerebrascan.settings import Settings
+from cerebrascan.store import PatientIdError, StudyRepository
+
+logger = logging.getLogger(__name__)
+FORMATS = ("json", "png")
+ACCESS_LOGGERS = ("bentoml.access",)
+"""Loggers that print request paths; patient ids in them are masked."""
+_PATIENT_PATH = re.compile(r"(/patients/)[^/\s,)?]+")
+
+
+class PatientIdRedactor(logging.Filter):
+    """Masks the patient id of ``/patients/<id>/...`` paths in log records (access logs)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite the record's message with ``/patients/***``; never drops a record."""
+        message = record.getMessage()
+        if "/patients/" in message:
+            record.msg = _PATIENT_PATH.sub(r"\1***", message)
+            record.args = ()
+        return True
+
+
+def install_access_log_redaction() -> None:
+    """Add :class:`PatientIdRedactor` to the access loggers (once)."""
+    for name in ACCESS_LOGGERS:
+        access = logging.getLogger(name)
+        if not any(isinstance(f, PatientIdRedactor) for f in access.filters):
+            access.addFilter(PatientIdRedactor())
+
+
+def patients_app(settings: Settings, repository: StudyRepository | None = None) -> Starlette:
+    """Route ``GET /{patient_id}/timeline`` (``?format=json`` default, or ``png``).
+
+    Args:
+        settings: the store to read (opened on the first request) and the response criteria.
+        repository: an open study store to use instead (tests).
+    """
+    install_access_log_redaction()
+    lock = threading.Lock()
+    opened: list[StudyRepository] = [repository] if repository is not None else []
+
+    def store() -> StudyRepository:
+        with lock:
+            if not opened:
+                opened.append(StudyRepository.from_settings(settings))
+            return opened[0]
+
+    def answer(raw_id: str, output: str) -> Response:
+        repo = store()
+        try:
+            key = repo.patient_key(raw_id)
+        except PatientIdError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=422)
+        records = repo.studies_for_patient(key)
+        if not records:
+            return JSONResponse({"error": "no stored study for this patient id"}, status_code=404)
+        timeline = build_timeline(key, records, settings.longitudinal)
+        logger.info("timeline of %d visits served", len(timeline.visits))
+        if output == "png":
+            return Response(timeline_png(timeline), media_type="image/png")
+        return JSONResponse(timeline.model_dump(mode="json"))
+
+    async def timeline(request: Request) -> Response:
+        output = request.query_params.get("format", "json")
+        if output not in FORMATS:
+            return JSONResponse(
+                {"error": f"format {output[:20]!r} is not one of {list(FORMATS)}"},
+                status_code=400,
+            )
+        # database reads and plotting block: keep them off the event loop
+        return await asyncio.to_thread(answer, request.path_params["patient_id"], output)
+
+    return Starlette(routes=[Route("/{patient_id}/timeline", timeline, methods=["GET"])])

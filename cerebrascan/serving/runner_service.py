@@ -1,0 +1,576 @@
+"""The runner service: the network in a BentoML service of its own, batched across cases.
+
+The front service (``service.py``) decodes, preprocesses, postprocesses and runs the analyzers;
+it sends each preprocessed case here **once** (``bentoml.depends``), not tile by tile: a 16.8 MB
+tile costs ~80 ms through the service boundary, an order of magnitude more than a GPU spends on
+it. Here, tiling, mirror TTA and the Gaussian accumulation run next to the network, and the
+batchable API lets cases that arrive together share tile batches
+(:mod:`runners.cross_case_batching`).
+
+What crosses the boundary (pickled by BentoML between its own processes, protocol 5, so arrays
+travel as raw buffers; the runner service refuses nothing it did not get from the front):
+
+- in: the preprocessed volume as ``batching.volume_dtype`` (float32 by default: the network's
+  own input dtype) and the per-case options;
+- out: float16 class probabilities on the network grid (the front resamples them linearly to
+  the input grid and takes the argmax there, as nnU-Net does, so labels argmaxed here on the
+  coarser grid would not be the same labels), the float16 TTA disagreement only when asked for,
+  or float32 logits for nnU-Net models (their export resamples logits).
+
+A case that fails (wrong channel count, NaN, a network error on its tiles) fails alone; the
+other cases of its batch get their results.
+
+Each case carries the front's request id (``X-Request-ID`` or the gRPC ``x-request-id``); the
+runner service binds it while it logs that case, so the JSON log lines of both services can be
+joined, and its batch line lists the ids of the cases it batched.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+import aiohttp
+import bentoml
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+
+from cerebrascan.errors import InputError
+from cerebrascan.registry import (
+    ModelNotAvailableError,
+    ResolvedModel,
+    resolve_model,
+    resolve_model_version,
+)
+from cerebrascan.serving.logs import (
+    REQUEST_ID_PATTERN,
+    bound_request_id,
+    current_request_id,
+    is_plain_request_id,
+)
+from cerebrascan.settings import Settings
+from runners.cross_case_batching import CaseRequest, cross_case_sliding_window
+from runners.factory import build_runner
+from runners.precision_guard import PrecisionDecision
+from runners.prediction import RunnerPrediction
+from runners.protocol import TileRunner
+from runners.sliding_window import activate
+from runners.window import mirror_axes_for
+from schemas.model_spec import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+LOADED_VERSIONS = 2
+"""Model versions the runner service keeps loaded (the promoted one and its predecessor)."""
+
+WireArray = Annotated[
+    np.ndarray,
+    WithJsonSchema({"type": "array", "description": "numpy array, pickled between our services"}),
+]
+"""A numpy array field: BentoML pickles it (protocol 5, raw buffers) between its services."""
+
+
+def forwardable_request_id() -> str | None:
+    """The request id bound in this context if it is a plain token (as ``X-Request-ID`` must
+    be), else None: arbitrary text never travels into the runner service's logs."""
+    request_id = current_request_id()
+    if request_id is not None and not is_plain_request_id(request_id):
+        logger.debug("request id not forwarded to the runner service: not a plain token")
+        return None
+    return request_id
+
+
+class RunnerCase(BaseModel):
+    """One preprocessed case sent to the runner service."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    volume: WireArray
+    """(channels, x, y, z) float32 or float16 on the network grid."""
+    mirror_tta: bool = False
+    tta_disagreement: bool = False
+    output: Literal["probabilities", "logits"] = "probabilities"
+    probability_dtype: Literal["float16", "float32"] = "float16"
+    model_name: str | None = None
+    model_version: str | None = None
+    """The registry version the front preprocessed the case for; the runner service loads it
+    if it is not the one it started with (the front was promoted to it)."""
+    request_id: str | None = Field(default=None, pattern=REQUEST_ID_PATTERN)
+    """The front's request id (a plain token, as ``X-Request-ID``), bound in the runner
+    service's log lines about this case."""
+
+
+class RunnerResult(BaseModel):
+    """The runner service's answer for one case: its arrays, or why it failed."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    probabilities: WireArray | None = None
+    """(outputs, x, y, z) softmax (or sigmoid per region) on the network grid, float16 unless
+    the case asked for float32."""
+    logits: WireArray | None = None
+    """(outputs, x, y, z) float32, only when ``output == "logits"``."""
+    tta_disagreement: WireArray | None = None
+    """(x, y, z) float16, only when asked for with mirror TTA."""
+    error: str | None = None
+    error_kind: Literal["input", "runner"] | None = None
+    """``input``: the case itself cannot be segmented; ``runner``: the network failed on it."""
+    batch_cases: int = 1
+    """How many cases shared this case's runner call (for logs and tests)."""
+    runner_ms: float = 0.0
+    engine: str = ""
+    providers: list[str] = []
+    precision: str = "fp32"
+    precision_note: str | None = None
+
+
+class CrossCaseRunner:
+    """Segments several preprocessed cases in one pass, their tiles sharing network calls.
+
+    Args:
+        tile_runner: executes the network on a batch of tiles (``predict_tiles``).
+        spec: the network's contract (patch, channels, outputs, mirror axes).
+        tile_step: sliding-window step as a fraction of the patch.
+        tile_batch_size: most tile images per network call.
+        model_version: the version this runner serves.
+    """
+
+    def __init__(
+        self,
+        tile_runner: TileRunner,
+        spec: ModelSpec,
+        *,
+        tile_step: float,
+        tile_batch_size: int,
+        model_version: str,
+    ) -> None:
+        self.tile_runner = tile_runner
+        self.spec = spec
+        self.tile_step = tile_step
+        self.tile_batch_size = tile_batch_size
+        self.model_version = model_version
+
+    def segment(self, cases: list[RunnerCase]) -> list[RunnerResult]:
+        """One result per case, in order; a failing case never raises for the others."""
+        clock = time.perf_counter()
+        results: list[RunnerResult | None] = [None] * len(cases)
+        requests: list[CaseRequest] = []
+        indices: list[int] = []
+        for index, case in enumerate(cases):
+            if case.model_version is not None and case.model_version != self.model_version:
+                results[index] = RunnerResult(
+                    error=f"runner serves model version {self.model_version}, the case was "
+                    f"preprocessed for version {case.model_version}",
+                    error_kind="runner",
+                )
+                continue
+            volume = np.asarray(case.volume)
+            if volume.dtype not in (np.float32, np.float16):
+                results[index] = RunnerResult(
+                    error=f"volume dtype must be float32 or float16, got {volume.dtype}",
+                    error_kind="input",
+                )
+                continue
+            requests.append(
+                CaseRequest(
+                    volume=volume,
+                    mirror_axes=mirror_axes_for(self.spec, case.mirror_tta),
+                    return_disagreement=case.tta_disagreement and case.mirror_tta,
+                )
+            )
+            indices.append(index)
+        outcome = cross_case_sliding_window(
+            requests,
+            self.tile_runner.predict_tiles,
+            patch_size=self.spec.patch_size,
+            num_classes=self.spec.num_outputs,
+            channels=len(self.spec.modalities),
+            step=self.tile_step,
+            batch_size=self.tile_batch_size,
+        )
+        elapsed_ms = (time.perf_counter() - clock) * 1000
+        for position, index in enumerate(indices):
+            output, error = outcome.outputs[position], outcome.errors[position]
+            if output is None:
+                kind: Literal["input", "runner"] = (
+                    "runner" if error and error.startswith("network failed") else "input"
+                )
+                results[index] = RunnerResult(error=error, error_kind=kind)
+                continue
+            case = cases[index]
+            disagreement = (
+                output.disagreement.astype(np.float16) if output.disagreement is not None else None
+            )
+            if case.output == "logits":
+                results[index] = RunnerResult(logits=output.logits, tta_disagreement=disagreement)
+            else:
+                probabilities = activate(output.logits, self.spec.output_kind)
+                results[index] = RunnerResult(
+                    probabilities=probabilities.astype(case.probability_dtype),
+                    tta_disagreement=disagreement,
+                )
+        final: list[RunnerResult] = []
+        for result in results:
+            assert result is not None
+            result.batch_cases = len(cases)
+            result.runner_ms = round(elapsed_ms, 1)
+            result.engine = self.tile_runner.name
+            result.providers = list(self.tile_runner.providers)
+            result.precision = self.tile_runner.precision
+            result.precision_note = self.tile_runner.decision.note
+            final.append(result)
+        for position, (case, result) in enumerate(zip(cases, final)):
+            with bound_request_id(case.request_id):
+                if result.error is None:
+                    logger.info(
+                        "runner case %d of %d: segmented in a batch of %d, %.0f ms",
+                        position + 1,
+                        len(cases),
+                        len(cases),
+                        elapsed_ms,
+                    )
+                else:
+                    logger.warning(
+                        "runner case %d of %d failed (%s): %s",
+                        position + 1,
+                        len(cases),
+                        result.error_kind,
+                        result.error,
+                    )
+        failed = sum(r.error is not None for r in final)
+        logger.info(
+            "runner call: %d case(s) (request ids %s), %d failed, %d network calls "
+            "(%d mixing cases), %.0f ms",
+            len(cases),
+            ", ".join(case.request_id or "-" for case in cases),
+            failed,
+            len(outcome.batch_sizes),
+            outcome.mixed_batches,
+            elapsed_ms,
+        )
+        return final
+
+
+def build_tile_runner(model: ResolvedModel, settings: Settings) -> TileRunner:
+    """The engine that executes tile batches in the runner service (``runner.engine``).
+
+    Every engine has ``predict_tiles``; the cross-case tiling here is host-side numpy.
+    """
+    return build_runner(model.folder, model.spec, settings.runner, settings.engine_cache_dir)
+
+
+class SegmentationRunnerService:
+    """Runs the segmentation network for the front service, batching cases that arrive together.
+
+    It starts with ``model_name@model_alias``. A case preprocessed for another version (the
+    front was promoted) loads that version first; the last :data:`LOADED_VERSIONS` versions stay
+    loaded, so studies still running on the old version finish on it.
+
+    The plain class: :func:`build_runner_service` makes the BentoML service of it, bound to the
+    process's settings (BentoML instantiates a service class without arguments).
+
+    Args:
+        settings: the process's settings (model, registry, runner, batching).
+
+    Raises:
+        ModelNotAvailableError: the registry has no ``model_name@model_alias``.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.model = resolve_model(settings)
+        self._lock = threading.Lock()
+        self._engines: OrderedDict[tuple[str, str], CrossCaseRunner] = OrderedDict()
+        engine = self._load(self.model)
+        self.providers: list[str] = list(engine.tile_runner.providers)
+        logger.info(
+            "runner service ready: %s version %s on %s (max %d cases per call)",
+            self.model.name,
+            self.model.version,
+            self.providers,
+            settings.batching.max_batch_size,
+        )
+
+    def _load(self, model: ResolvedModel) -> CrossCaseRunner:
+        engine = CrossCaseRunner(
+            build_tile_runner(model, self.settings),
+            model.spec,
+            tile_step=self.settings.runner.tile_step,
+            tile_batch_size=self.settings.runner.tile_batch_size,
+            model_version=model.version,
+        )
+        self._engines[(model.name, model.version)] = engine
+        while len(self._engines) > LOADED_VERSIONS:
+            evicted, _ = self._engines.popitem(last=False)
+            logger.info("runner service unloaded %s version %s", *evicted)
+        return engine
+
+    def engine_for(self, name: str | None, version: str | None) -> CrossCaseRunner:
+        """The loaded engine of ``name`` version ``version`` (loaded now if needed).
+
+        Raises:
+            ModelNotAvailableError: the registry has no such version.
+        """
+        key = (name or self.model.name, version or self.model.version)
+        with self._lock:
+            if key not in self._engines:
+                logger.info("runner service loading %s version %s", *key)
+                self._load(resolve_model_version(self.settings, *key))
+            self._engines.move_to_end(key)
+            return self._engines[key]
+
+    @property
+    def engine(self) -> CrossCaseRunner:
+        """The engine of the most recently used version."""
+        return next(reversed(self._engines.values()))
+
+    def segment(self, cases: list[RunnerCase]) -> list[RunnerResult]:
+        """Segment preprocessed cases; BentoML merges concurrent calls into one list.
+
+        Cases for different model versions (during a promotion) run in separate passes.
+        """
+        groups: dict[tuple[str | None, str | None], list[int]] = {}
+        for index, case in enumerate(cases):
+            groups.setdefault((case.model_name, case.model_version), []).append(index)
+        results: list[RunnerResult | None] = [None] * len(cases)
+        for (name, version), indices in groups.items():
+            try:
+                engine = self.engine_for(name, version)
+            except ModelNotAvailableError as exc:
+                for index in indices:
+                    results[index] = RunnerResult(error=str(exc), error_kind="runner")
+                    with bound_request_id(cases[index].request_id):
+                        logger.warning("runner case failed: %s", exc)
+                continue
+            for index, result in zip(indices, engine.segment([cases[i] for i in indices])):
+                results[index] = result
+        return [result for result in results if result is not None]
+
+    def describe(self) -> dict[str, Any]:
+        """The model versions loaded, the latest used first, and the engine."""
+        engine = self.engine
+        return {
+            "model_name": self.model.name,
+            "model_version": engine.model_version,
+            "loaded_versions": [f"{n}:{v}" for n, v in reversed(self._engines)],
+            "engine": engine.tile_runner.name,
+            "providers": list(engine.tile_runner.providers),
+            "precision": engine.tile_runner.precision,
+        }
+
+
+def build_runner_service(settings: Settings) -> Any:
+    """The BentoML service ``cerebrascan-runner``, bound to the process's settings.
+
+    Called once, by the entry module (``service.py``) with its one :class:`Settings`: the
+    front links the result with ``bentoml.depends``, and under ``bentoml serve`` the runner's
+    own process imports that entry module too, so each process builds its settings once and
+    hands them down here. BentoML's decorators need the batching settings when the class is
+    made (workers, batch size, latency budget), and it instantiates the class without
+    arguments, so both are bound here rather than read from a module-level global.
+
+    Args:
+        settings: the process's settings (``batching`` configures the service and its API).
+
+    Returns:
+        The ``bentoml.Service`` of :class:`SegmentationRunnerService`.
+    """
+    batching = settings.batching
+
+    @bentoml.service(
+        name="cerebrascan-runner",
+        workers=batching.workers,
+        traffic={"timeout": 600, "max_concurrency": 64},
+    )
+    class BoundRunnerService(SegmentationRunnerService):
+        """:class:`SegmentationRunnerService` with this process's settings, as BentoML serves it."""
+
+        def __init__(self) -> None:
+            super().__init__(settings)
+
+        segment = bentoml.api(
+            batchable=True,
+            max_batch_size=batching.max_batch_size,
+            max_latency_ms=batching.max_latency_ms,
+        )(SegmentationRunnerService.segment)
+        describe = bentoml.api(SegmentationRunnerService.describe)
+
+    return BoundRunnerService
+
+
+class RemoteSegmentationRunner:
+    """The front service's view of the runner service, a
+    :class:`runners.protocol.SegmentationRunner` (whole volumes only: tiles never cross).
+
+    Args:
+        service: the ``bentoml.depends`` handle of the runner service
+            (:func:`build_runner_service`; a remote proxy under ``bentoml serve``, the local
+            instance in-process).
+        spec: the network's contract.
+        model_name: the registry model the front serves.
+        model_version: its version (the runner service loads it if needed).
+        volume_dtype: dtype of the volume on the wire (``batching.volume_dtype``).
+        probability_dtype: dtype of the probabilities on the way back
+            (``batching.probability_dtype``).
+        engine: the runner service's engine (``runner.engine``).
+        providers: its execution providers as configured; updated from every answer.
+        precision: the precision asked for; updated from every answer (the runner's guard may
+            fall back to fp32).
+    """
+
+    def __init__(
+        self,
+        service: Any,
+        spec: ModelSpec,
+        *,
+        model_name: str,
+        model_version: str,
+        volume_dtype: str,
+        probability_dtype: Literal["float16", "float32"] = "float16",
+        engine: str,
+        providers: list[str],
+        precision: str,
+    ) -> None:
+        self.service = service
+        self.spec = spec
+        self.model_name = model_name
+        self.model_version = model_version
+        self.volume_dtype = np.dtype(volume_dtype)
+        self.probability_dtype = probability_dtype
+        self.name = f"{engine} (runner service)"
+        self.providers = providers
+        self.precision = precision
+        self.decision = PrecisionDecision(precision, precision)
+
+    def runner_case(
+        self,
+        volume: npt.NDArray[np.float32],
+        *,
+        mirror_tta: bool,
+        tta_disagreement: bool = False,
+    ) -> RunnerCase:
+        """What :meth:`predict` sends for ``volume``, with the request id bound in this context
+        (None when there is none or it is not a plain token).
+
+        Args:
+            volume: the preprocessed (channels, x, y, z) volume on the network grid.
+            mirror_tta: average mirror flips.
+            tta_disagreement: also return the flips' disagreement (with mirror TTA only).
+
+        Returns:
+            The :class:`RunnerCase`, its volume in the wire dtype.
+        """
+        return RunnerCase(
+            volume=np.ascontiguousarray(volume, dtype=self.volume_dtype),
+            mirror_tta=mirror_tta,
+            tta_disagreement=tta_disagreement and mirror_tta,
+            output="logits" if self.spec.preprocessing == "nnunet" else "probabilities",
+            probability_dtype=self.probability_dtype,
+            model_name=self.model_name,
+            model_version=self.model_version,
+            request_id=forwardable_request_id(),
+        )
+
+    def predict(
+        self,
+        volume: npt.NDArray[np.float32],
+        *,
+        mirror_tta: bool,
+        tta_disagreement: bool = False,
+    ) -> RunnerPrediction:
+        """Send one preprocessed volume to the runner service and wait for its arrays.
+
+        Raises:
+            InputError: the runner found the volume unusable (422).
+            RuntimeError: the network failed on this case.
+        """
+        wants_logits = self.spec.preprocessing == "nnunet"
+        case = self.runner_case(volume, mirror_tta=mirror_tta, tta_disagreement=tta_disagreement)
+        clock = time.perf_counter()
+        try:
+            (result,) = self.service.segment([case])
+        except aiohttp.ClientConnectionError as exc:
+            # a pooled keep-alive connection the runner closed just as it was reused
+            # ("Server disconnected"); segmenting is idempotent, so one retry is safe
+            logger.warning("runner service connection dropped (%s); retrying the case once", exc)
+            (result,) = self.service.segment([case])
+        round_trip_ms = (time.perf_counter() - clock) * 1000
+        if isinstance(result, dict):  # a client without the pydantic type gives plain data
+            result = RunnerResult.model_validate(result)
+        received = sum(
+            array.nbytes
+            for array in (result.probabilities, result.logits, result.tta_disagreement)
+            if array is not None
+        )
+        # the boundary's cost: round trip minus the runner's own work (and any queueing for a
+        # batch, which is not transfer: compare with batch_cases == 1 for the transfer alone)
+        logger.info(
+            "runner round trip %.0f ms, runner work %.0f ms, overhead %.0f ms, "
+            "sent %.1f MB, received %.1f MB, batch of %d",
+            round_trip_ms,
+            result.runner_ms,
+            round_trip_ms - result.runner_ms,
+            case.volume.nbytes / 1e6,
+            received / 1e6,
+            result.batch_cases,
+        )
+        if result.engine:
+            self.name = f"{result.engine} (runner service)"
+        self.providers = list(result.providers) or self.providers
+        if result.precision != self.precision or result.precision_note:
+            self.decision = PrecisionDecision(
+                self.decision.requested, result.precision, note=result.precision_note
+            )
+            self.precision = result.precision
+        if result.error is not None:
+            if result.error_kind == "input":
+                raise InputError(f"runner refused the preprocessed case: {result.error}")
+            raise RuntimeError(f"runner service failed on this case: {result.error}")
+        disagreement = (
+            np.asarray(result.tta_disagreement, dtype=np.float32)
+            if result.tta_disagreement is not None
+            else None
+        )
+        if wants_logits:
+            logits = np.asarray(result.logits, dtype=np.float32)
+            return RunnerPrediction(
+                probabilities=activate(logits, self.spec.output_kind),
+                tta_disagreement=disagreement,
+                logits=logits,
+            )
+        return RunnerPrediction(
+            probabilities=np.asarray(result.probabilities, dtype=np.float32),
+            tta_disagreement=disagreement,
+        )
+
+
+def remote_runner_factory(
+    service: Any, settings: Settings
+) -> Callable[[ResolvedModel], RemoteSegmentationRunner]:
+    """What the front service gives :class:`AnalysisPipeline` to reach the runner service.
+
+    Args:
+        service: the ``bentoml.depends`` handle of the runner service
+            (:func:`build_runner_service`).
+        settings: the front's settings (wire dtype, engine, providers, precision).
+    """
+
+    def build(model: ResolvedModel) -> RemoteSegmentationRunner:
+        return RemoteSegmentationRunner(
+            service,
+            model.spec,
+            model_name=model.name,
+            model_version=model.version,
+            volume_dtype=settings.batching.volume_dtype,
+            probability_dtype=settings.batching.probability_dtype,
+            engine=settings.runner.engine,
+            providers=list(settings.runner.providers),
+            precision=settings.runner.precision,
+        )
+
+    return build

@@ -1,0 +1,157 @@
+"""Settings of serving at scale: API keys, async jobs, logs and S3 storage.
+
+They are nested into :class:`cerebrascan.settings.Settings` as ``auth``, ``jobs``, ``logging`` and
+``storage`` (env ``CEREBRASCAN_AUTH__ENABLED``, ``CEREBRASCAN_JOBS__RESULT_RETENTION_S``, ...).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+Role = Literal["reader", "admin"]
+
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+S3_URL = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$")
+
+
+class ApiKeyEntry(BaseModel):
+    """One API key, stored as the SHA-256 of the key (``cerebrascan apikey create`` prints it).
+
+    A key is 256 random bits, so an unsalted fast hash cannot be reversed by guessing; a slow
+    password hash (scrypt, argon2) would only add latency to every request.
+    """
+
+    model_config = {"extra": "forbid"}
+
+    name: str = Field(min_length=1, max_length=64, description="Who holds the key (logged).")
+    role: Role = Field(description="reader: analyse and read studies; admin: also /admin.")
+    sha256: str = Field(description="Hex SHA-256 of the key.")
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not SHA256_HEX.match(value):
+            raise ValueError("sha256 must be 64 hex characters (the hash, never the key itself)")
+        return value
+
+
+class AuthSettings(BaseModel):
+    """API-key access control of the HTTP routes (``cerebrascan.http.auth``) and the gRPC
+    methods (``cerebrascan.grpc_oip.auth``)."""
+
+    model_config = {"extra": "forbid"}
+
+    enabled: bool = Field(
+        default=False,
+        description="Require an API key on every route but the health checks; off for local "
+        "development only (a warning is logged).",
+    )
+    api_keys: list[ApiKeyEntry] = Field(default_factory=list)
+    public_metrics: bool = Field(
+        default=True,
+        description="Serve GET /metrics without a key (Prometheus scrapers; it holds no "
+        "patient data). False: /metrics needs the admin role.",
+    )
+
+    @model_validator(mode="after")
+    def _keys_when_enabled(self) -> AuthSettings:
+        if self.enabled and not self.api_keys:
+            raise ValueError("auth.enabled is true but auth.api_keys is empty")
+        names = [entry.name for entry in self.api_keys]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"auth.api_keys names must be unique, repeated: {duplicates}")
+        return self
+
+
+class JobSettings(BaseModel):
+    """Async analyses (``POST /analyze/submit``, ``GET /analyze/status``, ``GET /analyze/get``)."""
+
+    model_config = {"extra": "forbid"}
+
+    result_retention_s: int = Field(
+        default=24 * 3600,
+        ge=1,
+        description="A finished job's result stays fetchable at least this long; older results "
+        "are deleted when a later job finishes, and all of them when the server restarts.",
+    )
+
+
+class LogSettings(BaseModel):
+    """Server log format (``cerebrascan.serving.logs``)."""
+
+    model_config = {"extra": "forbid"}
+
+    format: Literal["json", "text"] = Field(
+        default="json", description="json: one object per line with the request id."
+    )
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
+
+
+class BatchingSettings(BaseModel):
+    """The runner service: a BentoML service of its own that batches tiles across cases.
+
+    With ``remote_runner`` on, ``bentoml serve service:CerebraScan`` starts two services: the
+    front (decode, preprocess, postprocess, analyzers, store) and the runner (tiles, mirror TTA
+    and the network), linked by ``bentoml.depends``. Each case crosses that boundary once.
+    """
+
+    model_config = {"extra": "forbid"}
+
+    remote_runner: bool = Field(
+        default=True,
+        description="Run the network in its own BentoML service with a batchable API; False "
+        "runs it in the front service's process (one case at a time).",
+    )
+    max_batch_size: int = Field(
+        default=4, ge=1, le=64, description="Most cases one runner call may hold."
+    )
+    max_latency_ms: int = Field(
+        default=120_000,
+        ge=100,
+        description="BentoML's latency budget for a batched runner call (queueing plus work).",
+    )
+    volume_dtype: Literal["float32", "float16"] = Field(
+        default="float32",
+        description="dtype of the preprocessed volume sent to the runner service. float16 "
+        "halves the transfer but rounds the network input (see docs/serving.md).",
+    )
+    probability_dtype: Literal["float16", "float32"] = Field(
+        default="float16",
+        description="dtype of the class probabilities the runner service returns. float32 "
+        "doubles the download and keeps the labels bit-identical to the in-process runner.",
+    )
+    workers: int = Field(default=1, ge=1, le=16, description="Runner service processes.")
+    front_threads: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Threads of the front service's sync APIs: studies preprocessed, "
+        "postprocessed and analysed at once per worker (BentoML's default is 1).",
+    )
+
+
+class GrpcSettings(BaseModel):
+    """The Open Inference Protocol (KServe v2 / Triton) gRPC endpoint of the front service."""
+
+    model_config = {"extra": "forbid"}
+
+    port: int = Field(
+        default=8001,
+        ge=0,
+        le=65535,
+        description="TCP port of the gRPC server; 0 disables it.",
+    )
+    host: str = Field(default="0.0.0.0", description="Address the gRPC server binds.")
+    max_message_mb: float = Field(
+        default=512.0, gt=0, description="Largest gRPC message accepted or sent, in MB."
+    )
+    threads: int = Field(default=4, ge=1, le=64, description="gRPC worker threads.")
+    model_name: str = Field(
+        default="cerebrascan-segmentation",
+        description="Model name clients use in ModelInfer / ModelMetadata / ModelReady.",
+    )

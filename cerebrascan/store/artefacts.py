@@ -1,0 +1,245 @@
+"""Artefact folder of analysed studies: ``<studies_dir>/<study_id>/`` holding the label map, the
+JSON result and the analyzers' NIfTI artefacts (``<name>.nii.gz``).
+
+Writes go to a temporary name first and are renamed into place, so a reader never sees a
+half-written file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import numpy.typing as npt
+
+from cerebrascan.errors import InputError
+from cerebrascan.inputs.case_folder import load_nifti_image, write_labels
+from schemas.analyzers import ARTEFACT_NAME_PATTERN
+
+STUDY_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+SEGMENTATION_FILE = "segmentation.nii.gz"
+RESULT_FILE = "result.json"
+REGISTRATION_IMAGE_NAME = "registration_reference"
+"""The image a later visit registers to (saved only for studies with a patient id)."""
+RESERVED_ARTEFACT_NAMES = frozenset({"segmentation", REGISTRATION_IMAGE_NAME})
+"""Artefact names an analyzer may not use (the label map is served at its own route)."""
+NIFTI_DESCRIPTION_BYTES = 80
+
+
+class StudyArtefacts:
+    """Stores and finds per-study artefacts under one folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def folder(self, study_id: str) -> Path:
+        """Folder of a study; the id is validated so it can never escape the root.
+
+        Raises:
+            InputError: 400 if the id is not 32 lowercase hex characters.
+        """
+        if not STUDY_ID_PATTERN.match(study_id):
+            raise InputError(
+                f"study id {study_id[:64]!r} is not 32 lowercase hex characters", status_code=400
+            )
+        return self.root / study_id
+
+    def save(
+        self,
+        study_id: str,
+        labels: npt.NDArray[np.uint8],
+        affine: npt.NDArray[np.float64],
+        result_json: str,
+    ) -> None:
+        """Write the label map and the JSON result of a study atomically."""
+        folder = self.folder(study_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        staging = folder / f".{SEGMENTATION_FILE}.partial.nii.gz"
+        write_labels(labels, affine, staging)
+        os.replace(staging, folder / SEGMENTATION_FILE)
+        with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, suffix=".json") as handle:
+            handle.write(result_json)
+        os.replace(handle.name, folder / RESULT_FILE)
+
+    def save_artefact(
+        self,
+        study_id: str,
+        name: str,
+        array: npt.NDArray[Any],
+        affine: npt.NDArray[np.float64],
+        *,
+        description: str = "",
+    ) -> Path:
+        """Write ``array`` as ``<name>.nii.gz`` in the study's folder, atomically.
+
+        bool is stored as uint8, float16 and float64 as float32, int64 as int32 (NIfTI has no
+        float16); ``description`` goes into the header's ``descrip`` (cut to 80 bytes).
+
+        Raises:
+            ValueError: the name does not match ``ARTEFACT_NAME_PATTERN`` or is reserved.
+        """
+        path = self.folder(study_id) / artefact_file_name(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        encoded = description.encode("utf-8", errors="replace")[: NIFTI_DESCRIPTION_BYTES - 1]
+        _write_nifti(path, _storable(array), affine, description=encoded)
+        return path
+
+    def save_registration_image(
+        self, study_id: str, image: npt.NDArray[Any], affine: npt.NDArray[np.float64]
+    ) -> Path:
+        """Save the image later visits register to, as uint8 (``registration_reference``).
+
+        Intensities are scaled so that the 99.5th percentile of the head is 255; every head
+        voxel (``image > 0``) stays >= 1, so the head mask survives the scaling.
+        """
+        data = np.asarray(image, dtype=np.float32)
+        head = data > 0
+        top = float(np.percentile(data[head], 99.5)) if head.any() else 1.0
+        scaled = np.clip(np.rint(data / max(top, 1e-12) * 255.0), 0, 255).astype(np.uint8)
+        scaled[head & (scaled == 0)] = 1
+        path = self.folder(study_id) / artefact_file_name_unchecked(REGISTRATION_IMAGE_NAME)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_nifti(path, scaled, affine)
+        return path
+
+    def load_labels(self, study_id: str) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float64]]:
+        """A stored study's label map and affine.
+
+        Raises:
+            InputError: 404 if the study or its segmentation is absent.
+        """
+        nifti = load_nifti_image(self.artefact(study_id, SEGMENTATION_FILE))
+        labels = np.asarray(nifti.dataobj, dtype=np.uint8)
+        return labels, np.asarray(nifti.affine, dtype=np.float64)
+
+    def load_registration_image(
+        self, study_id: str
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]] | None:
+        """A stored study's registration image and affine, or None if it has none."""
+        path = self.folder(study_id) / artefact_file_name_unchecked(REGISTRATION_IMAGE_NAME)
+        if not path.is_file():
+            return None
+        nifti = load_nifti_image(path)
+        return np.asarray(nifti.dataobj, dtype=np.float32), np.asarray(
+            nifti.affine, dtype=np.float64
+        )
+
+    def named_artefact(self, study_id: str, name: str) -> Path:
+        """Path of an analyzer artefact ``<name>.nii.gz``.
+
+        Raises:
+            InputError: 400 if the name is malformed, 404 if the study or artefact is absent.
+        """
+        if not ARTEFACT_NAME_PATTERN.match(name):
+            raise InputError(
+                f"artefact name {name[:80]!r} must match {ARTEFACT_NAME_PATTERN.pattern}",
+                status_code=400,
+            )
+        return self.artefact(study_id, f"{name}.nii.gz")
+
+    def artefact(self, study_id: str, name: str) -> Path:
+        """Path of a stored artefact.
+
+        Raises:
+            InputError: 404 if the study or artefact does not exist.
+        """
+        path = self.folder(study_id) / name
+        if not path.is_file():
+            raise InputError(f"no {name} for study {study_id}", status_code=404)
+        return path
+
+
+def artefact_file_name(name: str) -> str:
+    """File name of an analyzer artefact.
+
+    Raises:
+        ValueError: the name does not match ``ARTEFACT_NAME_PATTERN`` or is reserved.
+    """
+    if not ARTEFACT_NAME_PATTERN.match(name):
+        raise ValueError(f"artefact name {name!r} must match {ARTEFACT_NAME_PATTERN.pattern}")
+    if name in RESERVED_ARTEFACT_NAMES:
+        raise ValueError(f"artefact name {name!r} is reserved")
+    return f"{name}.nii.gz"
+
+
+def artefact_file_name_unchecked(name: str) -> str:
+    """File name of a store-owned (reserved) artefact such as ``registration_reference``."""
+    return f"{name}.nii.gz"
+
+
+def _write_nifti(
+    path: Path,
+    data: npt.NDArray[Any],
+    affine: npt.NDArray[np.float64],
+    *,
+    description: bytes = b"",
+) -> None:
+    """Write ``data`` as NIfTI-1 in its own dtype, under a staging name renamed into place."""
+    image = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64))
+    image.set_data_dtype(data.dtype)
+    image.header["descrip"] = description
+    staging = path.with_name(f".{path.name}.partial.nii.gz")
+    nib.save(image, str(staging))
+    os.replace(staging, path)
+
+
+def _storable(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    data = np.asarray(array)
+    if data.dtype == np.bool_:
+        return data.astype(np.uint8)
+    if data.dtype in (np.float16, np.float64):  # NIfTI has no float16
+        return data.astype(np.float32)
+    if data.dtype == np.int64:
+        return data.astype(np.int32)
+    if data.dtype == np.uint64:
+        return data.astype(np.uint32)
+    return data
+
+
+class StudyArtefactSink:
+    """Writes one study's analyzer artefacts into the :class:`StudyArtefacts`.
+
+    Implements :class:`plugins.analyzer.ArtefactSink`; URLs are
+    ``/studies/<study_id>/artefacts/<name>``.
+
+    Args:
+        store: the study store.
+        study_id: the study being analysed.
+        affine: the input grid's voxel-to-RAS affine.
+        shape: the input grid's spatial shape; every artefact must start with it.
+    """
+
+    def __init__(
+        self,
+        store: StudyArtefacts,
+        study_id: str,
+        affine: npt.NDArray[np.float64],
+        shape: tuple[int, int, int],
+    ) -> None:
+        self.store = store
+        self.study_id = study_id
+        self.affine = affine
+        self.shape = shape
+
+    def write_nifti(self, name: str, array: npt.NDArray[Any], *, description: str) -> str:
+        """Save ``array`` as ``<name>.nii.gz``; return its URL.
+
+        Raises:
+            ValueError: a bad or reserved name, or an array that is not on the study's grid.
+        """
+        artefact_file_name(name)
+        data = np.asarray(array)
+        if data.ndim not in (3, 4) or tuple(data.shape[:3]) != tuple(self.shape):
+            raise ValueError(
+                f"artefact {name!r} has shape {data.shape}; it must be {self.shape} or "
+                f"{(*self.shape, 'n')} (the study's grid)"
+            )
+        if not (np.issubdtype(data.dtype, np.number) or data.dtype == np.bool_):
+            raise ValueError(f"artefact {name!r} has dtype {data.dtype}; it must be numeric")
+        self.store.save_artefact(self.study_id, name, data, self.affine, description=description)
+        return f"/studies/{self.study_id}/artefacts/{name}"

@@ -1,0 +1,93 @@
+"""Settings of the runner: which engine executes the network, on what device, at what precision.
+
+Nested into :class:`cerebrascan.settings.Settings` as ``runner`` (env ``CEREBRASCAN_RUNNER__*``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+ORT_PROVIDERS = (
+    "CPUExecutionProvider",
+    "CUDAExecutionProvider",
+    "TensorrtExecutionProvider",
+)
+
+
+class RunnerSettings(BaseModel):
+    """How the segmentation network is executed."""
+
+    providers: list[str] = Field(
+        default_factory=lambda: ["CPUExecutionProvider"],
+        description="ONNX Runtime execution providers, in order of preference.",
+    )
+    intra_op_threads: int = Field(
+        default=0, ge=0, description="ONNX Runtime intra-op threads; 0 lets ORT decide."
+    )
+    intra_op_spinning: bool = Field(
+        default=True,
+        description="Let ONNX Runtime's idle intra-op threads spin (busy-wait) between "
+        "operators: faster alone, but spinning threads take CPU from concurrent work (other "
+        "cases' preprocessing and analyzers).",
+    )
+    tile_batch_size: int = Field(default=2, ge=1, le=64, description="Tiles per network call.")
+    tile_step: float = Field(
+        default=0.5, gt=0.0, le=1.0, description="Sliding-window step as a fraction of the patch."
+    )
+    mirror_tta: bool = Field(default=False, description="Mirror test-time augmentation.")
+    min_component_ml: float = Field(
+        default=0.05,
+        ge=0.0,
+        description="Tumour islands smaller than this (mL) are removed; 0 keeps every voxel.",
+    )
+    engine: Literal["onnxruntime", "torch", "tensorrt"] = Field(
+        default="onnxruntime",
+        description="What executes the network: ONNX Runtime (with ``providers``), PyTorch "
+        "(the model's safetensors weights) or native TensorRT (an engine built from the ONNX).",
+    )
+    device: str = Field(
+        default="cpu",
+        pattern=r"^(cpu|cuda(:\d+)?)$",
+        description="Device of the torch and TensorRT engines: cpu, cuda or cuda:N.",
+    )
+    precision: Literal["fp32", "fp16", "bf16"] = Field(
+        default="fp32",
+        description="Arithmetic of the network. Reduced precision is checked against fp32 on a "
+        "reference tile when the engine is built and falls back to fp32 if they disagree.",
+    )
+    torch_compile: bool = Field(
+        default=False, description="torch engine: compile the network with torch.compile."
+    )
+    engine_cache_dir: Path | None = Field(
+        default=None,
+        description="TensorRT engines and timing caches (both TensorRT paths); default: "
+        "<data_dir>/engine-cache.",
+    )
+    precision_guard_min_agreement: float = Field(
+        default=0.999,
+        gt=0.0,
+        le=1.0,
+        description="Reduced precision is kept only if its argmax agrees with fp32 on at "
+        "least this fraction of the reference tile's voxels.",
+    )
+    precision_guard_max_probability_difference: float = Field(
+        default=0.1,
+        gt=0.0,
+        le=1.0,
+        description="... and no probability differs from fp32 by more than this.",
+    )
+
+    @field_validator("providers")
+    @classmethod
+    def _known_providers(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("providers must name at least one ONNX Runtime execution provider")
+        unknown = [p for p in value if p not in ORT_PROVIDERS]
+        if unknown:
+            raise ValueError(
+                f"unknown execution provider(s) {unknown}; choose from {ORT_PROVIDERS}"
+            )
+        return value
