@@ -27,9 +27,8 @@ import onnxruntime as ort
 from runners.engine_cache import engine_cache_key, file_digest, tile_profile, timing_cache_key
 from runners.errors import RunnerConfigError
 from runners.precision_guard import PrecisionDecision, compare_precisions, reference_tile
-from runners.prediction import RunnerPrediction
 from runners.settings import RunnerSettings
-from runners.window import DeviceWindow, predict_volume
+from runners.window import DeviceWindow, WindowedRunner
 from schemas.model_spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -126,7 +125,7 @@ def provider_options(
     return result
 
 
-class OnnxSegmentationRunner:
+class OnnxSegmentationRunner(WindowedRunner):
     """Runs an exported network tile by tile (batched) with ONNX Runtime.
 
     Args:
@@ -279,35 +278,3 @@ class OnnxSegmentationRunner:
             torch.cuda.synchronize(batch.device)
         self.session.run_with_iobinding(binding)
         return output
-
-    def predict(
-        self,
-        volume: npt.NDArray[np.float32],
-        *,
-        mirror_tta: bool,
-        tta_disagreement: bool = False,
-    ) -> RunnerPrediction:
-        """Class probabilities and, with mirror TTA, optionally the flips' disagreement.
-
-        Tiles stay on the GPU (IO binding) on the CUDA and TensorRT providers when torch is
-        installed, else they go through host memory (:func:`runners.window.predict_volume`).
-
-        Args:
-            volume: preprocessed ``(C, *spatial)`` float32.
-            mirror_tta: average the network over every flip of ``spec.mirror_axes``.
-            tta_disagreement: also return the per-voxel disagreement between the flips
-                (ignored without ``mirror_tta``; computed on the host path).
-
-        Raises:
-            ValueError: ``volume`` does not have one channel per modality of the network.
-        """
-        return predict_volume(
-            volume,
-            self.spec,
-            self.predict_tiles,
-            device_window=self._device_window,
-            step=self.settings.tile_step,
-            batch_size=self.settings.tile_batch_size,
-            mirror_tta=mirror_tta,
-            tta_disagreement=tta_disagreement,
-        )

@@ -29,9 +29,8 @@ from runners.engine_cache import (
 )
 from runners.errors import RunnerConfigError
 from runners.precision_guard import PrecisionDecision, compare_precisions, reference_tile
-from runners.prediction import RunnerPrediction
 from runners.settings import RunnerSettings
-from runners.window import DeviceWindow, predict_volume
+from runners.window import DeviceWindow, WindowedRunner
 from schemas.model_spec import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -50,7 +49,7 @@ def _import_tensorrt() -> Any:
     return tensorrt
 
 
-class TensorRTSegmentationRunner:
+class TensorRTSegmentationRunner(WindowedRunner):
     """Runs the network as a native TensorRT engine on one CUDA device.
 
     Args:
@@ -213,29 +212,3 @@ class TensorRTSegmentationRunner:
         batch = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device)
         result: npt.NDArray[np.float32] = self.predict_bound_tiles(batch).cpu().numpy()
         return result
-
-    def predict(
-        self,
-        volume: npt.NDArray[np.float32],
-        *,
-        mirror_tta: bool,
-        tta_disagreement: bool = False,
-    ) -> RunnerPrediction:
-        """Class probabilities of a preprocessed volume, tiles cut and accumulated on the GPU.
-
-        With the flips' disagreement the tiles take the host-side window
-        (:func:`runners.window.predict_volume`), as on the other engines.
-
-        Raises:
-            ValueError: ``volume`` does not have one channel per modality of the network.
-        """
-        return predict_volume(
-            volume,
-            self.spec,
-            self.predict_tiles,
-            device_window=self._device_window,
-            step=self.settings.tile_step,
-            batch_size=self.settings.tile_batch_size,
-            mirror_tta=mirror_tta,
-            tta_disagreement=tta_disagreement,
-        )

@@ -16,10 +16,9 @@ import torch
 
 from runners.errors import RunnerConfigError
 from runners.precision_guard import PrecisionDecision, compare_precisions, reference_tile
-from runners.prediction import RunnerPrediction
 from runners.settings import RunnerSettings
 from runners.torch_network import load_torch_network
-from runners.window import DeviceWindow, predict_volume
+from runners.window import DeviceWindow, WindowedRunner
 from schemas.model_spec import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -46,7 +45,7 @@ def torch_device(name: str) -> torch.device:
     return device
 
 
-class TorchSegmentationRunner:
+class TorchSegmentationRunner(WindowedRunner):
     """Runs the network in PyTorch.
 
     Args:
@@ -128,29 +127,3 @@ class TorchSegmentationRunner:
             self._forward(batch, self.precision).cpu().numpy().astype(np.float32)
         )
         return result
-
-    def predict(
-        self,
-        volume: npt.NDArray[np.float32],
-        *,
-        mirror_tta: bool,
-        tta_disagreement: bool = False,
-    ) -> RunnerPrediction:
-        """Class probabilities (and optionally the flips' disagreement) of a preprocessed volume.
-
-        Everything stays on the device, except with the disagreement: it needs every flip's
-        logits per tile, so it takes the host-side window (:func:`runners.window.predict_volume`).
-
-        Raises:
-            ValueError: ``volume`` does not have one channel per modality of the network.
-        """
-        return predict_volume(
-            volume,
-            self.spec,
-            self.predict_tiles,
-            device_window=self._device_window,
-            step=self.settings.tile_step,
-            batch_size=self.settings.tile_batch_size,
-            mirror_tta=mirror_tta,
-            tta_disagreement=tta_disagreement,
-        )

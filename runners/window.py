@@ -16,6 +16,7 @@ does the rest, identically for ONNX Runtime, torch and TensorRT:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -24,13 +25,14 @@ import numpy as np
 import numpy.typing as npt
 
 from runners.prediction import RunnerPrediction
+from runners.settings import RunnerSettings
 from runners.sliding_window import activate, sliding_window_predict
 from schemas.model_spec import ModelSpec
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DeviceWindow", "check_volume", "mirror_axes_for", "predict_volume"]
+__all__ = ["DeviceWindow", "WindowedRunner", "check_volume", "mirror_axes_for", "predict_volume"]
 
 HostTilePredictor = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]
 """An engine's network call on host tiles: ``(B, C, *patch)`` to ``(B, K, *patch)`` logits."""
@@ -132,3 +134,53 @@ def predict_volume(
         tta_disagreement=disagreement,
         logits=logits,
     )
+
+
+class WindowedRunner(ABC):
+    """The one ``predict`` every engine inherits; an engine supplies only its network call.
+
+    Attributes (set by the engine):
+        spec: the network's contract.
+        settings: the runner section (``tile_step``, ``tile_batch_size``).
+        _device_window: the engine's call on device-resident tiles, or None (host tiles only).
+    """
+
+    spec: ModelSpec
+    settings: RunnerSettings
+    _device_window: DeviceWindow | None
+
+    @abstractmethod
+    def predict_tiles(self, tiles: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Logits ``(B, K, *patch)`` for a batch of host tiles ``(B, C, *patch)``."""
+
+    def predict(
+        self,
+        volume: npt.NDArray[np.float32],
+        *,
+        mirror_tta: bool,
+        tta_disagreement: bool = False,
+    ) -> RunnerPrediction:
+        """Class probabilities and, with mirror TTA, optionally the flips' disagreement.
+
+        The window runs on the engine's device when it has one, and on the host when the
+        disagreement is asked for (:func:`predict_volume`).
+
+        Args:
+            volume: preprocessed ``(C, *spatial)`` float32.
+            mirror_tta: average the network over every flip of ``spec.mirror_axes``.
+            tta_disagreement: also return the per-voxel disagreement between the flips
+                (ignored without ``mirror_tta``).
+
+        Raises:
+            ValueError: ``volume`` does not have one channel per modality of the network.
+        """
+        return predict_volume(
+            volume,
+            self.spec,
+            self.predict_tiles,
+            device_window=self._device_window,
+            step=self.settings.tile_step,
+            batch_size=self.settings.tile_batch_size,
+            mirror_tta=mirror_tta,
+            tta_disagreement=tta_disagreement,
+        )
