@@ -35,6 +35,9 @@ from cerebrascan.serving.settings import (
 from plugins.settings import NoGoSettings, PluginSettings
 from runners.settings import RunnerSettings
 
+S3_URL = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$")
+"""An S3 location: ``s3://bucket[/prefix]`` with a valid bucket name."""
+
 
 class StorageSettings(BaseModel):
     """S3 storage of versioned data (DVC remote) and MLflow artefacts (``docs/storage.md``).
@@ -63,9 +66,7 @@ class StorageSettings(BaseModel):
     @field_validator("dvc_remote_url", "mlflow_artifact_root")
     @classmethod
     def _s3_url(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(
-            r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$", value
-        ):
+        if value is not None and not S3_URL.match(value):
             raise ValueError(f"expected s3://bucket[/prefix], got {value!r}")
         return value
 

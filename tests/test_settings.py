@@ -75,3 +75,13 @@ def test_bad_plugin_settings_are_named(
     monkeypatch.setenv(variable, value)
     with pytest.raises(ValidationError, match=re.escape(message)):
         Settings()
+
+
+def test_nogo_section_reads_its_documented_and_nested_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert Settings().nogo.juelich_motor is False
+    monkeypatch.setenv("CEREBRASCAN_NOGO_JUELICH_MOTOR", "true")  # the name docs gave before
+    assert Settings().nogo.juelich_motor is True
+    monkeypatch.setenv("CEREBRASCAN_NOGO__JUELICH_MOTOR", "false")  # the nested name wins
+    assert Settings().nogo.juelich_motor is False

@@ -14,7 +14,6 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 Role = Literal["reader", "admin"]
 
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
-S3_URL = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$")
 
 
 class ApiKeyEntry(BaseModel):
