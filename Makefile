@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 CONSTRAINTS := constraints.txt
 
-.PHONY: serve test install install-dev postgres-server lint typecheck format bench repro clean \
+.PHONY: serve test install install-dev postgres-server chromium lint typecheck format bench repro clean docs \
 	bento bento-requirements
 
 $(BIN)/python:
@@ -25,7 +25,7 @@ $(VENV)/.serve-installed: $(BIN)/python pyproject.toml $(CONSTRAINTS) requiremen
 
 # report-llm builds llama-cpp-python from its sdist (~10 min on 2 cores, once: pip caches the wheel).
 $(VENV)/.dev-installed: $(VENV)/.serve-installed
-	$(PIP) install -q -c $(CONSTRAINTS) --build-constraint $(CONSTRAINTS) -e '.[train,test,radiomics,nnunet,report-llm]'
+	$(PIP) install -q -c $(CONSTRAINTS) --build-constraint $(CONSTRAINTS) -e '.[train,test,radiomics,nnunet,report-llm,cohort]'
 	touch $@
 
 install: $(VENV)/.serve-installed
@@ -51,7 +51,20 @@ postgres-server:
 		exit 1; \
 	fi
 
-test: install-dev postgres-server
+# The viewer tests drive Debian's chromium headless (tests/test_views_browser.py); as root on
+# Debian/Ubuntu it is installed when missing.
+chromium:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "Installing chromium (apt-get install chromium) for the viewer tests"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; \
+	else \
+		echo "chromium is missing. Install it (Debian: sudo apt-get install chromium) for the" \
+			"viewer tests." >&2; \
+		exit 1; \
+	fi
+
+test: install-dev postgres-server chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install-dev
@@ -72,6 +85,12 @@ bento: install-dev
 # Rewrite requirements/bento.txt and bento-gpu.txt after a dependency change.
 bento-requirements: install-dev
 	$(BIN)/python requirements/lock_bento.py
+
+# Regenerate the README route table and docs/settings.md from the code (tests/test_docs.py
+# fails while they differ); run after adding a route or a setting.
+docs: install-dev
+	scratch=$$(mktemp -d) && CEREBRASCAN_DATA_DIR=$$scratch $(BIN)/python -m cerebrascan.docs_reference; \
+		status=$$?; rm -rf "$$scratch"; exit $$status
 
 bench: install-dev
 	$(BIN)/python benchmarks/bench_analyze.py

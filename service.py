@@ -14,12 +14,13 @@ import logging
 import time
 from http import HTTPStatus
 from pathlib import Path
+from typing import Any
 
 import bentoml
 from bentoml.exceptions import BentoMLException
 
 from cerebrascan.atlas.files import AtlasNotInstalledError, preload_sri24
-from cerebrascan.errors import InputError
+from cerebrascan.errors import InputError, RunnerUnavailableError
 from cerebrascan.inputs.nifti import read_uploads
 from cerebrascan.observability import record_serving_model
 from cerebrascan.pipeline import AnalysisPipeline, build_analyzer_host
@@ -27,14 +28,21 @@ from cerebrascan.registry import resolve_model
 from cerebrascan.serving.grpc.server import start_oip_server
 from cerebrascan.serving.http.admin import admin_app
 from cerebrascan.serving.http.auth import ApiKeyMiddleware
+from cerebrascan.serving.http.cohorts import cohorts_app
+from cerebrascan.serving.http.openapi import openapi_app
 from cerebrascan.serving.http.patients import patients_app
 from cerebrascan.serving.http.plugins import plugins_app
 from cerebrascan.serving.http.studies import studies_app
 from cerebrascan.serving.http.upload_limit import UploadLimitMiddleware
 from cerebrascan.serving.http.uploads_only import refuse_remote_file_fields
+from cerebrascan.serving.http.views import palette_app
 from cerebrascan.serving.jobs import configure_job_retention
 from cerebrascan.serving.logs import RequestIdMiddleware, configure_logging
-from cerebrascan.serving.runner_service import build_runner_service, remote_runner_factory
+from cerebrascan.serving.runner_service import (
+    build_runner_service,
+    remote_runner_factory,
+    runner_service_client,
+)
 from cerebrascan.settings import Settings
 from schemas.analysis import AnalyzeOptions, AnalyzeResponse
 
@@ -72,14 +80,21 @@ def _serving_pipeline() -> AnalysisPipeline | None:
     # sync APIs run in this many threads (BentoML's default is 1: one study at a time)
     threads=SETTINGS.batching.front_threads,
 )
-@bentoml.asgi_app(studies_app(SETTINGS.studies_dir, SETTINGS.report), path="/studies")
+@bentoml.asgi_app(
+    studies_app(SETTINGS.studies_dir, SETTINGS.report, SETTINGS.views), path="/studies"
+)
 @bentoml.asgi_app(patients_app(SETTINGS), path="/patients")
 @bentoml.asgi_app(admin_app(SETTINGS, HOST, _serving_pipeline), path="/admin")
+# cohorts run on a Ray cluster; Ray is imported only when a cohort route runs (501 without it)
+@bentoml.asgi_app(cohorts_app(SETTINGS), path="/cohorts")
 @bentoml.asgi_app(plugins_app(HOST), path="/")
+@bentoml.asgi_app(palette_app(), path="/")
+# the whole API in GET /docs.json (BentoML's spec leaves the mounted Starlette apps out)
+@bentoml.asgi_app(openapi_app(lambda: CerebraScan), path="/")
 class CerebraScan:
     """Segments a 4-modality brain MRI and reports tumour volumes (research use only)."""
 
-    if SETTINGS.batching.remote_runner:
+    if SETTINGS.batching.remote_runner and SETTINGS.batching.runner_url is None:
         # the network runs in its own service, batching cases across requests (docs/serving.md)
         runner_service = bentoml.depends(build_runner_service(SETTINGS))
 
@@ -94,7 +109,7 @@ class CerebraScan:
             SETTINGS,
             model,
             host=HOST,
-            runner_factory=remote_runner_factory(self.runner_service, SETTINGS)
+            runner_factory=remote_runner_factory(self._runner_service(), SETTINGS)
             if SETTINGS.batching.remote_runner
             else None,
         )
@@ -102,6 +117,13 @@ class CerebraScan:
         self.grpc_server = start_oip_server(SETTINGS, lambda: self.pipeline)
         record_serving_model(model.name, model.version, model.alias)
         logger.info("serving %s version %s (%s)", model.name, model.version, model.alias)
+
+    def _runner_service(self) -> Any:
+        """The runner service: deployed on its own at ``batching.runner_url`` (its HTTP
+        client, docs/deploy.md), or the ``bentoml.depends`` one started beside the front."""
+        if SETTINGS.batching.runner_url is not None:
+            return runner_service_client(SETTINGS)
+        return self.runner_service
 
     def __is_ready__(self) -> bool:
         """Ready once the model is loaded (``/readyz``)."""
@@ -144,6 +166,8 @@ class CerebraScan:
             return analysis.response
         except InputError as exc:
             raise BentoMLException(str(exc), error_code=HTTPStatus(exc.status_code)) from exc
+        except RunnerUnavailableError as exc:
+            raise BentoMLException(str(exc), error_code=HTTPStatus.SERVICE_UNAVAILABLE) from exc
 
 
 # The first added is the outermost: request id, then API keys, then the upload limit.

@@ -335,5 +335,15 @@ def _add_classifier_commands() -> None:
 _add_classifier_commands()
 
 
+def _add_cohort_commands() -> None:
+    # Ray is imported only when `cohort run` works (the `cohort` extra), not here
+    from cerebrascan.cohorts.cli import cohort
+
+    main.add_command(cohort)
+
+
+_add_cohort_commands()
+
+
 if __name__ == "__main__":
     main()

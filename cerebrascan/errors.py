@@ -20,3 +20,14 @@ class InputError(ValueError):
         super().__init__(prefix + message)
         self.status_code = status_code
         self.field = field
+
+
+class RunnerUnavailableError(RuntimeError):
+    """The runner service cannot be reached (not started yet, restarting, or gone): the study
+    is not analysed and may be retried; HTTP 503, gRPC UNAVAILABLE.
+
+    Args:
+        message: what was tried and where, without patient data.
+    """
+
+    status_code = 503

@@ -30,6 +30,7 @@ from cerebrascan.imaging.regions import volumes_ml
 from cerebrascan.inputs.study import Study
 from cerebrascan.observability import record_study
 from cerebrascan.registry import ResolvedModel
+from cerebrascan.report.supplied_text import save_supplied_text
 from cerebrascan.segmentation import segment_study
 from cerebrascan.settings import Settings
 from cerebrascan.store import PatientIdError, StudyRecord, StudyRepository
@@ -40,6 +41,7 @@ from cerebrascan.store.artefacts import (
     StudyArtefactSink,
     artefact_file_name,
 )
+from cerebrascan.views.display import display_copy
 from plugins.analyzer import Need, PatientHistory, PriorStudy
 from plugins.host import BUILTIN_PLUGINS, AnalyzerHost, AnalyzerOptionsError, StudyInputs
 from plugins.settings import AnalyzerSettings
@@ -239,8 +241,10 @@ class AnalysisPipeline:
         clock = time.perf_counter()
         result_json = response.model_dump_json()
         self.artefacts.save(study_id, segmentation.labels, study.affine, result_json)
+        self._save_supplied_text(study_id, study, options)
         if patient_key is not None:  # later visits of the patient register to this image
             self._save_registration_image(study_id, study)
+        self._save_display_images(study_id, study)
         self._save_record(response, json.loads(result_json), patient_key, options)
         timings["store"] = (time.perf_counter() - clock) * 1000
         response.timings_ms = {k: round(v, 1) for k, v in timings.items()}
@@ -343,6 +347,24 @@ class AnalysisPipeline:
             return
         image = study.images[study.modalities.index(modality)]
         self.artefacts.save_registration_image(study_id, image, study.affine)
+
+    def _save_display_images(self, study_id: str, study: Study) -> None:
+        """Keep the display copies ``views.display_modalities`` asks for (opt-in)."""
+        for contrast in self.settings.views.display_modalities:
+            if contrast not in study.modalities:
+                logger.warning("no %s image: no display copy of it is kept", contrast)
+                continue
+            image = study.images[study.modalities.index(contrast)]
+            self.artefacts.save_display_image(study_id, contrast, display_copy(image), study.affine)
+
+    def _save_supplied_text(self, study_id: str, study: Study, options: AnalyzeOptions) -> None:
+        """Keep the free text that came with the study for an LLM report writer, apart from the
+        findings and only where one may run (``report.keeps_supplied_text``); never logged."""
+        texts = dict(study.supplied_text)
+        if options.comment:
+            texts["options.comment"] = options.comment
+        if texts and self.settings.report.keeps_supplied_text():
+            save_supplied_text(self.artefacts.folder(study_id), texts)
 
     def _save_record(
         self,

@@ -22,6 +22,7 @@ from pydantic_settings import (
 )
 
 from cerebrascan.classifiers.settings import ClassifierSettings
+from cerebrascan.cohorts.settings import CohortSettings
 from cerebrascan.inputs.settings import LimitSettings
 from cerebrascan.longitudinal.settings import LongitudinalSettings
 from cerebrascan.report.settings import ReportSettings
@@ -32,6 +33,7 @@ from cerebrascan.serving.settings import (
     JobSettings,
     LogSettings,
 )
+from cerebrascan.views.settings import ViewSettings
 from plugins.settings import NoGoSettings, PluginSettings
 from runners.settings import RunnerSettings
 
@@ -140,6 +142,8 @@ class Settings(BaseSettings):
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     grpc: GrpcSettings = Field(default_factory=GrpcSettings)
     report: ReportSettings = Field(default_factory=ReportSettings)
+    cohorts: CohortSettings = Field(default_factory=CohortSettings)
+    views: ViewSettings = Field(default_factory=ViewSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -12,6 +12,7 @@ from schemas.analyzers import AnalyzerOutcome
 
 ISO_DATE_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 EARLIEST_STUDY_DATE = date(1900, 1, 1)
+MAX_COMMENT_CHARS = 1000
 RESEARCH_USE_NOTICE = (
     "Research use only. The default model was trained on synthetic phantoms, not patients; "
     "its output is not a clinical finding."
@@ -21,7 +22,8 @@ RESEARCH_USE_NOTICE = (
 class AnalyzeOptions(BaseModel):
     """Optional JSON ``options`` field of ``POST /analyze``."""
 
-    model_config = {"extra": "forbid"}
+    # an error names the field, never the value: a comment or patient id may identify someone
+    model_config = {"extra": "forbid", "hide_input_in_errors": True}
 
     mirror_tta: bool | None = Field(
         default=None, description="Mirror test-time augmentation; default from settings."
@@ -39,6 +41,24 @@ class AnalyzeOptions(BaseModel):
     study_date: date | None = Field(
         default=None, description="Acquisition date of the study, ISO YYYY-MM-DD."
     )
+    comment: str | None = Field(
+        default=None,
+        description="Free text about the study (at most 1000 characters). Untrusted data: an "
+        "LLM report writer sees it as quoted data only; it is not echoed, logged or put in "
+        "the findings.",
+    )
+
+    @field_validator("comment")
+    @classmethod
+    def _short_comment(cls, value: str | None) -> str | None:
+        # the message gives the length, not the text (it may identify a patient)
+        if value is not None and len(value) > MAX_COMMENT_CHARS:
+            raise ValueError(
+                f"comment has {len(value)} characters, over the limit of {MAX_COMMENT_CHARS}"
+            )
+        if value is None:
+            return None
+        return value.strip() or None
 
     @field_validator("study_date", mode="before")
     @classmethod

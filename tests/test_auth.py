@@ -23,7 +23,14 @@ from tests.secured_server import case_files, wait_for_result
 
 READER_KEY, READER_ENTRY = new_key("reader-1", "reader")
 ADMIN_KEY, ADMIN_ENTRY = new_key("admin-1", "admin")
-OPEN_PATHS = {"/livez", "/readyz", "/healthz"}
+OPEN_PATHS = {
+    "/livez",
+    "/readyz",
+    "/healthz",
+    # the viewer page and its script hold no study data; the page's fetches send the key
+    f"/studies/{'0' * 32}/viewer",
+    "/studies/viewer/niivue-0.69.0.umd.js",
+}
 EXAMPLE_PARAMS = {"study_id": "0" * 32, "name": "hotspot", "patient_id": "PAT-0001"}
 
 

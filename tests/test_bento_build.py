@@ -62,7 +62,14 @@ def bentos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_bento_holds_the_code_and_default_model(bentos: dict[str, Path], variant: str) -> None:
     src = bentos[variant] / "src"
-    for path in ("service.py", "cerebrascan/serving/http/auth.py", "runners", "schemas", "plugins"):
+    for path in (
+        "service.py",
+        "runner.py",
+        "cerebrascan/serving/http/auth.py",
+        "runners",
+        "schemas",
+        "plugins",
+    ):
         assert (src / path).exists(), path
     for name in ("model.onnx", "model_spec.json", "model_card.md", "metrics.json"):
         packed = src / "models" / "default" / name

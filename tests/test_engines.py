@@ -2,7 +2,7 @@
 TensorRT settings (profile, cache keys) and refusals of engines this machine cannot run.
 
 The GPU paths themselves (CUDA EP, TensorRT EP, native TensorRT, torch on CUDA) need a GPU;
-``benchmarks/gpu_engines.py`` checks and times them on a lent machine.
+``benchmarks/gpu_engines.sh`` checks and times them on a lent machine.
 """
 
 from __future__ import annotations

@@ -57,6 +57,17 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         "service",
     ),
     "cerebrascan/store": ("cerebrascan.pipeline", "cerebrascan.serving", "plugins", "service"),
+    # pictures of stored studies: below the report (which uses the palette and montage) and
+    # the routes that serve them
+    "cerebrascan/views": (
+        "cerebrascan.pipeline",
+        "cerebrascan.serving",
+        "cerebrascan.report",
+        "plugins",
+        "service",
+    ),
+    # cohorts run the pipeline offline; the service submits them, never the other way round
+    "cerebrascan/cohorts": ("cerebrascan.serving", "service"),
 }
 
 MAX_ROOT_MODULES = 10

@@ -10,6 +10,7 @@ import copy
 import http.server
 import io
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -193,7 +194,52 @@ def test_llm_writer_without_endpoint_falls_back_and_says_why(asgi_client, findin
     assert response.status_code == 200
     writer = response.json()["writer"]
     assert (writer["requested"], writer["used"]) == ("llm", "template")
+    assert writer["fallback_code"] == "no_endpoint"
     assert "no LLM endpoint configured" in writer["fallback_reason"]
+
+
+def test_only_roles_in_the_setting_may_ask_for_the_llm(asgi_client, findings: dict) -> None:
+    """The served app behind an enabled key check: a reader's ``writer=llm`` is refused (the
+    service's ``report.writer`` is template, ``report.llm_override_roles`` the default), an
+    admin's is served (it falls back here: no endpoint); the template is anyone's."""
+    from starlette.testclient import TestClient
+
+    from cerebrascan.serving.apikeys import new_key
+    from cerebrascan.serving.http.auth import ApiKeyMiddleware
+    from cerebrascan.serving.settings import AuthSettings
+
+    reader_key, reader = new_key("report-reader", "reader")
+    admin_key, admin = new_key("report-admin", "admin")
+    client = TestClient(
+        ApiKeyMiddleware(asgi_client.app, AuthSettings(enabled=True, api_keys=[reader, admin]))
+    )
+    url = f"/studies/{findings['study_id']}/report"
+    as_reader = {"Authorization": f"Bearer {reader_key}"}
+    refused = client.get(f"{url}?writer=llm", headers=as_reader)
+    assert refused.status_code == 403
+    assert "'reader'" in refused.json()["error"]
+    assert "report.llm_override_roles ['admin']" in refused.json()["error"]
+    for query in ("", "?writer=template"):
+        allowed = client.get(f"{url}{query}", headers=as_reader)
+        assert allowed.status_code == 200
+        assert allowed.headers["X-Report-Writer"] == "template"
+    by_admin = client.get(f"{url}?writer=llm", headers={"X-API-Key": admin_key})
+    assert by_admin.status_code == 200
+    assert by_admin.json()["writer"]["requested"] == "llm"
+
+
+def test_override_policy_settings(monkeypatch) -> None:
+    from cerebrascan.settings import Settings
+
+    assert not ReportSettings(llm_override_roles=[]).may_override("llm", "admin")
+    assert ReportSettings(writer="llm").may_override("llm", "reader")
+    assert ReportSettings(writer="llm").may_override("template", None)
+    assert not ReportSettings().may_override("llm", None)
+    assert not ReportSettings(llm_override_roles=[]).keeps_supplied_text()
+    monkeypatch.setenv("CEREBRASCAN_REPORT__LLM_OVERRIDE_ROLES", '["reader", "admin"]')
+    assert Settings().report.may_override("llm", "reader")
+    with pytest.raises(ValueError, match="'owner'"):
+        ReportSettings(llm_override_roles=["owner"])
 
 
 def test_generic_sections_show_predictions_with_confidence_and_research_notice(
@@ -310,29 +356,53 @@ def test_supplied_text_is_read_from_stored_input_fields(findings: dict) -> None:
 
 
 class _EndpointDouble(http.server.BaseHTTPRequestHandler):
-    """A local OpenAI-style endpoint that is slow or answers garbage.
+    """A local OpenAI-style endpoint that is slow, dribbles, or answers garbage.
 
-    A test double: a real model cannot be made to time out or break its JSON grammar on demand.
+    A test double: a real model cannot be made to time out, send its answer a byte at a time,
+    answer HTTP 500 or break its JSON grammar on demand.
     """
 
     delay_s = 0.0
     content = "{}"
+    status = 200
+    raw: bytes | None = None
+    """The whole body when set (else a chat-completions object around ``content``)."""
+    dribble_s = 0.0
+    """When set, the body goes out one byte per ``dribble_s`` seconds."""
     seen_headers: ClassVar[list[dict[str, str]]] = []
+    in_flight = 0
+    most_in_flight = 0
+    lock = threading.Lock()
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length", "0"))
         self.rfile.read(length)
-        type(self).seen_headers.append(dict(self.headers))
-        time.sleep(self.delay_s)
-        body = json.dumps({"choices": [{"message": {"content": self.content}}]}).encode()
+        cls = type(self)
+        cls.seen_headers.append(dict(self.headers))
+        with cls.lock:
+            cls.in_flight += 1
+            cls.most_in_flight = max(cls.most_in_flight, cls.in_flight)
         try:
-            self.send_response(200)
+            time.sleep(self.delay_s)
+            body = self.raw
+            if body is None:
+                body = json.dumps({"choices": [{"message": {"content": self.content}}]}).encode()
+            self.send_response(self.status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if self.dribble_s:
+                for byte in body:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(self.dribble_s)
+            else:
+                self.wfile.write(body)
         except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up (the timeout test)
+            pass  # the client gave up (the timeout tests)
+        finally:
+            with cls.lock:
+                cls.in_flight -= 1
 
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -340,8 +410,9 @@ class _EndpointDouble(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def endpoint_double() -> Iterator[tuple[str, type[_EndpointDouble]]]:
-    handler = type("Handler", (_EndpointDouble,), {"seen_headers": []})
+    handler = type("Handler", (_EndpointDouble,), {"seen_headers": [], "lock": threading.Lock()})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -352,9 +423,8 @@ def endpoint_double() -> Iterator[tuple[str, type[_EndpointDouble]]]:
 
 
 def _llm_settings(base_url: str, **extra: object) -> ReportSettings:
-    return ReportSettings(
-        writer="llm", llm_base_url=base_url, llm_model="double", llm_timeout_s=1.0, **extra
-    )
+    values: dict[str, object] = {"llm_timeout_s": 1.0, **extra}
+    return ReportSettings(writer="llm", llm_base_url=base_url, llm_model="double", **values)
 
 
 def test_timeout_falls_back_to_the_template(findings: dict, template_report, endpoint_double):
@@ -363,30 +433,130 @@ def test_timeout_falls_back_to_the_template(findings: dict, template_report, end
     started = time.perf_counter()
     report = build_report(findings, NO_IMAGE, _llm_settings(base_url))
     assert time.perf_counter() - started < handler.delay_s
-    assert report.writer.used == "template"
-    assert report.writer.fallback_reason.startswith("timeout")
+    assert (report.writer.used, report.writer.fallback_code) == ("template", "timeout")
     assert report.narrative == template_report.narrative
 
 
+def test_the_deadline_covers_the_whole_request(findings: dict, endpoint_double) -> None:
+    """An answer that arrives a byte every 0.2 s never trips a per-read timeout of 1 s; the
+    deadline of 1 s for the whole request ends it."""
+    base_url, handler = endpoint_double
+    handler.dribble_s = 0.2
+    started = time.perf_counter()
+    report = build_report(findings, NO_IMAGE, _llm_settings(base_url))
+    elapsed = time.perf_counter() - started
+    assert report.writer.fallback_code == "timeout"
+    assert elapsed < 2.0, f"the LLM call took {elapsed:.1f} s with a 1 s deadline"
+
+
+def test_llm_calls_in_flight_are_limited(findings: dict, endpoint_double) -> None:
+    base_url, handler = endpoint_double
+    handler.delay_s = 0.3
+    handler.content = "{}"
+    settings = _llm_settings(base_url, llm_max_concurrent=3, llm_timeout_s=10.0)
+    threads = [
+        threading.Thread(target=build_report, args=(findings, NO_IMAGE, settings)) for _ in range(7)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(handler.seen_headers) == 7
+    assert handler.most_in_flight == 3
+
+
+def test_no_free_slot_before_the_deadline_falls_back_as_busy(findings: dict) -> None:
+    from cerebrascan.report.llm_writer import llm_slots
+
+    slots = llm_slots(1)
+    assert slots.acquire(timeout=5)  # the one slot is taken by another report
+    try:
+        started = time.perf_counter()
+        settings = _llm_settings("http://127.0.0.1:9/v1", llm_max_concurrent=1, llm_timeout_s=0.3)
+        report = build_report(findings, NO_IMAGE, settings)
+    finally:
+        slots.release()
+    assert report.writer.fallback_code == "busy"
+    assert 0.25 < time.perf_counter() - started < 2.0
+
+
 @pytest.mark.parametrize(
-    "content",
+    ("content", "code"),
     [
-        '{"findings": "unterminated',
-        '{"findings": "x"}',
-        "[1, 2]",
-        '{"findings": 3, "impression": ""}',
+        ('{"findings": "unterminated', "invalid_json"),
+        ('{"findings": "x"}', "schema_mismatch"),
+        ("[1, 2]", "schema_mismatch"),
+        ('{"findings": 3, "impression": ""}', "schema_mismatch"),
     ],
 )
 def test_invalid_json_falls_back_to_the_template(
-    findings: dict, template_report, endpoint_double, content: str
+    findings: dict, template_report, endpoint_double, content: str, code: str
 ) -> None:
     base_url, handler = endpoint_double
     handler.content = content
     report = build_report(findings, NO_IMAGE, _llm_settings(base_url, llm_api_key="s3cret-key"))
-    assert report.writer.used == "template"
-    assert report.writer.fallback_reason.startswith("invalid JSON")
+    assert (report.writer.used, report.writer.fallback_code) == ("template", code)
+    assert report.writer.reply_chars and report.writer.http_status == 200
     assert report.narrative == template_report.narrative
     assert handler.seen_headers[-1]["Authorization"] == "Bearer s3cret-key"
+
+
+MARKER = "QXZ-ENDPOINT-WORDS"
+PLANTED_VOLUME_RE = re.compile(r"(?<![\d.])999(?!\d)")
+"""999 as a number of its own (not the digits of 0.0999 or 1.9997)."""
+ENDPOINT_FAULTS = [
+    pytest.param({"status": 500, "raw": f"internal error: {MARKER}".encode()}, "http_error"),
+    pytest.param({"raw": json.dumps({"error": MARKER}).encode()}, "not_chat_completion"),
+    pytest.param({"content": f'{{"findings": "{MARKER}'}, "invalid_json"),
+    pytest.param(
+        {"content": json.dumps({MARKER: "x", "findings": MARKER, "impression": MARKER})},
+        "schema_mismatch",
+    ),
+    pytest.param(
+        {
+            "content": json.dumps(
+                {
+                    "findings": f"{MARKER}: a benign tumour of 999 mL in the cerebellum.",
+                    "impression": f"{MARKER} benign, 999 mL, no enhancement.",
+                }
+            )
+        },
+        "grounding",
+    ),
+]
+
+
+@pytest.mark.parametrize(("fault", "code"), ENDPOINT_FAULTS)
+def test_the_endpoint_text_never_reaches_a_report_a_log_or_the_store(
+    findings: dict, endpoint_double, caplog, fault: dict, code: str
+) -> None:
+    """Whatever the endpoint answers, the report (every format), the log and the study's
+    folder hold a fallback code, our own words and lengths, never its text."""
+    from cerebrascan.report.study_reports import StudyReports, render_bytes
+    from cerebrascan.settings import Settings
+    from cerebrascan.store.artefacts import StudyArtefacts
+
+    base_url, handler = endpoint_double
+    for name, value in fault.items():
+        setattr(handler, name, value)
+    store = StudyArtefacts(Settings().studies_dir)
+    caplog.set_level("DEBUG")
+    report, png = StudyReports(store, _llm_settings(base_url)).build(findings["study_id"])
+    assert (report.writer.used, report.writer.fallback_code) == ("template", code)
+    assert report.writer.reply_chars
+    rendered = [render_bytes(report, png, fmt) for fmt in ("json", "md", "html")]  # type: ignore[arg-type]
+    pdf = render_bytes(report, png, "pdf")
+    import pypdfium2 as pdfium
+
+    pdf_text = "".join(p.get_textpage().get_text_range() for p in pdfium.PdfDocument(pdf))
+    for text in [*(r.decode() for r in rendered), pdf_text, caplog.text]:
+        assert MARKER not in text
+        assert not PLANTED_VOLUME_RE.search(text)
+    assert f"fell back to the template: {report.writer.fallback_reason}" in caplog.text or (
+        f"refused: {report.writer.fallback_reason}" in caplog.text
+    )
+    for path in store.folder(findings["study_id"]).iterdir():
+        assert MARKER.encode() not in path.read_bytes()
 
 
 def test_grounded_answer_from_an_endpoint_is_used(findings, template_report, endpoint_double):
@@ -397,8 +567,27 @@ def test_grounded_answer_from_an_endpoint_is_used(findings, template_report, end
     )
     report = build_report(findings, NO_IMAGE, _llm_settings(base_url))
     assert report.writer.used == "llm"
+    assert report.writer.fallback_code is None
     assert report.narrative.findings == f"Whole tumour {wt}."
     assert "LLM" in to_markdown(report)
+
+
+@pytest.mark.parametrize(
+    "opening",
+    ["[{}] (the findings; the only source you may use: ", "FACTS: ", '{"findings": "'],
+)
+def test_a_narrative_echoing_the_prompt_is_refused(template_report, opening: str) -> None:
+    """SmolLM2-135M wrote such grounded non-narratives in the acceptance benchmark."""
+    from cerebrascan.report import llm_writer
+    from schemas.report import WriterRecord
+
+    impression = template_report.narrative.impression
+    sections = llm_writer.LlmSections(findings=opening + impression, impression=impression)
+    record = WriterRecord(requested="llm", used="llm")
+    assert not llm_writer.judge(sections, template_report, record)
+    assert (record.used, record.fallback_code) == ("template", "prompt_echo")
+    clean = llm_writer.LlmSections(findings=impression, impression=impression)
+    assert llm_writer.judge(clean, template_report, WriterRecord(requested="llm", used="llm"))
 
 
 def test_unreachable_endpoint_falls_back(findings: dict) -> None:
@@ -408,7 +597,7 @@ def test_unreachable_endpoint_falls_back(findings: dict) -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # closed again before the request: nothing listens
     report = build_report(findings, NO_IMAGE, _llm_settings(f"http://127.0.0.1:{port}/v1"))
-    assert report.writer.used == "template"
+    assert (report.writer.used, report.writer.fallback_code) == ("template", "unreachable")
     assert "unreachable" in report.writer.fallback_reason
 
 
@@ -433,3 +622,31 @@ def test_reading_the_findings_does_no_model_calls(findings: dict, tmp_path: Path
     settings = ReportSettings(llm_base_url="http://192.0.2.1:9/v1", llm_timeout_s=0.1)
     report = build_report(findings, NO_IMAGE, settings)
     assert report.writer.requested == report.writer.used == "template"
+
+
+def test_html_and_pdf_reports_carry_the_montage(asgi_client, findings: dict) -> None:
+    """The HTML embeds the key image and an axial montage (decoded: wider than the key image,
+    with the ET colour); the PDF carries both pictures as image objects."""
+    import base64
+
+    import pypdfium2 as pdfium
+    import pypdfium2.raw as pdfium_c
+    from PIL import Image
+
+    study_id = findings["study_id"]
+    html = asgi_client.get(f"/studies/{study_id}/report", params={"format": "html"}).text
+    sources = re.findall(r'<img class="(key|montage)" src="data:image/png;base64,([^"]+)"', html)
+    assert [kind for kind, _ in sources] == ["key", "montage"]
+    montage = np.asarray(Image.open(io.BytesIO(base64.b64decode(sources[1][1]))).convert("RGB"))
+    key = Image.open(io.BytesIO(base64.b64decode(sources[0][1])))
+    assert montage.shape[1] > key.width
+    yellow = (montage[..., 0] > 200) & (montage[..., 1] > 180) & (montage[..., 2] < 90)
+    assert yellow.sum() > 100, "the montage shows the enhancing tumour in the palette's yellow"
+    assert "Axial montage" in html
+
+    pdf = asgi_client.get(f"/studies/{study_id}/report", params={"format": "pdf"}).content
+    document = pdfium.PdfDocument(pdf)
+    images = sum(
+        1 for page in document for obj in page.get_objects(filter=(pdfium_c.FPDF_PAGEOBJ_IMAGE,))
+    )
+    assert images == 2

@@ -7,7 +7,8 @@ bytes, checks them with the functions here and hands a :class:`Study` to
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -29,6 +30,32 @@ class Volume:
         return spacing_from_affine(self.affine)
 
 
+DICOM_UNTRUSTED_TEXT_TAGS = (
+    "StudyDescription",
+    "SeriesDescription",
+    "RequestedProcedureDescription",
+    "AdditionalPatientHistory",
+    "ReasonForTheRequestedProcedure",
+)
+"""Free-text DICOM attributes a study may carry: untrusted data for the report writer only.
+The DICOM input (issue 16) fills :attr:`Study.supplied_text` with
+:func:`untrusted_text_from_dicom`."""
+MAX_UNTRUSTED_TEXT_CHARS = 1000
+
+
+def untrusted_text_from_dicom(attributes: Mapping[str, object]) -> dict[str, str]:
+    """The free-text attributes of :data:`DICOM_UNTRUSTED_TEXT_TAGS` in ``attributes`` (keyword
+    -> value, e.g. a pydicom dataset's), as ``{"dicom.<keyword>": text}``; empty ones left out,
+    each cut to :data:`MAX_UNTRUSTED_TEXT_CHARS`."""
+    found = {}
+    for keyword in DICOM_UNTRUSTED_TEXT_TAGS:
+        value = attributes.get(keyword)
+        text = "" if value is None else str(value).strip()
+        if text:
+            found[f"dicom.{keyword}"] = text[:MAX_UNTRUSTED_TEXT_CHARS]
+    return found
+
+
 @dataclass(frozen=True)
 class Study:
     """Four co-registered modalities stacked channel-first in ``modalities`` order."""
@@ -36,6 +63,9 @@ class Study:
     images: npt.NDArray[np.float32]
     affine: npt.NDArray[np.float64]
     modalities: tuple[str, ...]
+    supplied_text: Mapping[str, str] = field(default_factory=dict)
+    """Free text that arrived with the images (``dicom.StudyDescription``, ...): untrusted data,
+    handed to an LLM report writer as quoted data only; never logged."""
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -14,12 +14,10 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-LABEL_COLOURS: dict[int, tuple[int, int, int]] = {
-    1: (220, 50, 47),  # NETC red
-    2: (60, 180, 75),  # SNFH green
-    3: (255, 225, 25),  # ET yellow
-}
-"""Overlay colour per BraTS label (also named in the report's caption)."""
+from cerebrascan.views.palette import LABEL_RGB
+
+LABEL_COLOURS: dict[int, tuple[int, int, int]] = dict(LABEL_RGB)
+"""Overlay colour per BraTS label: the one palette (``cerebrascan.views.palette``)."""
 LABEL_ALPHA = 0.45
 UPSCALE = 2
 

@@ -49,9 +49,15 @@ def _environment(autoescape: bool) -> jinja2.Environment:
     return _ENVIRONMENTS[autoescape]
 
 
+MONTAGE_CAPTION = (
+    "Axial montage: slices evenly spaced through the tumour, labels in the palette colours "
+    "(NETC red, SNFH green, ET yellow); radiological display, patient's right on the left."
+)
+
+
 def writer_summary(report: StudyReport) -> str:
-    """One line saying who wrote the narrative and, after a fallback, why (without the
-    rejected text, which stays in the JSON's ``writer.mismatches``)."""
+    """One line saying who wrote the narrative and, after a fallback, why (the fallback's
+    reason holds codes, counts and lengths, never the endpoint's text)."""
     writer = report.writer
     if writer.used == "llm":
         return (
@@ -88,12 +94,16 @@ def overlay_caption(report: StudyReport) -> str:
     )
 
 
-def _context(report: StudyReport, image_src: str | None) -> dict[str, object]:
+def _context(
+    report: StudyReport, image_src: str | None, montage_src: str | None = None
+) -> dict[str, object]:
     return {
         "r": report,
         "f": FORMATTERS,
         "research": RESEARCH,
         "image_src": image_src or "",
+        "montage_src": montage_src or "",
+        "montage_caption": MONTAGE_CAPTION,
         "overlay_caption": overlay_caption(report),
         "writer_summary": writer_summary(report),
     }
@@ -108,16 +118,22 @@ def to_markdown(report: StudyReport) -> str:
     )
 
 
-def to_html(report: StudyReport, overlay_png: bytes | None) -> str:
-    """Self-contained HTML (key image inline as a data URI), every value autoescaped."""
-    src = None
-    if overlay_png is not None:
-        src = "data:image/png;base64," + base64.b64encode(overlay_png).decode("ascii")
-    return _environment(True).get_template("report.html.j2").render(_context(report, src))
+def _data_uri(png: bytes | None) -> str | None:
+    return None if png is None else "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def to_pdf(report: StudyReport, overlay_png: bytes | None) -> bytes:
-    """A4 PDF with the same sections as the HTML."""
+def to_html(
+    report: StudyReport, overlay_png: bytes | None, montage_png: bytes | None = None
+) -> str:
+    """Self-contained HTML (key image and montage inline as data URIs), values autoescaped."""
+    context = _context(report, _data_uri(overlay_png), _data_uri(montage_png))
+    return _environment(True).get_template("report.html.j2").render(context)
+
+
+def to_pdf(
+    report: StudyReport, overlay_png: bytes | None, montage_png: bytes | None = None
+) -> bytes:
+    """A4 PDF with the same sections as the HTML (the montage after the key image)."""
     styles = getSampleStyleSheet()
     body = styles["BodyText"]
     small = ParagraphStyle("small", parent=body, fontSize=8, textColor=colors.HexColor("#555555"))
@@ -186,6 +202,18 @@ def to_pdf(report: StudyReport, overlay_png: bytes | None) -> bytes:
         story.append(KeepTogether([image, para(overlay_caption(report), small)]))
     else:
         story.append(para(overlay_caption(report), small))
+    if montage_png is not None:
+        montage = Image(
+            io.BytesIO(montage_png), width=150 * mm, height=150 * mm, kind="proportional"
+        )
+        story.append(KeepTogether([montage, para(MONTAGE_CAPTION, small)]))
+    story.append(
+        para(
+            f"More views (on the server): /studies/{report.technique.study_id}/viewer (3D viewer), "
+            f"/studies/{report.technique.study_id}/views/montage.png (montage).",
+            small,
+        )
+    )
     for title, opinion in (
         ("Classification", report.classification),
         ("Radiogenomics", report.radiogenomics),

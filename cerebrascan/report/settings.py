@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 
+OverrideRole = Literal["reader", "admin"]
+
 
 class ReportSettings(BaseModel):
     """Which writer composes a report's narrative, and the LLM endpoint it may call.
@@ -33,7 +35,23 @@ class ReportSettings(BaseModel):
         default=None, description="Bearer token of the endpoint (vllm serve --api-key)."
     )
     llm_timeout_s: float = Field(
-        default=30.0, gt=0.0, le=600.0, description="Whole LLM request, connect to last byte."
+        default=30.0,
+        gt=0.0,
+        le=600.0,
+        description="Deadline of one report's LLM call, whole: waiting for a free slot, "
+        "connect, send and the last byte of the answer; then the template is used.",
+    )
+    llm_max_concurrent: int = Field(
+        default=2,
+        ge=1,
+        le=256,
+        description="LLM calls in flight at once in one process; a report that finds no free "
+        "slot before its deadline uses the template (fallback code busy).",
+    )
+    llm_override_roles: list[OverrideRole] = Field(
+        default_factory=lambda: list[OverrideRole](["admin"]),
+        description="Roles whose `?writer=llm` may override `writer: template` (cost and "
+        "load); [] allows it to nobody. With auth.enabled=false every caller counts as admin.",
     )
     llm_max_tokens: int = Field(default=512, ge=16, le=8192, description="Completion budget.")
     llm_temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="Sampling.")
@@ -42,6 +60,22 @@ class ReportSettings(BaseModel):
         description="json_schema: OpenAI's structured-output form (vLLM, recent llama.cpp). "
         "json_object: {'type': 'json_object', 'schema': ...} (older llama-cpp-python).",
     )
+
+    def may_override(self, requested: str | None, role: str | None) -> bool:
+        """Whether a caller of ``role`` (None: unknown) may ask for writer ``requested``.
+
+        Asking for the configured writer, or for the template (no model call), is always
+        allowed; asking for the LLM when the template is configured needs a role in
+        :attr:`llm_override_roles`.
+        """
+        if requested is None or requested == self.writer or requested == "template":
+            return True
+        return role is not None and role in self.llm_override_roles
+
+    def keeps_supplied_text(self) -> bool:
+        """Whether an LLM writer may ever run here, so a study's supplied text must be kept
+        for it (``writer: llm``, or someone may override the template)."""
+        return self.writer == "llm" or bool(self.llm_override_roles)
 
     @field_validator("llm_base_url")
     @classmethod

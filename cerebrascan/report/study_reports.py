@@ -16,11 +16,16 @@ import numpy.typing as npt
 from cerebrascan.errors import InputError
 from cerebrascan.report.settings import ReportSettings
 from cerebrascan.store.artefacts import RESULT_FILE, SEGMENTATION_FILE, StudyArtefacts
+from cerebrascan.views.study_views import StudyViews
 from schemas.report import OverlayImage, ReportFormat, StudyReport, WriterName
 
 from . import render
 from .builder import ReportInputError, build_report
 from .overlay import largest_tumour_slice, overlay_png
+from .supplied_text import load_supplied_text
+
+MONTAGE_SLICES = 6
+"""Slices in the report's montage (the HTML and PDF; the views route gives any count)."""
 
 logger = logging.getLogger(__name__)
 
@@ -163,9 +168,11 @@ class StudyReports:
         """
         findings = self.findings(study_id)
         overlay, png = self.overlay(study_id)
+        # the text kept with the study (supplied_text.json), then the caller's
+        quoted = {**load_supplied_text(self.store.folder(study_id)), **dict(supplied_text or {})}
         try:
             report = build_report(
-                findings, overlay, self.settings, writer=writer, supplied_text=supplied_text
+                findings, overlay, self.settings, writer=writer, supplied_text=quoted
             )
         except ReportInputError as exc:
             raise InputError(str(exc), status_code=422) from exc
@@ -181,20 +188,48 @@ class StudyReports:
     ) -> RenderedReport:
         """The report in ``report_format`` (json, md, html or pdf)."""
         report, png = self.build(study_id, writer=writer, supplied_text=supplied_text)
+        montage = self.montage(study_id) if report_format in ("html", "pdf") else None
         return RenderedReport(
-            report, render_bytes(report, png, report_format), MEDIA_TYPES[report_format]
+            report,
+            render_bytes(report, png, report_format, montage_png=montage),
+            MEDIA_TYPES[report_format],
         )
 
+    def montage(self, study_id: str) -> bytes | None:
+        """The axial montage through the tumour (None without a tumour or a label map)."""
+        if not self.overlay_has_tumour(study_id):
+            return None
+        try:
+            return StudyViews(self.store).montage_png(study_id, "axial", MONTAGE_SLICES)
+        except InputError as exc:
+            logger.info("report without a montage: %s", exc)
+            return None
 
-def render_bytes(report: StudyReport, png: bytes | None, report_format: ReportFormat) -> bytes:
-    """Encode ``report`` in one of the formats."""
+    def overlay_has_tumour(self, study_id: str) -> bool:
+        """Whether the stored label map has any tumour voxel."""
+        try:
+            seg_path = self.store.artefact(study_id, SEGMENTATION_FILE)
+        except InputError:
+            return False
+        image = cast(nib.Nifti1Image, nib.load(str(seg_path)))
+        return bool(np.asarray(image.dataobj).any())
+
+
+def render_bytes(
+    report: StudyReport,
+    png: bytes | None,
+    report_format: ReportFormat,
+    *,
+    montage_png: bytes | None = None,
+) -> bytes:
+    """Encode ``report`` in one of the formats (the montage goes into HTML and PDF)."""
     if report_format == "json":
         return report.model_dump_json(indent=1).encode("utf-8")
     if report_format == "md":
         return render.to_markdown(report).encode("utf-8")
     if report_format == "html":
-        return render.to_html(report, png).encode("utf-8")
-    return render.to_pdf(report, png)
+        return render.to_html(report, png, montage_png).encode("utf-8")
+    return render.to_pdf(report, png, montage_png)
 
 
 def write_report_files(

@@ -27,7 +27,12 @@ joined, and its batch line lists the ids of the cases it batched.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
+import json
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -36,11 +41,19 @@ from typing import Annotated, Any, Literal
 
 import aiohttp
 import bentoml
+import httpx
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+)
 
-from cerebrascan.errors import InputError
+from cerebrascan.errors import InputError, RunnerUnavailableError
 from cerebrascan.registry import (
     ModelNotAvailableError,
     ResolvedModel,
@@ -65,14 +78,109 @@ from schemas.model_spec import ModelSpec
 
 logger = logging.getLogger(__name__)
 
+RUNNER_CALL_TIMEOUT_S = 600
+"""The runner service's request timeout, and the front's client timeout for one call."""
+
 LOADED_VERSIONS = 2
 """Model versions the runner service keeps loaded (the promoted one and its predecessor)."""
 
+WIRE_DTYPES = ("float16", "float32")
+"""dtypes an array may have on the wire (volumes in, probabilities, logits, disagreement out)."""
+MAX_WIRE_DIMENSIONS = 5
+
+
+def array_from_wire(value: Any) -> Any:
+    """An array field's value: a numpy array as is (pickled between BentoML's own processes),
+    or decoded from ``{"dtype", "shape", "data": base64}`` (JSON over the network to a runner
+    service deployed on its own, ``batching.runner_url``: never a pickle).
+
+    Raises:
+        ValueError: the JSON form names another dtype, a bad shape or the wrong byte count.
+    """
+    if isinstance(value, np.ndarray):
+        return value
+    if not isinstance(value, dict) or set(value) != {"dtype", "shape", "data"}:
+        raise ValueError("expected a numpy array or an object with dtype, shape and data")
+    dtype, shape, data = value["dtype"], value["shape"], value["data"]
+    if dtype not in WIRE_DTYPES:
+        raise ValueError(f"array dtype must be one of {WIRE_DTYPES}, got {str(dtype)[:20]!r}")
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_WIRE_DIMENSIONS
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
+    ):
+        raise ValueError(f"array shape must be a list of at most 5 sizes, got {str(shape)[:60]}")
+    if not isinstance(data, str):
+        raise ValueError("array data must be a base64 string")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except binascii.Error as exc:
+        raise ValueError(f"array data is not base64: {exc}") from None
+    expected = math.prod(shape) * np.dtype(dtype).itemsize
+    if len(raw) != expected:
+        raise ValueError(
+            f"array data holds {len(raw)} bytes, shape {shape} {dtype} needs {expected}"
+        )
+    return np.frombuffer(bytearray(raw), dtype=dtype).reshape(shape)
+
+
+def array_to_wire(array: np.ndarray) -> dict[str, Any]:
+    """The JSON form of an array field (see :func:`array_from_wire`)."""
+    return {
+        "dtype": str(array.dtype),
+        "shape": list(array.shape),
+        "data": base64.b64encode(np.ascontiguousarray(array).tobytes()).decode("ascii"),
+    }
+
+
 WireArray = Annotated[
     np.ndarray,
-    WithJsonSchema({"type": "array", "description": "numpy array, pickled between our services"}),
+    BeforeValidator(array_from_wire),
+    PlainSerializer(array_to_wire, when_used="json"),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "description": "numpy array: pickled between BentoML's own processes; as JSON "
+            "{dtype: float16|float32, shape: [...], data: base64 of the C-order bytes}",
+        }
+    ),
 ]
-"""A numpy array field: BentoML pickles it (protocol 5, raw buffers) between its services."""
+"""A numpy array field: BentoML pickles it (protocol 5, raw buffers) between its own
+processes; to a runner service at ``batching.runner_url`` it travels as JSON with base64 data."""
+
+PUBLIC_RUNNER_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
+"""Routes of a separately deployed runner service open without its token (probes, scrapers)."""
+
+
+class RunnerTokenMiddleware:
+    """Refuses every request to the runner service but its health checks and ``/metrics``
+    unless it carries ``Authorization: Bearer <batching.runner_token>`` (401 otherwise).
+
+    Args:
+        app: the runner service's ASGI app.
+        token: the shared secret the front sends.
+    """
+
+    def __init__(self, app: Any, token: str) -> None:
+        self.app = app
+        self._expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] not in PUBLIC_RUNNER_PATHS:
+            presented = dict(scope.get("headers") or ()).get(b"authorization", b"")
+            if not hmac.compare_digest(presented, self._expected):
+                reason = "missing" if not presented else "invalid"
+                body = json.dumps({"error": f"{reason} runner token"}).encode()
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 401,
+                        "headers": [(b"content-type", b"application/json")],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
 
 
 def forwardable_request_id() -> str | None:
@@ -364,7 +472,7 @@ class SegmentationRunnerService:
         }
 
 
-def build_runner_service(settings: Settings) -> Any:
+def build_runner_service(settings: Settings, *, standalone: bool = False) -> Any:
     """The BentoML service ``cerebrascan-runner``, bound to the process's settings.
 
     Called once, by the entry module (``service.py``) with its one :class:`Settings`: the
@@ -376,16 +484,27 @@ def build_runner_service(settings: Settings) -> Any:
 
     Args:
         settings: the process's settings (``batching`` configures the service and its API).
+        standalone: the service is deployed on its own (``runner.py``, reached at
+            ``batching.runner_url``): every route but the health checks and ``/metrics`` then
+            needs ``batching.runner_token`` (:class:`RunnerTokenMiddleware`).
 
     Returns:
         The ``bentoml.Service`` of :class:`SegmentationRunnerService`.
+
+    Raises:
+        ValueError: ``standalone`` without ``batching.runner_token``.
     """
     batching = settings.batching
+    if standalone and batching.runner_token is None:
+        raise ValueError(
+            "a runner service deployed on its own needs batching.runner_token "
+            "(CEREBRASCAN_BATCHING__RUNNER_TOKEN), the secret its front sends"
+        )
 
     @bentoml.service(
         name="cerebrascan-runner",
         workers=batching.workers,
-        traffic={"timeout": 600, "max_concurrency": 64},
+        traffic={"timeout": RUNNER_CALL_TIMEOUT_S, "max_concurrency": 64},
     )
     class BoundRunnerService(SegmentationRunnerService):
         """:class:`SegmentationRunnerService` with this process's settings, as BentoML serves it."""
@@ -400,7 +519,42 @@ def build_runner_service(settings: Settings) -> Any:
         )(SegmentationRunnerService.segment)
         describe = bentoml.api(SegmentationRunnerService.describe)
 
+    if standalone and batching.runner_token is not None:
+        # bentoml.service made the class a Service; mypy ignores class decorators
+        BoundRunnerService.add_asgi_middleware(  # type: ignore[attr-defined]
+            RunnerTokenMiddleware, token=batching.runner_token.get_secret_value()
+        )
     return BoundRunnerService
+
+
+def runner_service_client(settings: Settings) -> Any:
+    """The front's client of a runner service deployed on its own (``batching.runner_url``).
+
+    BentoML's HTTP client for a dependency at a URL (what ``bentoml.depends(url=...)``
+    builds), with the runner service's API for typed answers, JSON on the wire (the runner's
+    main server refuses pickles, and nothing from the network is ever unpickled) and
+    ``batching.runner_token`` as ``Authorization: Bearer``. It does not wait for the runner at
+    start: the first case does, and fails alone if the runner is not there.
+
+    Raises:
+        ValueError: ``batching.runner_url`` or ``batching.runner_token`` is unset.
+    """
+    batching = settings.batching
+    if batching.runner_url is None or batching.runner_token is None:
+        raise ValueError("batching.runner_url and batching.runner_token must both be set")
+    # BentoML's public SyncHTTPClient takes no service (it would answer plain dicts and send
+    # models it cannot encode); this is the class bentoml.depends(url=..., on=...) builds in
+    # its RemoteProxy, which in turn takes no token.
+    from _bentoml_impl.client.http import SyncHTTPClient
+
+    return SyncHTTPClient(
+        batching.runner_url,
+        service=build_runner_service(settings),
+        media_type="application/json",
+        token=batching.runner_token.get_secret_value(),
+        timeout=RUNNER_CALL_TIMEOUT_S,
+        server_ready_timeout=0,
+    )
 
 
 class RemoteSegmentationRunner:
@@ -487,6 +641,7 @@ class RemoteSegmentationRunner:
 
         Raises:
             InputError: the runner found the volume unusable (422).
+            RunnerUnavailableError: the runner service cannot be reached, even on a retry (503).
             RuntimeError: the network failed on this case.
         """
         wants_logits = self.spec.preprocessing == "nnunet"
@@ -494,11 +649,18 @@ class RemoteSegmentationRunner:
         clock = time.perf_counter()
         try:
             (result,) = self.service.segment([case])
-        except aiohttp.ClientConnectionError as exc:
+        except (aiohttp.ClientConnectionError, httpx.TransportError) as exc:
             # a pooled keep-alive connection the runner closed just as it was reused
             # ("Server disconnected"); segmenting is idempotent, so one retry is safe
             logger.warning("runner service connection dropped (%s); retrying the case once", exc)
-            (result,) = self.service.segment([case])
+            try:
+                (result,) = self.service.segment([case])
+            except (aiohttp.ClientConnectionError, httpx.TransportError) as again:
+                # not started yet, restarting or gone: a clean 503 the client may retry
+                raise RunnerUnavailableError(
+                    f"the runner service cannot be reached ({type(again).__name__}); "
+                    "the study was not analysed, retry shortly"
+                ) from again
         round_trip_ms = (time.perf_counter() - clock) * 1000
         if isinstance(result, dict):  # a client without the pydantic type gives plain data
             result = RunnerResult.model_validate(result)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
 Role = Literal["reader", "admin"]
 
@@ -132,6 +132,33 @@ class BatchingSettings(BaseModel):
         description="Threads of the front service's sync APIs: studies preprocessed, "
         "postprocessed and analysed at once per worker (BentoML's default is 1).",
     )
+    runner_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s/]+(/\S*)?$",
+        description="URL of a runner service deployed on its own (`bentoml serve "
+        "runner:CerebraScanRunner`, e.g. http://cerebrascan-runner:3000 on Kubernetes): the "
+        "front sends each case there (JSON, arrays as base64) instead of starting one itself. "
+        "Unset: `bentoml serve service:CerebraScan` starts it beside the front.",
+    )
+    runner_token: SecretStr | None = Field(
+        default=None,
+        min_length=32,
+        description="Shared secret of the front and a runner service deployed on its own: the "
+        "front sends it as Authorization: Bearer, the runner refuses any other request but "
+        "its health checks and /metrics (401). Required with runner_url and by runner.py.",
+    )
+
+    @model_validator(mode="after")
+    def _runner_url_needs_token(self) -> BatchingSettings:
+        if self.runner_url is not None:
+            if not self.remote_runner:
+                raise ValueError("batching.runner_url is set but batching.remote_runner is false")
+            if self.runner_token is None:
+                raise ValueError(
+                    "batching.runner_url needs batching.runner_token, the secret the runner "
+                    "service checks"
+                )
+        return self
 
 
 class GrpcSettings(BaseModel):

@@ -26,7 +26,15 @@ SEGMENTATION_FILE = "segmentation.nii.gz"
 RESULT_FILE = "result.json"
 REGISTRATION_IMAGE_NAME = "registration_reference"
 """The image a later visit registers to (saved only for studies with a patient id)."""
-RESERVED_ARTEFACT_NAMES = frozenset({"segmentation", REGISTRATION_IMAGE_NAME})
+DISPLAY_IMAGE_PREFIX = "display_"
+"""Display copies of the input contrasts (``views.display_modalities``): ``display_<contrast>``."""
+DISPLAY_CONTRASTS = ("t1n", "t1c", "t2w", "t2f")
+VIEWS_CACHE_FOLDER = "views"
+"""Sub-folder of a study's folder caching its rendered meshes and videos."""
+RESERVED_ARTEFACT_NAMES = frozenset(
+    {"segmentation", REGISTRATION_IMAGE_NAME}
+    | {f"{DISPLAY_IMAGE_PREFIX}{contrast}" for contrast in DISPLAY_CONTRASTS}
+)
 """Artefact names an analyzer may not use (the label map is served at its own route)."""
 NIFTI_DESCRIPTION_BYTES = 80
 
@@ -106,6 +114,56 @@ class StudyArtefacts:
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_nifti(path, scaled, affine)
         return path
+
+    def save_display_image(
+        self,
+        study_id: str,
+        contrast: str,
+        image: npt.NDArray[np.uint8],
+        affine: npt.NDArray[np.float64],
+    ) -> Path:
+        """Save a display copy (uint8, already windowed) of ``contrast`` as
+        ``display_<contrast>.nii.gz``: the grid and affine only, no header text.
+
+        Raises:
+            ValueError: an unknown contrast or an image that is not uint8.
+        """
+        if contrast not in DISPLAY_CONTRASTS:
+            raise ValueError(f"display contrast {contrast!r} is not one of {DISPLAY_CONTRASTS}")
+        if image.dtype != np.uint8:
+            raise ValueError(f"a display copy is uint8, got {image.dtype}")
+        path = self.folder(study_id) / f"{DISPLAY_IMAGE_PREFIX}{contrast}.nii.gz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_nifti(path, image, affine)
+        return path
+
+    def display_image_path(self, study_id: str, contrast: str) -> Path | None:
+        """Path of a study's display copy of ``contrast``, or None if none was kept."""
+        if contrast not in DISPLAY_CONTRASTS:
+            return None
+        path = self.folder(study_id) / f"{DISPLAY_IMAGE_PREFIX}{contrast}.nii.gz"
+        return path if path.is_file() else None
+
+    def load_display_image(
+        self, study_id: str, contrast: str
+    ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float64]] | None:
+        """A study's display copy of ``contrast`` and its affine, or None if none was kept."""
+        path = self.display_image_path(study_id, contrast)
+        if path is None:
+            return None
+        nifti = load_nifti_image(path)
+        return np.asarray(nifti.dataobj, dtype=np.uint8), np.asarray(nifti.affine, dtype=np.float64)
+
+    def views_cache(self, study_id: str) -> Path:
+        """Folder caching a study's rendered views (created on demand).
+
+        Raises:
+            InputError: 400 for a malformed id, 404 if the study is absent.
+        """
+        self.artefact(study_id, SEGMENTATION_FILE)
+        folder = self.folder(study_id) / VIEWS_CACHE_FOLDER
+        folder.mkdir(exist_ok=True)
+        return folder
 
     def load_labels(self, study_id: str) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float64]]:
         """A stored study's label map and affine.

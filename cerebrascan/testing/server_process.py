@@ -38,14 +38,18 @@ class RunningServer:
 
 @contextmanager
 def bentoml_server(
-    env: Mapping[str, str], log_path: Path, ready_timeout_s: float = 180.0
+    env: Mapping[str, str],
+    log_path: Path,
+    ready_timeout_s: float = 180.0,
+    target: str = "service:CerebraScan",
 ) -> Iterator[RunningServer]:
-    """Run ``bentoml serve service:CerebraScan`` until the block exits.
+    """Run ``bentoml serve service:CerebraScan`` (or ``target``) until the block exits.
 
     Args:
         env: extra environment (settings) for the server.
         log_path: where the server's stdout/stderr go.
         ready_timeout_s: how long to wait for ``/readyz``.
+        target: the service to serve (``runner:CerebraScanRunner``: the runner service alone).
 
     Raises:
         RuntimeError: the server exited or was not ready in time (the log tail is included).
@@ -55,7 +59,7 @@ def bentoml_server(
     command = [
         str(bentoml),
         "serve",
-        "service:CerebraScan",
+        target,
         "--host",
         "127.0.0.1",
         "--port",

@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from typing_extensions import override
 
-from cerebrascan.errors import InputError
+from cerebrascan.errors import InputError, RunnerUnavailableError
 from cerebrascan.inputs.oip import (
     FINDINGS_OUTPUT,
     INPUT_NAME,
@@ -214,6 +214,8 @@ class OipServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignor
             )
         except InputError as exc:
             _abort(context, _status_of(exc), str(exc))
+        except RunnerUnavailableError as exc:
+            _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
         response = analysis.response
         outputs = []
         raw_outputs = []

@@ -29,16 +29,26 @@ Need = Literal["public", "metrics", "reader", "admin"]
 
 logger = logging.getLogger(__name__)
 
+ROLE_STATE_KEY = "api_key_role"
+"""``scope["state"]`` key holding the caller's role: the key's, or admin when auth is off (every
+route, ``/admin`` included, is open then)."""
+
 # (path regex, role). First match wins. "metrics" is public or admin by auth.public_metrics.
 ROUTE_ROLES: tuple[tuple[str, Need], ...] = (
     (r"/(livez|readyz|healthz)", "public"),
     (r"/metrics", "metrics"),
     (r"/analyze(/(submit|status|get|retry|cancel))?", "reader"),
     (r"/studies/[^/]+(/segmentation|/artefacts/[^/]+|/report|/report/overlay\.png)?", "reader"),
+    # the viewer page and NiiVue hold no study data; the page's fetches send the key
+    (r"/studies/viewer/niivue-[0-9.]+\.umd\.js|/studies/[0-9a-f]{32}/viewer", "public"),
+    (r"/studies/[^/]+/views/[^/]+(/[^/]+)?", "reader"),
+    (r"/palette", "reader"),
     (r"/patients/[^/]+/timeline", "reader"),
     (r"/plugins", "reader"),
     (r"/|/docs\.json|/schema\.json|/static_content/.*", "reader"),
     (r"/admin/.*", "admin"),
+    # cohorts submit work to a Ray cluster and read a whole cohort's table: admin only
+    (r"/cohorts/?|/cohorts/[^/]+(/results\.parquet)?", "admin"),
 )
 _COMPILED = tuple((re.compile(f"^(?:{pattern})$"), need) for pattern, need in ROUTE_ROLES)
 
@@ -100,6 +110,8 @@ class ApiKeyMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.settings.enabled:
+            if scope["type"] == "http":  # an enclosing, enabled check has set it already
+                scope.setdefault("state", {}).setdefault(ROLE_STATE_KEY, "admin")
             await self.app(scope, receive, send)
             return
         path = scope["path"]
@@ -125,4 +137,5 @@ class ApiKeyMiddleware:
             )
             return
         scope.setdefault("state", {})["api_key_name"] = entry.name
+        scope["state"][ROLE_STATE_KEY] = entry.role
         await self.app(scope, receive, send)

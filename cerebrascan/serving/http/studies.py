@@ -14,7 +14,10 @@ from starlette.routing import Route
 from cerebrascan.errors import InputError
 from cerebrascan.report.settings import ReportSettings
 from cerebrascan.report.study_reports import StudyReports
+from cerebrascan.serving.http.auth import ROLE_STATE_KEY
+from cerebrascan.serving.http.views import view_routes
 from cerebrascan.store.artefacts import RESULT_FILE, SEGMENTATION_FILE, StudyArtefacts
+from cerebrascan.views.settings import ViewSettings
 from schemas.report import ReportFormat, WriterName
 
 REPORT_FORMATS: tuple[ReportFormat, ...] = get_args(ReportFormat)
@@ -34,12 +37,20 @@ def _query_choice(name: str, value: str, choices: tuple[Choice, ...]) -> Choice:
     raise InputError(f"{name} {value[:20]!r} is not one of {', '.join(choices)}", status_code=400)
 
 
-def studies_app(root: Path, report_settings: ReportSettings | None = None) -> Starlette:
+def studies_app(
+    root: Path,
+    report_settings: ReportSettings | None = None,
+    view_settings: ViewSettings | None = None,
+) -> Starlette:
     """Routes ``GET /{study_id}`` (result JSON), ``GET /{study_id}/segmentation`` (NIfTI),
     ``GET /{study_id}/artefacts/{name}`` (an analyzer's NIfTI map; 400 for a malformed name,
     404 if absent), ``GET /{study_id}/report?format=json|md|html|pdf[&writer=template|llm]``
     (the report, built from the stored findings at request time) and
-    ``GET /{study_id}/report/overlay.png`` (its key image)."""
+    ``GET /{study_id}/report/overlay.png`` (its key image).
+
+    ``writer=llm`` when ``report.writer`` is ``template`` is answered 403 unless the API key's
+    role (set by :class:`~cerebrascan.serving.http.auth.ApiKeyMiddleware`) is in
+    ``report.llm_override_roles``."""
     store = StudyArtefacts(root)
     reports = StudyReports(store, report_settings or ReportSettings())
 
@@ -84,6 +95,15 @@ def studies_app(root: Path, report_settings: ReportSettings | None = None) -> St
                 if writer_param is None
                 else _query_choice("writer", writer_param, REPORT_WRITERS)
             )
+            role = request.scope.get("state", {}).get(ROLE_STATE_KEY)
+            if not reports.settings.may_override(writer, role):
+                raise InputError(
+                    f"writer {writer!r} overrides report.writer {reports.settings.writer!r}, "
+                    f"which needs a role in report.llm_override_roles "
+                    f"{reports.settings.llm_override_roles}; this API key's role is "
+                    f"{role or 'unknown'!r}",
+                    status_code=403,
+                )
             # PDF rendering, NIfTI reading and an LLM call block: keep them off the event loop.
             rendered = await run_in_threadpool(
                 reports.rendered, study_id, report_format, writer=writer
@@ -113,5 +133,6 @@ def studies_app(root: Path, report_settings: ReportSettings | None = None) -> St
             Route("/{study_id}/artefacts/{name}", artefact, methods=["GET"]),
             Route("/{study_id}/report", report, methods=["GET"]),
             Route("/{study_id}/report/overlay.png", report_overlay, methods=["GET"]),
+            *view_routes(store, view_settings),
         ]
     )

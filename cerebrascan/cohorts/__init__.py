@@ -1,0 +1,1 @@
+"""Cohorts: thousands of studies from a manifest to one results table, on Ray Data."""
