@@ -22,6 +22,9 @@ import nibabel as nib
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+
+# no importorskip: `make test` installs the cohort extra, and a missing Ray must fail here
+import ray
 from click.testing import CliRunner
 
 from cerebrascan.cohorts.ledger import RESULTS_FILE, SUMMARY_FILE, read_ledger
@@ -34,8 +37,6 @@ from cerebrascan.settings import Settings, StorageSettings
 from plugins.settings import PluginSettings
 from schemas.analysis import AnalyzeOptions, AnalyzeResponse
 from tests.s3_server import REGION, SETUP_CREDENTIALS, MotoS3Server, moto_s3_server
-
-ray = pytest.importorskip("ray", reason="the cohort extra (ray[data]) is part of make test")
 
 MODALITIES = ("t1n", "t1c", "t2w", "t2f")
 TEST_MODEL = "cohort-test-unet"
