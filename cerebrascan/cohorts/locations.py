@@ -39,10 +39,14 @@ def split_s3(uri: str) -> tuple[str, str]:
 
 
 def s3_client(storage: StorageSettings) -> Any:
-    """A boto3 S3 client on ``storage.s3_endpoint_url`` / ``s3_region``."""
+    """A boto3 S3 client on ``storage.s3_endpoint_url`` / ``s3_region``.
+
+    Its own session: boto3's default session keeps the first credentials it finds for the
+    whole process, so a client made on it would pin them for MLflow's later clients too.
+    """
     import boto3
 
-    return boto3.client(
+    return boto3.session.Session().client(
         "s3", endpoint_url=storage.s3_endpoint_url, region_name=storage.s3_region or None
     )
 
