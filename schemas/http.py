@@ -6,6 +6,8 @@ spec (``cerebrascan/serving/http/openapi.py``) and in the tests that compare the
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 
@@ -33,4 +35,29 @@ class PromoteResponse(BaseModel):
     version: str = Field(description="The version now served.")
     previous_version: str | None = Field(
         description="The version the alias pointed at before (None: it pointed nowhere)."
+    )
+
+
+class RenderJobRequest(BaseModel):
+    """Body of ``POST /studies/{id}/views/jobs``: a long view rendered in the background."""
+
+    view: Literal["mesh", "flythrough", "orbit"] = Field(description="The view to render.")
+    format: str = Field(description="mesh: glb, stl or obj; flythrough and orbit: mp4 or gif.")
+    query: dict[str, str] = Field(
+        default_factory=dict,
+        description="The view route's query parameters, e.g. {'region': 'ET'} or "
+        "{'plane': 'axial', 'mode': 'rgb'}.",
+    )
+
+
+class RenderJobStatus(BaseModel):
+    """A render job: ``result_url`` serves the file from the cache once ``status`` is done."""
+
+    job_id: str
+    study_id: str
+    status: Literal["queued", "running", "done", "failed"]
+    result_url: str = Field(description="The view's GET route with the job's parameters.")
+    error: str | None = Field(default=None, description="Why it failed (no patient data).")
+    error_status: int | None = Field(
+        default=None, description="The status the view's GET route would have answered."
     )

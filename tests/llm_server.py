@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, files
 from pathlib import Path
 
-from cerebrascan.testing.server_process import wait_until_ready
+from cerebrascan.testing.server_process import stop_process, wait_until_ready
 
 logger = logging.getLogger(__name__)
 
@@ -134,9 +134,4 @@ def llama_cpp_server(n_ctx: int = 2048, n_threads: int = 2) -> Iterator[str]:
         logger.info("llama.cpp server on %s serving %s", base_url, model.name)
         yield base_url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process, timeout_s=20)

@@ -19,7 +19,7 @@ from typing import Any
 import boto3
 import httpx
 
-from cerebrascan.testing.server_process import free_port, wait_until_ready
+from cerebrascan.testing.server_process import free_port, stop_process, wait_until_ready
 
 REGION = "us-east-1"
 SETUP_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "setup", "AWS_SECRET_ACCESS_KEY": "setup"}
@@ -118,12 +118,7 @@ def moto_s3_server(log_path: Path, ready_timeout_s: float = 60.0) -> Iterator[Mo
         )
         yield MotoS3Server(endpoint_url=url, process=process)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout_s=15)
         log.close()
 
 

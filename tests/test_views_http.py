@@ -229,3 +229,79 @@ def test_viewer_page_and_its_script_are_served(asgi_client, reported_study):
     assert js.status_code == 200 and b"niivue" in js.content[:2000]
     labels = asgi_client.get(f"/studies/{study_id}/views/volume/labels.nii.gz")
     assert labels.status_code == 200 and labels.headers["cache-control"] == "no-store, private"
+
+
+def _finished_job(asgi_client, study_id: str, job_id: str) -> dict:
+    import time
+
+    deadline = time.monotonic() + 120
+    while True:
+        status = asgi_client.get(f"/studies/{study_id}/views/jobs/{job_id}")
+        assert status.status_code == 200, status.text
+        job = status.json()
+        if job["status"] in ("done", "failed") or time.monotonic() > deadline:
+            return job
+        time.sleep(0.2)
+
+
+def test_a_long_view_renders_as_a_job_then_serves_from_the_cache(asgi_client, reported_study):
+    """POST a render job, poll it, fetch its result URL (the cached file); a job's bad
+    parameters are refused before any work, an empty region fails the job with the 409 the
+    GET route answers, and another study's or an unknown job is 404."""
+    from service import SETTINGS
+
+    study_id = reported_study["study_id"]
+    submitted = asgi_client.post(
+        f"/studies/{study_id}/views/jobs",
+        json={"view": "mesh", "format": "obj", "query": {"region": "WT"}},
+    )
+    assert submitted.status_code == 202, submitted.text
+    job = _finished_job(asgi_client, study_id, submitted.json()["job_id"])
+    assert job["status"] == "done", job
+    assert job["result_url"] == f"/studies/{study_id}/views/mesh.obj?region=WT"
+    cached = list((SETTINGS.studies_dir / study_id / "views").glob("*mesh-WT.obj"))
+    assert len(cached) == 1
+    rendered_at = cached[0].stat().st_mtime_ns
+    served = asgi_client.get(job["result_url"])
+    assert served.status_code == 200 and served.text.startswith("#")
+    assert cached[0].stat().st_mtime_ns == rendered_at  # served from the cache, not re-rendered
+
+    _refused(
+        asgi_client.post(
+            f"/studies/{study_id}/views/jobs",
+            json={"view": "flythrough", "format": "mp4", "query": {"mode": "sepia"}},
+        ),
+        400,
+        "mode 'sepia'",
+    )
+    _refused(
+        asgi_client.post(f"/studies/{study_id}/views/jobs", json={"view": "hologram"}),
+        422,
+        "view",
+    )
+    _refused(
+        asgi_client.post(
+            f"/studies/{'0' * 32}/views/jobs", json={"view": "orbit", "format": "mp4"}
+        ),
+        404,
+        "no segmentation",
+    )
+    _refused(asgi_client.get(f"/studies/{study_id}/views/jobs/{'f' * 32}"), 404, "no render job")
+    _refused(
+        asgi_client.get(f"/studies/{'0' * 32}/views/jobs/{job['job_id']}"), 404, "no render job"
+    )
+
+    # a stored study whose label map is empty: the job fails with the GET route's 409
+    from cerebrascan.store.artefacts import StudyArtefacts
+
+    store = StudyArtefacts(SETTINGS.studies_dir)
+    labels, affine = store.load_labels(study_id)
+    empty_id = "d" * 32
+    store.save(empty_id, np.zeros_like(labels), affine, json.dumps({"volumes_ml": {}}))
+    failed = asgi_client.post(
+        f"/studies/{empty_id}/views/jobs", json={"view": "orbit", "format": "gif"}
+    )
+    assert failed.status_code == 202, failed.text
+    job = _finished_job(asgi_client, empty_id, failed.json()["job_id"])
+    assert job["status"] == "failed" and job["error_status"] == 409
+    assert "no tumour" in job["error"]

@@ -28,6 +28,8 @@ import uvicorn
 import websocket
 from PIL import Image
 
+from cerebrascan.testing.server_process import stop_process
+
 CHROMIUM_FLAGS = (
     "--headless=new",
     "--use-angle=swiftshader",
@@ -153,12 +155,7 @@ def headless_chromium(width: int = 1100, height: int = 700) -> Iterator[DevTools
             finally:
                 tools.socket.close()
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process, timeout_s=10)
 
 
 def _free_port() -> int:

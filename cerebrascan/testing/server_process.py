@@ -81,13 +81,18 @@ def bentoml_server(
         wait_until_ready(process, f"{url}/readyz", log_path, timeout_s=ready_timeout_s)
         yield RunningServer(url=url, process=process, log_path=log_path)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout_s=30)
         log.close()
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    """Terminate ``process``; kill it if it has not exited within ``timeout_s``."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def wait_until_ready(

@@ -9,10 +9,12 @@ JSON ``{"error": ...}`` with a 4xx status naming the bad parameter.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlencode
 
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -21,6 +23,7 @@ from starlette.routing import Route
 
 from cerebrascan.errors import InputError
 from cerebrascan.serving.http.openapi import Operation, QueryParameter, describes
+from cerebrascan.serving.http.render_jobs import RenderJobs
 from cerebrascan.store.artefacts import SEGMENTATION_FILE, StudyArtefacts
 from cerebrascan.views import palette
 from cerebrascan.views.mesh import MEDIA_TYPES, MESH_FORMATS, MESH_REGIONS
@@ -31,6 +34,7 @@ from cerebrascan.views.slices import STYLES
 from cerebrascan.views.study_views import StudyViews
 from cerebrascan.views.video import VIDEO_FORMATS, VIDEO_MODES
 from cerebrascan.views.viewer_page import NIIVUE_VERSION, niivue_script, viewer_html
+from schemas.http import RenderJobRequest, RenderJobStatus
 
 NO_STORE = {"Cache-Control": "no-store, private"}
 VIDEO_MEDIA_TYPES = {"mp4": "video/mp4", "gif": "image/gif"}
@@ -44,7 +48,13 @@ def _choice(request: Request, name: str, choices: tuple[Choice, ...], default: C
     Raises:
         InputError: 400 naming the parameter and the choices.
     """
-    value = request.query_params.get(name, default)
+    return _query_choice(request.query_params, name, choices, default)
+
+
+def _query_choice(
+    query: Mapping[str, str], name: str, choices: tuple[Choice, ...], default: Choice
+) -> Choice:
+    value = query.get(name, default)
     for choice in choices:
         if value == choice:
             return choice
@@ -99,6 +109,75 @@ def view_routes(store: StudyArtefacts, settings: ViewSettings | None = None) -> 
     ``/{id}/views/index.json``, ``slice.png``, ``montage.png``, ``mesh.{glb,stl,obj}``,
     ``flythrough.{mp4,gif}``, ``orbit.{mp4,gif}`` and ``volume/{labels|contrast}.nii.gz``."""
     views = StudyViews(store, settings)
+    jobs = RenderJobs()
+
+    # The long views as zero-argument renders: the GET routes run them at once, a render job
+    # later; their parameters are checked here either way (4xx before any work).
+    def mesh_render(study_id: str, fmt: str, query: Mapping[str, str]) -> Callable[[], Path]:
+        mesh_format = _path_choice(fmt, "mesh format", MESH_FORMATS)
+        region = _query_choice(query, "region", MESH_REGIONS, "all")
+        return functools.partial(views.mesh, study_id, region, mesh_format)
+
+    def flythrough_render(study_id: str, fmt: str, query: Mapping[str, str]) -> Callable[[], Path]:
+        video_format = _path_choice(fmt, "video format", VIDEO_FORMATS)
+        plane = _query_choice(query, "plane", PLANES, "axial")
+        mode = _query_choice(query, "mode", VIDEO_MODES, "rgb")
+        return functools.partial(
+            views.flythrough,
+            study_id,
+            plane,
+            mode,
+            video_format,
+            background=query.get("background"),
+        )
+
+    def orbit_render(study_id: str, fmt: str, query: Mapping[str, str]) -> Callable[[], Path]:
+        video_format = _path_choice(fmt, "video format", VIDEO_FORMATS)
+        return functools.partial(views.orbit, study_id, video_format)
+
+    renderers: dict[str, Callable[[str, str, Mapping[str, str]], Callable[[], Path]]] = {
+        "mesh": mesh_render,
+        "flythrough": flythrough_render,
+        "orbit": orbit_render,
+    }
+
+    @describes(
+        Operation(
+            "Render a long view (mesh, flythrough, orbit) in the background; poll its job",
+            response=RenderJobStatus,
+            request=RenderJobRequest,
+            errors=(400, 404, 422, 429),
+        )
+    )
+    async def submit_job(request: Request) -> Response:
+        study_id = request.path_params["study_id"]
+        try:
+            body = RenderJobRequest.model_validate_json(await request.body())
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()
+            )
+            raise InputError(f"render job: {problems}", status_code=422) from None
+        render = renderers[body.view](study_id, body.format, body.query)
+        store.artefact(study_id, SEGMENTATION_FILE)  # 400 malformed id, 404 unknown study
+        result_url = f"/studies/{study_id}/views/{body.view}.{body.format}"
+        if body.query:
+            result_url += "?" + urlencode(sorted(body.query.items()))
+        job = jobs.submit(study_id, result_url, render)
+        return JSONResponse(job.as_json(), status_code=202, headers=NO_STORE)
+
+    @describes(
+        Operation(
+            "A render job's status and, once done, the URL that serves its file",
+            response=RenderJobStatus,
+            errors=(400, 404),
+        )
+    )
+    async def job_status(request: Request) -> Response:
+        study_id = request.path_params["study_id"]
+        store.folder(study_id)  # 400 for a malformed id
+        job = jobs.get(study_id, request.path_params["job_id"])
+        return JSONResponse(job.as_json(), headers=NO_STORE)
 
     @describes(
         Operation(
@@ -212,7 +291,8 @@ def view_routes(store: StudyArtefacts, settings: ViewSettings | None = None) -> 
         study_id = request.path_params["study_id"]
         mesh_format = _path_choice(request.path_params["format"], "mesh format", MESH_FORMATS)
         region = _choice(request, "region", MESH_REGIONS, "all")
-        path = await run_in_threadpool(views.mesh, study_id, region, mesh_format)
+        render = renderers["mesh"](study_id, mesh_format, request.query_params)
+        path = await run_in_threadpool(render)
         return _file(path, MEDIA_TYPES[mesh_format], f"{study_id}-{region}.{mesh_format}")
 
     @describes(
@@ -231,16 +311,8 @@ def view_routes(store: StudyArtefacts, settings: ViewSettings | None = None) -> 
         """A sweep through a plane's slices as H.264 mp4 or gif (plane, mode grey|rgb)."""
         study_id = request.path_params["study_id"]
         video_format = _path_choice(request.path_params["format"], "video format", VIDEO_FORMATS)
-        plane = _choice(request, "plane", PLANES, "axial")
-        mode = _choice(request, "mode", VIDEO_MODES, "rgb")
-        path = await run_in_threadpool(
-            views.flythrough,
-            study_id,
-            plane,
-            mode,
-            video_format,
-            background=request.query_params.get("background"),
-        )
+        render = renderers["flythrough"](study_id, video_format, request.query_params)
+        path = await run_in_threadpool(render)
         return _file(path, VIDEO_MEDIA_TYPES[video_format], None)
 
     @describes(
@@ -254,7 +326,7 @@ def view_routes(store: StudyArtefacts, settings: ViewSettings | None = None) -> 
         """The tumour surfaces turning about the head as H.264 mp4 or gif."""
         study_id = request.path_params["study_id"]
         video_format = _path_choice(request.path_params["format"], "video format", VIDEO_FORMATS)
-        path = await run_in_threadpool(views.orbit, study_id, video_format)
+        path = await run_in_threadpool(renderers["orbit"](study_id, video_format, {}))
         return _file(path, VIDEO_MEDIA_TYPES[video_format], None)
 
     @describes(
@@ -285,7 +357,10 @@ def view_routes(store: StudyArtefacts, settings: ViewSettings | None = None) -> 
         ("/{study_id}/views/orbit.{format}", orbit),
         ("/{study_id}/views/volume/{name}.nii.gz", volume),
     ]
-    return [Route(path, _refusing(handler), methods=["GET"]) for path, handler in routes]
+    return [Route(path, _refusing(handler), methods=["GET"]) for path, handler in routes] + [
+        Route("/{study_id}/views/jobs", _refusing(submit_job), methods=["POST"]),
+        Route("/{study_id}/views/jobs/{job_id}", _refusing(job_status), methods=["GET"]),
+    ]
 
 
 def _file(path: Path, media_type: str, filename: str | None) -> Response:
