@@ -148,21 +148,21 @@ class CerebraScan:
         analyzer's result, error or artefacts under ``analyzers.<name>``.
         """
         files = {"t1n": t1n, "t1c": t1c, "t2w": t2w, "t2f": t2f}
-        # the model this study is decoded for serves all of it, even if a promotion lands now
-        serving = self.pipeline.serving
-        model, _ = serving
         try:
-            clock = time.perf_counter()
-            study = read_uploads(
-                files, tuple(model.spec.modalities), max_voxels=SETTINGS.limits.max_voxels
-            )
-            decode_ms = (time.perf_counter() - clock) * 1000
-            analysis = self.pipeline.run(
-                study,
-                options or AnalyzeOptions(),
-                serving=serving,
-                input_timings_ms={"decode": decode_ms},
-            )
+            # the model this study is decoded for serves all of it, even if a promotion lands now
+            with self.pipeline.serving_for_study() as serving:
+                model, _ = serving
+                clock = time.perf_counter()
+                study = read_uploads(
+                    files, tuple(model.spec.modalities), max_voxels=SETTINGS.limits.max_voxels
+                )
+                decode_ms = (time.perf_counter() - clock) * 1000
+                analysis = self.pipeline.run(
+                    study,
+                    options or AnalyzeOptions(),
+                    serving=serving,
+                    input_timings_ms={"decode": decode_ms},
+                )
             return analysis.response
         except InputError as exc:
             raise BentoMLException(str(exc), error_code=HTTPStatus(exc.status_code)) from exc

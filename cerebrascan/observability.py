@@ -1,13 +1,14 @@
 """Prometheus metrics of the analysis pipeline, exposed by BentoML at ``GET /metrics``.
 
 Per-stage latency (decode, preprocess, inference, postprocess, analyzers, store), per-analyzer
-latency and error counts, and the model version being served. Labels never carry study or
-patient identifiers.
+latency and error counts, the model version being served and the studies in flight per version.
+Labels never carry study or patient identifiers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
@@ -39,6 +40,12 @@ def _metrics() -> dict[str, Any]:
             documentation="Analyzer runs that ended in an error or were skipped.",
             labelnames=["analyzer", "status"],
         ),
+        "in_flight": bentoml.metrics.Gauge(
+            name="cerebrascan_studies_in_flight",
+            documentation="Studies being analysed now, by the model version serving each.",
+            labelnames=["name", "version"],
+            multiprocess_mode="livesum",
+        ),
         "model": bentoml.metrics.Gauge(
             name="cerebrascan_serving_model_info",
             documentation="1 for the registry model version being served.",
@@ -59,6 +66,18 @@ def record_serving_model(name: str, version: str, alias: str) -> None:
 
 _SERVED: list[dict[str, str]] = []
 """Label sets of the serving-model gauge set to 1 by this process."""
+
+
+@contextmanager
+def study_in_flight(name: str, version: str) -> Iterator[None]:
+    """Count one study as in flight on model ``name`` version ``version`` while the block runs
+    (an operator sees when a promoted-away version has finished its last study)."""
+    gauge = _metrics()["in_flight"].labels(name=name, version=version)
+    gauge.inc()
+    try:
+        yield
+    finally:
+        gauge.dec()
 
 
 def record_study(timings_ms: Mapping[str, float], outcomes: Mapping[str, AnalyzerOutcome]) -> None:

@@ -14,7 +14,8 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -28,7 +29,7 @@ from cerebrascan.classifiers.model_registry import resolve_classifier
 from cerebrascan.errors import InputError
 from cerebrascan.imaging.regions import volumes_ml
 from cerebrascan.inputs.study import Study
-from cerebrascan.observability import record_study
+from cerebrascan.observability import record_study, study_in_flight
 from cerebrascan.registry import ResolvedModel
 from cerebrascan.report.supplied_text import save_supplied_text
 from cerebrascan.segmentation import segment_study
@@ -265,6 +266,18 @@ class AnalysisPipeline:
         """The model and runner in service now, read together."""
         with self._swap_lock:
             return self.model, self.runner
+
+    @contextmanager
+    def serving_for_study(self) -> Iterator[tuple[ResolvedModel, SegmentationRunner]]:
+        """The model and runner that serve one whole study, read once when the study starts;
+        the study counts as in flight on that version (``/metrics``) until the block ends.
+
+        A transport enters this before it decodes and passes the pair to :meth:`run` as
+        ``serving``, so a promotion that lands meanwhile does not change the study's model.
+        """
+        model, runner = self.serving
+        with study_in_flight(model.name, model.version):
+            yield model, runner
 
     def swap_model(self, model: ResolvedModel) -> ResolvedModel:
         """Serve ``model`` from now on; studies already running finish on the old one.

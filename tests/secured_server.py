@@ -8,6 +8,7 @@ alias the rest of the session serves.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -95,6 +96,25 @@ def secured_server(root: Path) -> Iterator[SecuredServer]:
             first_version=first,
             second_version=second,
         )
+
+
+def wait_until_in_flight(
+    url: str, version: str, headers: dict[str, str], timeout_s: float = 120
+) -> None:
+    """Poll ``/metrics`` until a study is in flight on model ``version``: the study has read
+    its model (a submitted job may sit queued before it starts)."""
+    pattern = re.compile(
+        r'^cerebrascan_studies_in_flight\{[^}]*version="' + re.escape(version) + r'"[^}]*\} (\S+)',
+        re.MULTILINE,
+    )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        metrics = httpx.get(f"{url}/metrics", headers=headers, timeout=30)
+        metrics.raise_for_status()
+        if any(float(value) >= 1 for value in pattern.findall(metrics.text)):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no study in flight on version {version} after {timeout_s} s")
 
 
 def wait_for_result(

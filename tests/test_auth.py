@@ -19,7 +19,7 @@ from starlette.testclient import TestClient
 from cerebrascan.serving.apikeys import KeyRing, hash_key, new_key, role_allows
 from cerebrascan.serving.http.auth import ApiKeyMiddleware, presented_key, route_need
 from cerebrascan.serving.settings import ApiKeyEntry, AuthSettings
-from tests.secured_server import case_files, wait_for_result
+from tests.secured_server import case_files, wait_for_result, wait_until_in_flight
 
 READER_KEY, READER_ENTRY = new_key("reader-1", "reader")
 ADMIN_KEY, ADMIN_ENTRY = new_key("admin-1", "admin")
@@ -230,6 +230,8 @@ def test_promotion_hot_swaps_without_failing_a_running_study(
     )
     assert submitted.status_code == 200, submitted.text
     task_id = submitted.json()["task_id"]
+    # a job may sit queued before it reads its model: promote only once it has started
+    wait_until_in_flight(url, secured_server.first_version, admin)
     promoted = httpx.post(
         f"{url}/admin/models/promote",
         json={"version": secured_server.second_version},

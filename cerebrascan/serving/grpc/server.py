@@ -189,33 +189,33 @@ class OipServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignor
     def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:
         pipeline = self._pipeline_for(request.model_name, request.model_version, context)
         # the model this study is decoded for serves all of it, even if a promotion lands now
-        serving = pipeline.serving
-        spec = serving[0].spec
-        try:
-            clock = time.perf_counter()
-            decoded = decode_infer_request(
-                request, tuple(spec.modalities), max_voxels=self.max_voxels
-            )
-            options = AnalyzeOptions.model_validate(decoded.options)
-            decode_ms = (time.perf_counter() - clock) * 1000
-        except OipRequestError as exc:
-            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except ValidationError as exc:
-            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"parameter 'options': {exc}")
-        except InputError as exc:
-            _abort(context, _status_of(exc), str(exc))
-        try:
-            analysis = self._in_service_thread(
-                functools.partial(
-                    pipeline.run, serving=serving, input_timings_ms={"decode": decode_ms}
-                ),
-                decoded.study,
-                options,
-            )
-        except InputError as exc:
-            _abort(context, _status_of(exc), str(exc))
-        except RunnerUnavailableError as exc:
-            _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
+        with pipeline.serving_for_study() as serving:
+            spec = serving[0].spec
+            try:
+                clock = time.perf_counter()
+                decoded = decode_infer_request(
+                    request, tuple(spec.modalities), max_voxels=self.max_voxels
+                )
+                options = AnalyzeOptions.model_validate(decoded.options)
+                decode_ms = (time.perf_counter() - clock) * 1000
+            except OipRequestError as exc:
+                _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            except ValidationError as exc:
+                _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"parameter 'options': {exc}")
+            except InputError as exc:
+                _abort(context, _status_of(exc), str(exc))
+            try:
+                analysis = self._in_service_thread(
+                    functools.partial(
+                        pipeline.run, serving=serving, input_timings_ms={"decode": decode_ms}
+                    ),
+                    decoded.study,
+                    options,
+                )
+            except InputError as exc:
+                _abort(context, _status_of(exc), str(exc))
+            except RunnerUnavailableError as exc:
+                _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
         response = analysis.response
         outputs = []
         raw_outputs = []
