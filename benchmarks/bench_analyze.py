@@ -1,15 +1,19 @@
 """End-to-end ``POST /analyze`` latency and server memory on a phantom case.
 
-Starts a real ``bentoml serve`` (unless ``--url`` names a running one), posts the same
-240x240x155 phantom case ``--runs`` times after one warm-up, and prints the median and spread
-of the latency, the server-side stage timings and the peak RSS of the server's process tree.
+Starts a real ``bentoml serve`` per engine in ``--engines`` (unless ``--url`` names a running
+one), posts the same 240x240x155 phantom case ``--runs`` times to each after one warm-up, the
+servers taking turns (round r posts once to each, so load changes on a shared machine hit every
+engine alike), and prints per engine the median and spread of the latency, the server-side
+stage timings (preprocess / inference / postprocess ...) and the peak RSS of its process tree.
 
-    .venv/bin/python benchmarks/bench_analyze.py --runs 5 [--out benchmarks/results/analyze.json]
+    .venv/bin/python benchmarks/bench_analyze.py --runs 5 --engines onnxruntime openvino \
+        [--out benchmarks/results/analyze.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import platform
@@ -28,6 +32,7 @@ from cerebrascan.phantoms.writer import write_cohort
 from cerebrascan.registry import ensure_default_model
 from cerebrascan.settings import Settings
 from cerebrascan.testing.server_process import bentoml_server
+from runners.engine_cache import cpu_features
 
 logger = logging.getLogger("bench_analyze")
 
@@ -73,32 +78,46 @@ def post_case(url: str, case: Path) -> tuple[float, dict]:
     return elapsed, response.json()
 
 
-def measure(url: str, case: Path, runs: int, pid: int | None) -> dict:
-    post_case(url, case)  # warm-up: first-call allocations, ORT arena
-    latencies, stage_timings = [], []
-    monitor = PeakRss(pid) if pid else None
-    if monitor:
-        monitor.__enter__()
-    try:
+def measure(servers: dict[str, tuple[str, int | None]], case: Path, runs: int) -> dict:
+    """Per server (name -> url, pid): latency, stage timings and peak RSS, in turns."""
+    for url, _ in servers.values():
+        post_case(url, case)  # warm-up: first-call allocations, ORT arena, OpenVINO compile
+    latencies: dict[str, list[float]] = {name: [] for name in servers}
+    stage_timings: dict[str, list[dict]] = {name: [] for name in servers}
+    runner: dict[str, dict] = {}
+    with contextlib.ExitStack() as stack:
+        monitors = {
+            name: stack.enter_context(PeakRss(pid)) for name, (_, pid) in servers.items() if pid
+        }
         for _ in range(runs):
-            elapsed, result = post_case(url, case)
-            latencies.append(elapsed)
-            stage_timings.append(result["timings_ms"])
-    finally:
-        if monitor:
-            monitor.__exit__()
-    stages = {k: statistics.median(t[k] for t in stage_timings) for k in stage_timings[0]}
+            for name, (url, _) in servers.items():
+                elapsed, result = post_case(url, case)
+                latencies[name].append(elapsed)
+                stage_timings[name].append(result["timings_ms"])
+                runner[name] = {
+                    key: result["model"].get(key)
+                    for key in ("runner", "providers", "precision", "precision_note")
+                }
+    engines = {}
+    for name in servers:
+        timings = stage_timings[name]
+        stages = {k: statistics.median(t[k] for t in timings) for k in timings[0]}
+        engines[name] = {
+            "model": runner[name],
+            "latency_s_median": statistics.median(latencies[name]),
+            "latency_s_min": min(latencies[name]),
+            "latency_s_max": max(latencies[name]),
+            "stage_ms_median": stages,
+            "server_peak_rss_mb": (monitors[name].peak / 2**20) if name in monitors else None,
+        }
     return {
         "runs": runs,
-        "latency_s_median": statistics.median(latencies),
-        "latency_s_min": min(latencies),
-        "latency_s_max": max(latencies),
-        "stage_ms_median": stages,
-        "server_peak_rss_mb": (monitor.peak / 2**20) if monitor else None,
+        "engines": engines,
         "machine": {
             "cpus": psutil.cpu_count(),
             "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
             "processor": platform.processor() or platform.machine(),
+            "cpu_flags": list(cpu_features()),
         },
     }
 
@@ -109,19 +128,36 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--seed", type=int, default=777, help="phantom seed")
     parser.add_argument("--out", type=Path, help="write the results as JSON")
+    parser.add_argument(
+        "--engines",
+        nargs="+",
+        default=["onnxruntime"],
+        choices=("onnxruntime", "openvino", "auto"),
+        help="runner.engine of each server (one server per engine)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     workdir = Path(tempfile.mkdtemp(prefix="bench-analyze-"))
     (case,) = write_cohort(workdir / "cases", seed=args.seed, n_cases=1, prefix="BENCH")
     if args.url:
-        results = measure(args.url, case, args.runs, None)
+        results = measure({"url": (args.url, None)}, case, args.runs)
     else:
-        data_dir = workdir / "state"
-        ensure_default_model(Settings(data_dir=data_dir))
-        with bentoml_server(
-            {"CEREBRASCAN_DATA_DIR": str(data_dir)}, workdir / "serve.log"
-        ) as server:
-            results = measure(server.url, case, args.runs, server.process.pid)
+        with contextlib.ExitStack() as stack:
+            servers = {}
+            for engine in args.engines:
+                data_dir = workdir / f"state-{engine}"  # one store and registry per server
+                ensure_default_model(Settings(data_dir=data_dir))
+                server = stack.enter_context(
+                    bentoml_server(
+                        {
+                            "CEREBRASCAN_DATA_DIR": str(data_dir),
+                            "CEREBRASCAN_RUNNER__ENGINE": engine,
+                        },
+                        workdir / f"serve-{engine}.log",
+                    )
+                )
+                servers[engine] = (server.url, server.process.pid)
+            results = measure(servers, case, args.runs)
     sys.stdout.write(json.dumps(results, indent=2) + "\n")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

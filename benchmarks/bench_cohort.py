@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import platform
 import statistics
@@ -80,6 +81,7 @@ def _cohort(settings: Any, manifest: Path, out: Path, actors: int) -> dict[str, 
     from cerebrascan.cohorts.run import CohortRequest, run_cohort
 
     cohorts = settings.cohorts.model_copy(update={"actors": actors})
+    analysis_actors = cohorts.analysis_actors
     run_settings = settings.model_copy(update={"cohorts": cohorts})
     clock = time.perf_counter()
     with open(os.devnull, "w") as quiet:
@@ -89,6 +91,7 @@ def _cohort(settings: Any, manifest: Path, out: Path, actors: int) -> dict[str, 
     wall = time.perf_counter() - clock
     return {
         "actors": actors,
+        "analysis_actors": analysis_actors,
         "wall_s": round(wall, 2),
         "studies_per_minute": round(summary["processed"] / wall * 60, 2),
         "counts": summary["counts"],
@@ -100,7 +103,22 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=16)
     parser.add_argument("--unique", type=int, default=4, help="distinct phantom cases")
-    parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray")
+    parser.add_argument(
+        "--cpus",
+        type=int,
+        default=None,
+        help="logical CPUs of the local Ray; default: this machine's, or what 2 model actors, "
+        "the analysis actor and a task reserve if that is more",
+    )
+    parser.add_argument(
+        "--shared", action="store_true", help="other work shares the machine (recorded)"
+    )
+    parser.add_argument(
+        "--analysis-actors",
+        type=int,
+        default=1,
+        help="analysis actors (postprocess, analyzers, store) of every cohort run",
+    )
     parser.add_argument("--machine", default="cpu2")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -115,10 +133,18 @@ def main() -> int:
     from cerebrascan.settings import Settings
 
     settings = Settings()
+    two_actors = settings.cohorts.model_copy(
+        update={"actors": 2, "analysis_actors": args.analysis_actors}
+    )
+    cpus = args.cpus or max(os.cpu_count() or 1, math.ceil(two_actors.reserved_cpus))
     settings = settings.model_copy(
         update={
             "cohorts": settings.cohorts.model_copy(
-                update={"local_cpus": args.cpus, "object_store_mb": 1000}
+                update={
+                    "local_cpus": cpus,
+                    "object_store_mb": 1000,
+                    "analysis_actors": args.analysis_actors,
+                }
             )
         }
     )
@@ -157,7 +183,9 @@ def main() -> int:
     sequential_wall_s = (sequential_before["wall_s"] + sequential_after["wall_s"]) / 2
     result = {
         "machine": args.machine,
-        "shared_machine": True,
+        "shared_machine": args.shared,
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "ray_cpus": cpus,
         "python": platform.python_version(),
         "ray": ray.__version__,
         "studies": args.studies,

@@ -9,7 +9,10 @@ network dominates).
 
 Timed: the whole per-case prediction — nnU-Net's ``predict_single_npy_array`` (preprocess,
 sliding window, export) vs CerebraScan's ``segment_study`` (preprocess, runner, postprocess) —
-median of ``--repeats`` after one warm-up. Agreement: fraction of voxels with the same label.
+median of ``--repeats`` after one warm-up, the contenders interleaved (round r runs each once,
+so a load change on a shared machine hits all alike). Agreement: fraction of voxels with the
+same label. Also printed: the CPU's instruction-set flags that engines depend on, and each
+contender's peak RSS (sampled every 20 ms during its runs; the process's high-water mark).
 
 Networks:
     brats  nnU-Net's BraTS 3d_fullres PlainConvUNet (6 stages, 32-320 features, patch 128^3,
@@ -19,6 +22,8 @@ Networks:
 
 Usage:
     python benchmarks/bench_nnunet.py --device cpu --network small
+    python benchmarks/bench_nnunet.py --device cpu --network small --case tiny --tta off \
+        --repeats 5 --engines onnxruntime openvino-fp32 openvino-bf16
     python benchmarks/bench_nnunet.py --device cuda --network brats --engines torch-fp16 \
         torch-fp16-compile
 Prints a table; with ``--json PATH`` (or $OUT set) also writes the figures as JSON.
@@ -50,7 +55,41 @@ NETWORKS: dict[str, dict[str, Any]] = {
     "small": {"features": [16, 32, 64, 128, 256], "patch": [96, 96, 96]},
 }
 CASES = {"crop": (4, 140, 172, 140), "full": (4, 155, 240, 240), "tiny": (4, 112, 112, 104)}
-ENGINES = ("onnxruntime", "torch-fp32", "torch-fp16", "torch-fp16-compile", "torch-bf16")
+ENGINES = (
+    "onnxruntime",
+    "openvino-fp32",
+    "openvino-bf16",
+    "torch-fp32",
+    "torch-fp16",
+    "torch-fp16-compile",
+    "torch-bf16",
+)
+
+
+class PeakRss:
+    """The largest RSS of this process seen while ``label`` was running (sampled every 20 ms)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        import psutil
+
+        self._process = psutil.Process()
+        self.label = ""
+        self.peaks: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            if self.label:
+                rss = self._process.memory_info().rss
+                self.peaks[self.label] = max(self.peaks.get(self.label, 0), rss)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _plans(network: str) -> dict[str, Any]:
@@ -132,19 +171,24 @@ def brain_case(shape: tuple[int, ...]) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def _timed(fn: Any, repeats: int, sync: Any, warmup: int) -> tuple[float, list[float], Any]:
-    result = None
-    for _ in range(warmup):
-        result = fn()
-        sync()
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        result = fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times, result
+def _interleaved(
+    contenders: dict[str, Any], repeats: int, sync: Any, warmup: int, memory: PeakRss
+) -> dict[str, tuple[float, list[float], Any]]:
+    """Median seconds, every run and the last result of each contender, run in turns."""
+    results: dict[str, Any] = {}
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for round_index in range(warmup + repeats):
+        for name, fn in contenders.items():
+            sync()
+            memory.label = name
+            start = time.perf_counter()
+            results[name] = fn()
+            sync()
+            elapsed = time.perf_counter() - start
+            memory.label = ""
+            if round_index >= warmup:
+                times[name].append(elapsed)
+    return {name: (statistics.median(times[name]), times[name], results[name]) for name in times}
 
 
 def main() -> None:
@@ -153,7 +197,7 @@ def main() -> None:
     parser.add_argument("--network", choices=tuple(NETWORKS), default="small")
     parser.add_argument("--case", choices=tuple(CASES), default="crop")
     parser.add_argument("--tta", choices=("off", "on", "both"), default="both")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs first")
     parser.add_argument("--tile-batch", type=int, default=0, help="0: 2 on CPU, 8 on CUDA")
     parser.add_argument("--engines", nargs="+", choices=ENGINES, default=None)
@@ -195,6 +239,20 @@ def main() -> None:
         image = brain_case(CASES[args.case])
         spacing = (1.0, 1.0, 1.0)
         study = Study(images=image, affine=np.eye(4), modalities=tuple(spec.modalities))
+        memory = PeakRss()
+        runners = {}
+        for engine in engines:
+            name, _, rest = engine.partition("-")
+            precision = rest.split("-")[0] if rest else "fp32"
+            settings = RunnerSettings(
+                engine=name if name in ("onnxruntime", "openvino") else "torch",  # type: ignore[arg-type]
+                device=args.device if name == "torch" else "cpu",
+                precision=precision,  # type: ignore[arg-type]
+                torch_compile=engine.endswith("compile"),
+                tile_batch_size=tile_batch,
+                min_component_ml=0.0,
+            )
+            runners[engine] = build_runner(imported.folder, spec, settings, root / "engine-cache")
         for tta in {"off": [False], "on": [True], "both": [False, True]}[args.tta]:
             predictor = nnUNetPredictor(
                 tile_step_size=0.5,
@@ -208,14 +266,15 @@ def main() -> None:
             )
             predictor.initialize_from_trained_model_folder(str(source), use_folds=(0,))
             nnunet_input = image.transpose(0, 3, 2, 1).copy()
-            reference_s, reference_all, reference_seg = _timed(
-                lambda p=predictor, x=nnunet_input: p.predict_single_npy_array(
+            contenders: dict[str, Any] = {
+                "nnUNetPredictor": lambda p=predictor, x=nnunet_input: p.predict_single_npy_array(
                     x, {"spacing": list(spacing[::-1])}, None, None, False
-                ),
-                args.repeats,
-                sync,
-                args.warmup,
-            )
+                )
+            }
+            for engine, runner in runners.items():
+                contenders[engine] = lambda r=runner, t=tta: segment_study(study, r, mirror_tta=t)
+            timed = _interleaved(contenders, args.repeats, sync, args.warmup, memory)
+            reference_s, reference_all, reference_seg = timed["nnUNetPredictor"]
             reference_labels = np.asarray(reference_seg).transpose(2, 1, 0)
             fp32_labels = None
             if args.fp32_reference:
@@ -232,31 +291,17 @@ def main() -> None:
                     "runs_s": reference_all,
                     "speedup": 1.0,
                     "agreement": 1.0,
+                    "peak_rss_mb": memory.peaks.get("nnUNetPredictor", 0) / 2**20,
                 }
             )
             del predictor
-            for engine in engines:
-                name, _, rest = engine.partition("-")
-                precision = rest.split("-")[0] if rest else "fp32"
-                settings = RunnerSettings(
-                    engine="onnxruntime" if name == "onnxruntime" else "torch",
-                    device=args.device if name == "torch" else "cpu",
-                    precision=precision,  # type: ignore[arg-type]
-                    torch_compile=engine.endswith("compile"),
-                    tile_batch_size=tile_batch,
-                    min_component_ml=0.0,
-                )
-                runner = build_runner(imported.folder, spec, settings, root / "engine-cache")
-                seconds, all_runs, result = _timed(
-                    lambda r=runner, t=tta: segment_study(study, r, mirror_tta=t),
-                    args.repeats,
-                    sync,
-                    args.warmup,
-                )
+            for engine, runner in runners.items():
+                seconds, all_runs, result = timed[engine]
                 rows.append(
                     {
                         "engine": f"cerebrascan {engine} (batch {tile_batch})",
                         "precision_used": runner.precision,
+                        "precision_note": runner.decision.note,
                         "tta": tta,
                         "median_s": seconds,
                         "runs_s": all_runs,
@@ -265,26 +310,35 @@ def main() -> None:
                         "agreement_fp32_reference": None
                         if fp32_labels is None
                         else float((result.labels == fp32_labels).mean()),
+                        "stages_ms": result.timings_ms,
+                        "peak_rss_mb": memory.peaks.get(engine, 0) / 2**20,
                     }
                 )
-                del runner
+        memory.close()
+        del runners
     device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else _cpu_name()
+    from runners.engine_cache import cpu_features
+
     header = (
         f"network {args.network} {NETWORKS[args.network]}, case {CASES[args.case]}, "
-        f"device {device_name}, torch {torch.__version__}"
+        f"device {device_name}, CPU flags {' '.join(cpu_features())}, torch {torch.__version__}, "
+        f"{args.repeats} interleaved runs"
     )
     print(header)
     print(
-        f"{'engine':40s} {'tta':>5s} {'median s':>9s} {'speedup':>8s} {'agree':>8s} "
-        f"{'agree fp32 ref':>14s}"
+        f"{'engine':40s} {'prec':>5s} {'tta':>5s} {'median s':>9s} {'speedup':>8s} "
+        f"{'agree':>8s} {'agree fp32 ref':>14s} {'peak RSS MB':>11s}  stages ms"
     )
     for row in rows:
         fp32 = row.get("agreement_fp32_reference")
+        stages = " ".join(f"{k} {v:.0f}" for k, v in row.get("stages_ms", {}).items())
         print(
-            f"{row['engine']:40s} {row['tta']!s:>5s} {row['median_s']:9.3f} "
-            f"{row['speedup']:7.2f}x {row['agreement']:8.5f} "
-            f"{'' if fp32 is None else f'{fp32:.5f}':>14s}"
+            f"{row['engine']:40s} {row.get('precision_used', ''):>5s} {row['tta']!s:>5s} "
+            f"{row['median_s']:9.3f} {row['speedup']:7.2f}x {row['agreement']:8.5f} "
+            f"{'' if fp32 is None else f'{fp32:.5f}':>14s} {row['peak_rss_mb']:11.0f}  {stages}"
         )
+        if row.get("precision_note"):
+            print(f"    note: {row['precision_note']}")
     target = args.json
     if target is None and "OUT" in os.environ:
         target = Path(os.environ["OUT"]) / "bench_nnunet.json"

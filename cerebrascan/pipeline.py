@@ -32,10 +32,11 @@ from cerebrascan.inputs.study import Study
 from cerebrascan.observability import record_study, study_in_flight
 from cerebrascan.registry import ResolvedModel
 from cerebrascan.report.supplied_text import save_supplied_text
-from cerebrascan.segmentation import segment_study
+from cerebrascan.segmentation import SegmentationResult, segment_study
 from cerebrascan.settings import Settings
 from cerebrascan.store import PatientIdError, StudyRecord, StudyRepository
 from cerebrascan.store.artefacts import (
+    DICOM_SOURCE_FILE,
     RESULT_FILE,
     SEGMENTATION_FILE,
     StudyArtefacts,
@@ -45,12 +46,54 @@ from cerebrascan.store.artefacts import (
 from cerebrascan.views.display import display_copy
 from plugins.analyzer import Need, PatientHistory, PriorStudy
 from plugins.host import BUILTIN_PLUGINS, AnalyzerHost, AnalyzerOptionsError, StudyInputs
+from plugins.options import ValidatedOptions
 from plugins.settings import AnalyzerSettings
 from runners.factory import build_runner
 from runners.protocol import SegmentationRunner
-from schemas.analysis import AnalyzeOptions, AnalyzeResponse, Geometry, ModelInfo, RegionVolumes
+from schemas.analysis import (
+    AnalyzeOptions,
+    AnalyzeResponse,
+    Geometry,
+    ModelInfo,
+    RegionVolumes,
+    research_notice_for,
+)
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunnerInfo:
+    """What the answer says of the runner that segmented a study."""
+
+    name: str
+    providers: list[str]
+    precision: str
+    precision_note: str | None
+
+    @classmethod
+    def of(cls, runner: SegmentationRunner) -> RunnerInfo:
+        return cls(
+            name=runner.name,
+            providers=list(runner.providers),
+            precision=runner.precision,
+            precision_note=runner.decision.note,
+        )
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """A checked study's id, options and what its segmentation must keep
+    (:meth:`AnalysisPipeline.plan`)."""
+
+    model: ResolvedModel
+    options: AnalyzeOptions
+    analyzer_options: ValidatedOptions
+    study_id: str
+    patient_key: str | None
+    mirror_tta: bool
+    keep_probabilities: bool
+    tta_disagreement: bool
 
 
 @dataclass(frozen=True)
@@ -97,6 +140,8 @@ class AnalysisPipeline:
             migrated to the newest schema.
         runner_factory: builds the runner of a model (the front service's remote runner);
             default: the in-process engine ``settings.runner`` names.
+        with_runner: False builds no runner: only :meth:`plan` and :meth:`complete` work (a
+            cohort's analysis stage, whose network runs in other processes).
     """
 
     def __init__(
@@ -106,13 +151,15 @@ class AnalysisPipeline:
         host: AnalyzerHost | None = None,
         records: StudyRepository | None = None,
         runner_factory: Callable[[ResolvedModel], SegmentationRunner] | None = None,
+        *,
+        with_runner: bool = True,
     ) -> None:
         self.settings = settings
         self._swap_lock = threading.Lock()
         self.model = model
         # the front service passes a factory for the remote runner service (batching.remote_runner)
         self._runner_factory = runner_factory
-        self.runner = self._build_runner(model)
+        self._runner = self._build_runner(model) if with_runner else None
         self.artefacts = StudyArtefacts(settings.studies_dir)
         self.records = records if records is not None else StudyRepository.from_settings(settings)
         self.host = host if host is not None else build_analyzer_host(settings)
@@ -126,6 +173,9 @@ class AnalysisPipeline:
         input_timings_ms: Mapping[str, float] | None = None,
     ) -> StudyAnalysis:
         """Segment and analyse one decoded study, store it and answer.
+
+        The same as :meth:`plan`, :func:`~cerebrascan.segmentation.segment_study` and
+        :meth:`complete` in turn (a cohort run calls them in different processes).
 
         Args:
             study: the decoded, checked study (:mod:`cerebrascan.inputs`).
@@ -144,6 +194,53 @@ class AnalysisPipeline:
                 ``options.analyzers`` names an unknown analyzer or holds invalid options (400),
                 or ``options.patient_id`` is refused (422; the message never repeats it).
         """
+        # one consistent model and runner for the whole study, even if swap_model runs meanwhile
+        model, runner = serving if serving is not None else self.serving
+        plan = self.plan(study, options, model)
+        if isinstance(plan, StudyAnalysis):
+            return plan
+        segmentation = segment_study(
+            study,
+            runner,
+            mirror_tta=plan.mirror_tta,
+            keep_probabilities=plan.keep_probabilities,
+            tta_disagreement=plan.tta_disagreement,
+            min_component_ml=self.settings.runner.min_component_ml,
+        )
+        return self.complete(
+            study,
+            plan,
+            segmentation,
+            RunnerInfo.of(runner),
+            input_timings_ms=input_timings_ms,
+        )
+
+    def plan(
+        self,
+        study: Study,
+        options: AnalyzeOptions,
+        model: ResolvedModel,
+        *,
+        study_id: str | None = None,
+    ) -> StudyPlan | StudyAnalysis:
+        """Check a study and its options against ``model`` and the analyzers; decide its id
+        and what the segmentation must keep.
+
+        Args:
+            study: the decoded study.
+            options: the request's options.
+            model: the model that will segment it.
+            study_id: the caller's id for the study (a cohort's, from its study key and the
+                model version), stored once like a patient's content-derived id; default:
+                content-derived for a known patient, else a new random id.
+
+        Returns:
+            The plan, or the stored analysis when this study (of a known patient, or with
+            this ``study_id``) was analysed before: posting it again is idempotent.
+
+        Raises:
+            InputError: as :meth:`run`.
+        """
         try:
             analyzer_options = self.host.validate_options(options.analyzers)
         except AnalyzerOptionsError as exc:
@@ -154,22 +251,21 @@ class AnalysisPipeline:
             )
         except PatientIdError as exc:
             raise InputError(str(exc), status_code=422, field="options") from None
-        # one consistent model and runner for the whole study, even if swap_model runs meanwhile
-        model, runner = serving if serving is not None else self.serving
         if tuple(study.modalities) != tuple(model.spec.modalities):
             raise InputError(
                 f"study modalities {list(study.modalities)} are not the served model's "
                 f"{list(model.spec.modalities)}",
                 status_code=400,
             )
-        timings: dict[str, float] = dict(input_timings_ms or {})
         # a study of a known patient has a content-derived id: posting it again is idempotent
-        study_id = (
-            study_digest(study, patient_key, options, model)
-            if patient_key is not None
-            else uuid.uuid4().hex
-        )
-        stored = self._stored_response(study_id) if patient_key is not None else None
+        stable_id = study_id is not None or patient_key is not None
+        if study_id is None:
+            study_id = (
+                study_digest(study, patient_key, options, model)
+                if patient_key is not None
+                else uuid.uuid4().hex
+            )
+        stored = self._stored_response(study_id) if stable_id else None
         if stored is not None:
             logger.info("study %s was analysed before; returning the stored result", study_id)
             labels, _ = self.artefacts.load_labels(study_id)
@@ -178,14 +274,38 @@ class AnalysisPipeline:
             self.settings.runner.mirror_tta if options.mirror_tta is None else options.mirror_tta
         )
         needs = self.host.needs
-        segmentation = segment_study(
-            study,
-            runner,
+        return StudyPlan(
+            model=model,
+            options=options,
+            analyzer_options=analyzer_options,
+            study_id=study_id,
+            patient_key=patient_key,
             mirror_tta=mirror_tta,
             keep_probabilities=Need.PROBABILITIES in needs,
             tta_disagreement=mirror_tta and Need.TTA_DISAGREEMENT in needs,
-            min_component_ml=self.settings.runner.min_component_ml,
         )
+
+    def complete(
+        self,
+        study: Study,
+        plan: StudyPlan,
+        segmentation: SegmentationResult,
+        runner: RunnerInfo,
+        *,
+        input_timings_ms: Mapping[str, float] | None = None,
+    ) -> StudyAnalysis:
+        """Run the analyzers on a segmented study, store it and answer (after :meth:`plan`).
+
+        Args:
+            study: the study :meth:`plan` checked.
+            plan: its plan.
+            segmentation: the segmentation on the study's grid, with its stage timings.
+            runner: the runner that segmented it, for the answer.
+            input_timings_ms: the transport's own stage times (``decode``), reported first.
+        """
+        model, study_id, patient_key = plan.model, plan.study_id, plan.patient_key
+        options = plan.options
+        timings: dict[str, float] = dict(input_timings_ms or {})
         timings.update(segmentation.timings_ms)
         # one measurement for the answer and every analyzer (one source of truth)
         volumes = volumes_ml(segmentation.labels, study.spacing)
@@ -203,12 +323,12 @@ class AnalysisPipeline:
                 tta_disagreement=segmentation.tta_disagreement,
                 prior_studies=(
                     self._patient_history(patient_key, options.study_date, study_id, model)
-                    if Need.PRIOR_STUDIES in needs
+                    if Need.PRIOR_STUDIES in self.host.needs
                     else None
                 ),
             ),
             artefacts=StudyArtefactSink(self.artefacts, study_id, study.affine, study.shape),
-            options=analyzer_options,
+            options=plan.analyzer_options,
         )
         segmentation.probabilities = segmentation.tta_disagreement = None
         timings["analyzers"] = (time.perf_counter() - clock) * 1000
@@ -222,8 +342,8 @@ class AnalysisPipeline:
                 runner=runner.name,
                 providers=runner.providers,
                 precision=runner.precision,
-                precision_note=runner.decision.note,
-                mirror_tta=mirror_tta,
+                precision_note=runner.precision_note,
+                mirror_tta=plan.mirror_tta,
                 trained_on=model.training_data,
                 min_component_ml=self.settings.runner.min_component_ml,
                 removed_islands=segmentation.removed_islands,
@@ -238,11 +358,14 @@ class AnalysisPipeline:
             timings_ms=timings,
             segmentation_url=f"/studies/{study_id}/segmentation",
             analyzers=outcomes,
+            dicom=study.dicom_report,
+            notice=research_notice_for(model.name, model.version, model.training_data),
         )
         clock = time.perf_counter()
         result_json = response.model_dump_json()
         self.artefacts.save(study_id, segmentation.labels, study.affine, result_json)
         self._save_supplied_text(study_id, study, options)
+        self._save_dicom_source(study_id, study)
         if patient_key is not None:  # later visits of the patient register to this image
             self._save_registration_image(study_id, study)
         self._save_display_images(study_id, study)
@@ -266,6 +389,17 @@ class AnalysisPipeline:
         """The model and runner in service now, read together."""
         with self._swap_lock:
             return self.model, self.runner
+
+    @property
+    def runner(self) -> SegmentationRunner:
+        """The runner in service now.
+
+        Raises:
+            RuntimeError: the pipeline was built ``with_runner=False``.
+        """
+        if self._runner is None:
+            raise RuntimeError("this pipeline was built without a runner (with_runner=False)")
+        return self._runner
 
     @contextmanager
     def serving_for_study(self) -> Iterator[tuple[ResolvedModel, SegmentationRunner]]:
@@ -291,7 +425,7 @@ class AnalysisPipeline:
         runner = self._build_runner(model)
         with self._swap_lock:
             previous = self.model
-            self.model, self.runner = model, runner
+            self.model, self._runner = model, runner
         logger.info(
             "now serving %s version %s (was %s)", model.name, model.version, previous.version
         )
@@ -370,6 +504,14 @@ class AnalysisPipeline:
             image = study.images[study.modalities.index(contrast)]
             self.artefacts.save_display_image(study_id, contrast, display_copy(image), study.affine)
 
+    def _save_dicom_source(self, study_id: str, study: Study) -> None:
+        """Keep the reference series' headers (DICOM JSON, no pixels) of a DICOM-origin study
+        for the DICOM outputs (SEG, SR) as ``dicom_source.json``."""
+        if study.dicom_source is not None:
+            folder = self.artefacts.folder(study_id)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / DICOM_SOURCE_FILE).write_text(json.dumps(list(study.dicom_source)))
+
     def _save_supplied_text(self, study_id: str, study: Study, options: AnalyzeOptions) -> None:
         """Keep the free text that came with the study for an LLM report writer, apart from the
         findings and only where one may run (``report.keeps_supplied_text``); never logged."""
@@ -428,4 +570,13 @@ def study_digest(
     digest.update(repr(study.images.shape).encode("ascii"))
     digest.update(study.affine.astype("<f8").tobytes())
     digest.update(study.images.astype("<f4", copy=False).tobytes())
+    return digest.hexdigest()
+
+
+def cohort_study_id(study_key: str, model: ResolvedModel) -> str:
+    """The stored id (32 hex) of a cohort's study: the same study key and model version give
+    the same id, so a cohort stored twice (``--store``) stores each study once."""
+    digest = hashlib.blake2b(digest_size=16)
+    for part in ("cohort", study_key, model.name, model.version):
+        digest.update(part.encode("utf-8") + b"\0")
     return digest.hexdigest()

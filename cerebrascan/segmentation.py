@@ -1,4 +1,5 @@
-"""One study through preprocess -> runner -> postprocess, timed per stage."""
+"""One study through preprocess -> runner -> postprocess, timed per stage; the three steps
+also apart (a cohort runs them in different processes)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from cerebrascan.imaging.nnunet_preprocess import nnunet_export, nnunet_preprocess
+from cerebrascan.imaging.nnunet_preprocess import NnunetCase, nnunet_export, nnunet_preprocess
 from cerebrascan.imaging.postprocess import (
     labels_on_input_grid,
     probabilities_on_input_grid,
@@ -16,9 +17,11 @@ from cerebrascan.imaging.postprocess import (
     remove_small_components,
     scalar_map_on_input_grid,
 )
-from cerebrascan.imaging.preprocess import preprocess_images
+from cerebrascan.imaging.preprocess import PreprocessedCase, preprocess_images
 from cerebrascan.inputs.study import Study
+from runners.prediction import RunnerPrediction
 from runners.protocol import SegmentationRunner
+from schemas.model_spec import ModelSpec
 
 
 @dataclass
@@ -41,6 +44,10 @@ class SegmentationResult:
     (its channels are label values). None unless ``keep_probabilities`` was set."""
 
 
+PreparedCase = PreprocessedCase | NnunetCase
+"""A study on the network grid (``.data``) with what undoes its preprocessing."""
+
+
 def segment_study(
     study: Study,
     runner: SegmentationRunner,
@@ -51,6 +58,9 @@ def segment_study(
     min_component_ml: float = 0.0,
 ) -> SegmentationResult:
     """Segment a study with ``runner``; everything comes back on the study's exact grid.
+
+    The three steps (:func:`prepare_case`, :func:`predict_case`, :func:`finish_case`) can
+    also run apart, e.g. in different processes of a cohort run.
 
     Args:
         study: the four modalities.
@@ -65,26 +75,83 @@ def segment_study(
         ValueError: the study's modalities differ from the network's.
     """
     spec = runner.spec
+    clock = time.perf_counter()
+    case = prepare_case(study, spec)
+    preprocess_ms = (time.perf_counter() - clock) * 1000
+    clock = time.perf_counter()
+    prediction = predict_case(
+        case, runner, mirror_tta=mirror_tta, tta_disagreement=tta_disagreement
+    )
+    inference_ms = (time.perf_counter() - clock) * 1000
+    clock = time.perf_counter()
+    result = finish_case(
+        study,
+        spec,
+        case,
+        prediction,
+        keep_probabilities=keep_probabilities,
+        min_component_ml=min_component_ml,
+    )
+    result.timings_ms = {
+        "preprocess": preprocess_ms,
+        "inference": inference_ms,
+        "postprocess": (time.perf_counter() - clock) * 1000,
+    }
+    return result
+
+
+def prepare_case(study: Study, spec: ModelSpec) -> PreparedCase:
+    """Step 1: the study preprocessed for the network ``spec`` describes.
+
+    Raises:
+        ValueError: the study's modalities differ from the network's.
+    """
     if list(study.modalities) != list(spec.modalities):
         raise ValueError(f"study modalities {study.modalities} != network's {spec.modalities}")
     if spec.preprocessing == "nnunet":
-        return _segment_nnunet(
+        return nnunet_preprocess(study.images, study.spacing, spec)
+    return preprocess_images(study.images, study.spacing, spec.target_spacing_mm)
+
+
+def predict_case(
+    case: PreparedCase,
+    runner: SegmentationRunner,
+    *,
+    mirror_tta: bool,
+    tta_disagreement: bool = False,
+) -> RunnerPrediction:
+    """Step 2: the network on the prepared case (TTA disagreement only for project models)."""
+    if isinstance(case, NnunetCase):
+        return runner.predict(case.data, mirror_tta=mirror_tta)
+    return runner.predict(
+        case.data, mirror_tta=mirror_tta, tta_disagreement=tta_disagreement and mirror_tta
+    )
+
+
+def finish_case(
+    study: Study,
+    spec: ModelSpec,
+    case: PreparedCase,
+    prediction: RunnerPrediction,
+    *,
+    keep_probabilities: bool = False,
+    min_component_ml: float = 0.0,
+) -> SegmentationResult:
+    """Step 3: the prediction back on the study's grid (labels, small islands removed, and the
+    probabilities when asked for). ``case.data`` is not read: a caller may have dropped it.
+
+    Raises:
+        ValueError: an nnU-Net model's runner kept no logits.
+    """
+    if isinstance(case, NnunetCase):
+        return _finish_nnunet(
             study,
-            runner,
-            mirror_tta=mirror_tta,
+            spec,
+            case,
+            prediction,
             keep_probabilities=keep_probabilities,
             min_component_ml=min_component_ml,
         )
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-    case = preprocess_images(study.images, study.spacing, spec.target_spacing_mm)
-    timings["preprocess"] = (time.perf_counter() - clock) * 1000
-    clock = time.perf_counter()
-    prediction = runner.predict(
-        case.data, mirror_tta=mirror_tta, tta_disagreement=tta_disagreement and mirror_tta
-    )
-    timings["inference"] = (time.perf_counter() - clock) * 1000
-    clock = time.perf_counter()
     cropped = probabilities_to_input_grid(prediction.probabilities, case)
     labels = labels_on_input_grid(cropped, case, spec.output_labels)
     labels, removed = remove_small_components(labels, study.spacing, min_component_ml)
@@ -99,40 +166,30 @@ def segment_study(
         if prediction.tta_disagreement is not None
         else None
     )
-    timings["postprocess"] = (time.perf_counter() - clock) * 1000
     return SegmentationResult(
         labels=labels,
-        timings_ms=timings,
         probabilities=probabilities,
         tta_disagreement=disagreement,
         removed_islands=removed,
     )
 
 
-def _segment_nnunet(
+def _finish_nnunet(
     study: Study,
-    runner: SegmentationRunner,
+    spec: ModelSpec,
+    case: NnunetCase,
+    prediction: RunnerPrediction,
     *,
-    mirror_tta: bool,
     keep_probabilities: bool,
     min_component_ml: float,
 ) -> SegmentationResult:
-    """An imported nnU-Net v2 model: nnU-Net's preprocessing and export, step by step.
+    """An imported nnU-Net v2 model: nnU-Net's export, step by step.
 
     Logits (fold-averaged in the graph) are resampled to the cropped input grid before the
     softmax/sigmoid, as ``nnUNetPredictor`` does. TTA disagreement is not computed here.
     """
-    spec = runner.spec
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-    case = nnunet_preprocess(study.images, study.spacing, spec)
-    timings["preprocess"] = (time.perf_counter() - clock) * 1000
-    clock = time.perf_counter()
-    prediction = runner.predict(case.data, mirror_tta=mirror_tta)
-    timings["inference"] = (time.perf_counter() - clock) * 1000
     if prediction.logits is None:
-        raise ValueError(f"runner {runner.name} keeps no logits; nnU-Net export needs them")
-    clock = time.perf_counter()
+        raise ValueError("the runner kept no logits; nnU-Net export needs them")
     output = nnunet_export(prediction.logits, case, spec)
     labels, removed = remove_small_components(output.labels, study.spacing, min_component_ml)
     probabilities = region_probabilities = None
@@ -142,10 +199,8 @@ def _segment_nnunet(
         else:
             probabilities = np.zeros(output.probabilities.shape, dtype=np.float16)
             probabilities[spec.output_labels] = output.probabilities
-    timings["postprocess"] = (time.perf_counter() - clock) * 1000
     return SegmentationResult(
         labels=labels,
-        timings_ms=timings,
         probabilities=probabilities,
         removed_islands=removed,
         region_probabilities=region_probabilities,

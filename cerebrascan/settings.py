@@ -21,8 +21,10 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from cerebrascan.brain_extraction.settings import BrainExtractionSettings
 from cerebrascan.classifiers.settings import ClassifierSettings
 from cerebrascan.cohorts.settings import CohortSettings
+from cerebrascan.inputs.dicom.settings import DicomSettings
 from cerebrascan.inputs.settings import LimitSettings
 from cerebrascan.longitudinal.settings import LongitudinalSettings
 from cerebrascan.report.settings import ReportSettings
@@ -32,6 +34,7 @@ from cerebrascan.serving.settings import (
     GrpcSettings,
     JobSettings,
     LogSettings,
+    RetentionSettings,
 )
 from cerebrascan.views.settings import ViewSettings
 from plugins.settings import NoGoSettings, PluginSettings
@@ -131,12 +134,14 @@ class Settings(BaseSettings):
     )
     runner: RunnerSettings = Field(default_factory=RunnerSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    dicom: DicomSettings = Field(default_factory=DicomSettings)
     plugins: PluginSettings = Field(default_factory=PluginSettings)
     classifiers: ClassifierSettings = Field(default_factory=ClassifierSettings)
     longitudinal: LongitudinalSettings = Field(default_factory=LongitudinalSettings)
     nogo: NoGoSettings = Field(default_factory=NoGoSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     logging: LogSettings = Field(default_factory=LogSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
@@ -144,6 +149,7 @@ class Settings(BaseSettings):
     report: ReportSettings = Field(default_factory=ReportSettings)
     cohorts: CohortSettings = Field(default_factory=CohortSettings)
     views: ViewSettings = Field(default_factory=ViewSettings)
+    brain_extraction: BrainExtractionSettings = Field(default_factory=BrainExtractionSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -55,12 +55,28 @@ class StudyInputs:
 class IsolatedRunner:
     """Runs a registry's analyzers on one study at a time, each in its own daemon thread.
 
-    Keeps the threads of timed-out analyzers (they cannot be killed) to report them.
+    Keeps the threads of timed-out analyzers (they cannot be killed) to report them. While a
+    plugin has ``max_abandoned_per_plugin`` such threads still running, its analyzers are
+    skipped with that reason, so a hanging plugin cannot pile up threads study after study.
+
+    Args:
+        max_abandoned_per_plugin: timed-out threads of one plugin tolerated at once.
     """
 
-    def __init__(self) -> None:
-        self._abandoned: list[threading.Thread] = []
+    def __init__(self, max_abandoned_per_plugin: int = 2) -> None:
+        if max_abandoned_per_plugin < 1:
+            raise ValueError(
+                f"max_abandoned_per_plugin must be at least 1, got {max_abandoned_per_plugin}"
+            )
+        self.max_abandoned_per_plugin = max_abandoned_per_plugin
+        self._abandoned: list[tuple[str, threading.Thread]] = []
         self._lock = threading.Lock()
+
+    def abandoned_threads(self, plugin: str) -> int:
+        """Timed-out threads of ``plugin`` still running."""
+        with self._lock:
+            self._abandoned = [(p, t) for p, t in self._abandoned if t.is_alive()]
+            return sum(1 for p, _ in self._abandoned if p == plugin)
 
     def run_study(
         self,
@@ -116,6 +132,15 @@ class IsolatedRunner:
             except ValidationError as exc:
                 error = f"options required: {describe_validation(exc)}"
                 return outcome_of(entry, "error", 0.0, error=error), None
+        stuck = self.abandoned_threads(entry.plugin)
+        if stuck >= self.max_abandoned_per_plugin:
+            error = (
+                f"plugin {entry.plugin!r} has {stuck} timed-out analyzer thread(s) still "
+                f"running, the most tolerated ({self.max_abandoned_per_plugin}); skipped until "
+                "they end"
+            )
+            logger.warning("analyzer %r skipped: %s", analyzer.name, error)
+            return outcome_of(entry, "skipped", 0.0, error=error), None
         scoped = ScopedSink(sink, analyzer.name, owners)
         context = build_context(analyzer, entry.needs, inputs, scoped, options, results)
         clock = time.perf_counter()
@@ -127,7 +152,7 @@ class IsolatedRunner:
         scoped.close()
         links = scoped.links
         if not done:
-            self._abandon(thread)
+            self._abandon(entry.plugin, thread)
             error = f"timed out after {entry.timeout_s:g} s"
             logger.warning("analyzer %r %s", analyzer.name, error)
             return outcome_of(entry, "error", duration_ms, error=error, artefacts=links), None
@@ -153,11 +178,11 @@ class IsolatedRunner:
         logger.debug("analyzer %r finished in %.1f ms", analyzer.name, duration_ms)
         return outcome, validated
 
-    def _abandon(self, thread: threading.Thread) -> None:
+    def _abandon(self, plugin: str, thread: threading.Thread) -> None:
         with self._lock:
-            self._abandoned = [t for t in self._abandoned if t.is_alive()]
-            self._abandoned.append(thread)
-            names = [t.name for t in self._abandoned]
+            self._abandoned = [(p, t) for p, t in self._abandoned if t.is_alive()]
+            self._abandoned.append((plugin, thread))
+            names = [t.name for _, t in self._abandoned]
         logger.warning("%d timed-out analyzer thread(s) still running: %s", len(names), names)
 
 

@@ -1,9 +1,12 @@
-"""Where TensorRT engines and timing caches are kept, and what invalidates them.
+"""Where TensorRT engines, timing caches and compiled OpenVINO models are kept, and what
+invalidates them.
 
 A TensorRT engine is only valid for the network, the precision, the optimisation profile, the
 GPU model and the TensorRT build it was made with; a timing cache only for the GPU and the
 TensorRT build. Both are keyed by exactly those, so a changed model or an upgraded driver stack
-builds a new engine instead of loading a wrong one.
+builds a new engine instead of loading a wrong one. A compiled OpenVINO model is keyed the same
+way for the CPU: network, precision, tile shape, CPU name and instruction sets, OpenVINO
+version (:func:`cpu_model_cache_key`).
 """
 
 from __future__ import annotations
@@ -95,4 +98,66 @@ def engine_cache_key(
 def timing_cache_key(*, gpu_name: str, compute_capability: str, backend_version: str) -> str:
     """Key of a timing cache: shared by every network on the same GPU and TensorRT build."""
     material = f"{gpu_name}|{compute_capability}|{backend_version}"
+    return hashlib.sha256(material.encode()).hexdigest()[:24]
+
+
+CPU_FEATURE_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+)
+"""The instruction sets an OpenVINO CPU kernel choice depends on (``/proc/cpuinfo`` names)."""
+
+
+def cpu_features(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, ...]:
+    """Which of :data:`CPU_FEATURE_FLAGS` this CPU has (empty where ``cpuinfo`` is unreadable)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return ()
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+            break
+    return tuple(flag for flag in CPU_FEATURE_FLAGS if flag in flags)
+
+
+def cpu_model_cache_key(
+    *,
+    onnx_sha256: str,
+    precision: str,
+    input_shape: tuple[int, ...],
+    cpu_name: str,
+    features: tuple[str, ...],
+    backend: str,
+    backend_version: str,
+) -> str:
+    """Key of a compiled CPU model: the network, precision, tile shape, CPU and backend build.
+
+    The CPU counterpart of :func:`engine_cache_key`: a compiled OpenVINO blob holds kernels
+    chosen for one instruction set, so a copied cache on a CPU without AMX recompiles instead
+    of loading kernels it cannot run.
+    """
+    material = json.dumps(
+        {
+            "onnx": onnx_sha256,
+            "precision": precision,
+            "input": list(input_shape),
+            "cpu": cpu_name,
+            "features": list(features),
+            "backend": backend,
+            "version": backend_version,
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(material.encode()).hexdigest()[:24]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from runners.openvino_runner import openvino_available
 from runners.protocol import TileRunner
 from runners.settings import RunnerSettings
 from schemas.model_spec import ModelSpec
@@ -21,19 +22,27 @@ def build_runner(
         model_folder: the model folder (``model.onnx``, ``model_spec.json``, weights).
         spec: its spec.
         settings: runner settings.
-        engine_cache_dir: TensorRT engine and timing caches.
+        engine_cache_dir: TensorRT engine and timing caches, compiled OpenVINO models.
 
     Returns:
         The engine, built and (for reduced precision) checked by the precision guard.
 
     Raises:
-        RunnerConfigError: the engine cannot run here (missing package, device or provider).
+        RunnerConfigError: the engine cannot run here (missing package, device or provider,
+            or a precision the CPU lacks).
     """
-    if settings.engine == "torch":
+    engine = resolve_engine(settings)
+    if engine == "openvino":
+        from runners.openvino_runner import OpenVINOSegmentationRunner
+
+        return OpenVINOSegmentationRunner(
+            model_folder / "model.onnx", spec, settings, engine_cache_dir
+        )
+    if engine == "torch":
         from runners.torch_runner import TorchSegmentationRunner
 
         return TorchSegmentationRunner(model_folder, spec, settings)
-    if settings.engine == "tensorrt":
+    if engine == "tensorrt":
         from runners.tensorrt_runner import TensorRTSegmentationRunner
 
         return TensorRTSegmentationRunner(
@@ -42,3 +51,18 @@ def build_runner(
     from runners.onnx_runner import OnnxSegmentationRunner
 
     return OnnxSegmentationRunner(model_folder / "model.onnx", spec, settings, engine_cache_dir)
+
+
+def resolve_engine(settings: RunnerSettings) -> str:
+    """The engine ``settings.engine`` names; ``auto`` becomes one that exists here.
+
+    ``auto``: OpenVINO when the network runs on the CPU (``device`` cpu and ONNX Runtime
+    ``providers`` CPU only) and the openvino package is installed: it runs the same ONNX faster
+    than ONNX Runtime's CPU provider. Else ONNX Runtime, with the configured providers.
+    """
+    if settings.engine != "auto":
+        return settings.engine
+    on_cpu = settings.device == "cpu" and settings.providers == ["CPUExecutionProvider"]
+    if on_cpu and openvino_available():
+        return "openvino"
+    return "onnxruntime"

@@ -43,10 +43,12 @@ class RunnerSettings(BaseModel):
         ge=0.0,
         description="Tumour islands smaller than this (mL) are removed; 0 keeps every voxel.",
     )
-    engine: Literal["onnxruntime", "torch", "tensorrt"] = Field(
+    engine: Literal["onnxruntime", "torch", "tensorrt", "openvino", "auto"] = Field(
         default="onnxruntime",
         description="What executes the network: ONNX Runtime (with ``providers``), PyTorch "
-        "(the model's safetensors weights) or native TensorRT (an engine built from the ONNX).",
+        "(the model's safetensors weights), native TensorRT (an engine built from the ONNX), "
+        "OpenVINO on the CPU (compiled from the ONNX), or auto: OpenVINO when device is cpu "
+        "and the openvino package is installed, else ONNX Runtime.",
     )
     device: str = Field(
         default="cpu",
@@ -56,15 +58,32 @@ class RunnerSettings(BaseModel):
     precision: Literal["fp32", "fp16", "bf16"] = Field(
         default="fp32",
         description="Arithmetic of the network. Reduced precision is checked against fp32 on a "
-        "reference tile when the engine is built and falls back to fp32 if they disagree.",
+        "reference tile when the engine is built and falls back to fp32 if they disagree. "
+        "openvino: fp32 or bf16 (a CPU with AVX-512 BF16 or AMX; refused at start elsewhere).",
+    )
+    openvino_threads: int = Field(
+        default=0,
+        ge=0,
+        description="openvino engine: inference threads; 0 lets OpenVINO use every core.",
+    )
+    openvino_streams: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="openvino engine: parallel inference streams (1: one call uses every "
+        "thread, the latency setting).",
+    )
+    openvino_performance_hint: Literal["latency", "throughput"] = Field(
+        default="latency",
+        description="openvino engine: OpenVINO's performance hint for the CPU plugin.",
     )
     torch_compile: bool = Field(
         default=False, description="torch engine: compile the network with torch.compile."
     )
     engine_cache_dir: Path | None = Field(
         default=None,
-        description="TensorRT engines and timing caches (both TensorRT paths); default: "
-        "<data_dir>/engine-cache.",
+        description="TensorRT engines and timing caches (both TensorRT paths) and compiled "
+        "OpenVINO models; default: <data_dir>/engine-cache.",
     )
     precision_guard_min_agreement: float = Field(
         default=0.999,

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, Field, field_validator
 
 from schemas.analyzers import AnalyzerOutcome
+from schemas.dicom import DicomAnalysis
 
 ISO_DATE_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 EARLIEST_STUDY_DATE = date(1900, 1, 1)
@@ -17,6 +18,16 @@ RESEARCH_USE_NOTICE = (
     "Research use only. The default model was trained on synthetic phantoms, not patients; "
     "its output is not a clinical finding."
 )
+
+
+def research_notice_for(name: str, version: str, training_data: str) -> str:
+    """The research-use notice of an answer from model ``name`` ``version``, naming what it was
+    trained on (the registry's ``training_data`` tag, from the model card)."""
+    return (
+        f"Research use only. The served model ({name} version {version}) was trained on "
+        f"{training_data}; it is not validated on patients and its output is not a clinical "
+        "finding."
+    )
 
 
 class AnalyzeOptions(BaseModel):
@@ -40,6 +51,11 @@ class AnalyzeOptions(BaseModel):
     )
     study_date: date | None = Field(
         default=None, description="Acquisition date of the study, ISO YYYY-MM-DD."
+    )
+    skull_stripped: bool | None = Field(
+        default=None,
+        description="The images are already skull-stripped (POST /analyze/dicom); None: true "
+        "for NIfTI uploads, false for DICOM (brain extraction runs when configured).",
     )
     comment: str | None = Field(
         default=None,
@@ -135,5 +151,10 @@ class AnalyzeResponse(BaseModel):
     analyzers: dict[str, AnalyzerOutcome] = Field(
         default_factory=dict,
         description="Outcome of every installed analyzer, in the order they ran.",
+    )
+    dicom: DicomAnalysis | None = Field(
+        default=None,
+        description="DICOM studies (POST /analyze/dicom): the series chosen per contrast and the "
+        "rule that chose it, the grids, resampling or registration, the brain mask.",
     )
     notice: str = RESEARCH_USE_NOTICE

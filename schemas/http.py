@@ -61,3 +61,12 @@ class RenderJobStatus(BaseModel):
     error_status: int | None = Field(
         default=None, description="The status the view's GET route would have answered."
     )
+
+
+class DeletionResponse(BaseModel):
+    """What ``DELETE /studies/{id}`` or ``DELETE /patients/{id}`` removed."""
+
+    deleted_studies: int = Field(
+        description="Studies whose record, label map, report inputs, artefacts, display "
+        "copies and cached views were removed."
+    )

@@ -123,3 +123,34 @@ def commented_study(asgi_client, phantom_case: Path) -> dict:
     )
     assert response.status_code == 200, response.text
     return response.json()
+
+
+@pytest.fixture(scope="session")
+def dicom_phantom(phantom_case: Path, tmp_path_factory: pytest.TempPathFactory) -> object:
+    """:func:`phantom_case` written as a DICOM study (four contrasts on four grids, distractors,
+    a 3-plane localizer; shuffled files): a ``cerebrascan.testing.dicom_phantoms.DicomPhantom``
+    with its zip at ``archive``."""
+    from cerebrascan.testing.dicom_phantoms import write_dicom_study, write_localizer
+
+    folder = tmp_path_factory.mktemp("dicom-phantom")
+    phantom = write_dicom_study(phantom_case, folder / "study", seed=16)
+    phantom.files += write_localizer(phantom_case, folder / "study", study_uid=phantom.study_uid)
+    phantom.archive = phantom.zip(folder / "study.zip")
+    return phantom
+
+
+@pytest.fixture(scope="session")
+def dicom_study(asgi_client, dicom_phantom) -> dict:
+    """:func:`dicom_phantom` analysed once through ``POST /analyze/dicom`` (taken as skull
+    stripped): the answer of a DICOM-origin study."""
+    import json
+
+    response = asgi_client.post(
+        "/analyze/dicom",
+        files={
+            "archive": ("study.zip", Path(dicom_phantom.archive).read_bytes(), "application/zip")
+        },
+        data={"options": json.dumps({"skull_stripped": True})},
+    )
+    assert response.status_code == 200, response.text
+    return response.json()

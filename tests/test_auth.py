@@ -58,8 +58,8 @@ def _service_routes() -> list[tuple[str, str]]:
 
 ROUTES = _service_routes()
 GUARDED = [(m, p) for m, p in ROUTES if p not in OPEN_PATHS and p != "/metrics"]
-ADMIN_ROUTES = [(m, p) for m, p in GUARDED if route_need(p) == "admin"]
-READER_ROUTES = [(m, p) for m, p in GUARDED if route_need(p) == "reader"]
+ADMIN_ROUTES = [(m, p) for m, p in GUARDED if route_need(p, m) == "admin"]
+READER_ROUTES = [(m, p) for m, p in GUARDED if route_need(p, m) == "reader"]
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_the_route_list_covers_the_service() -> None:
 
 @pytest.mark.parametrize(("method", "path"), ROUTES)
 def test_every_route_is_mapped_to_a_role(method: str, path: str) -> None:
-    assert route_need(path) is not None, f"{method} {path} has no role in ROUTE_ROLES"
+    assert route_need(path, method) is not None, f"{method} {path} has no role in ROUTE_ROLES"
 
 
 @pytest.mark.parametrize(("method", "path"), GUARDED)
@@ -144,10 +144,11 @@ def test_an_unmapped_path_is_closed_to_readers(secured_client: TestClient) -> No
     assert admin.status_code == 404
 
 
-def test_metrics_are_public_unless_configured_otherwise() -> None:
-    assert ApiKeyMiddleware(lambda *a: None, AuthSettings()).required_role("/metrics") is None  # type: ignore[arg-type]
-    closed = AuthSettings(enabled=True, api_keys=[READER_ENTRY], public_metrics=False)
-    assert ApiKeyMiddleware(lambda *a: None, closed).required_role("/metrics") == "admin"  # type: ignore[arg-type]
+def test_metrics_need_a_key_unless_opted_out() -> None:
+    closed = AuthSettings(enabled=True, api_keys=[READER_ENTRY])
+    assert ApiKeyMiddleware(lambda *a: None, closed).required_role("/metrics") == "reader"  # type: ignore[arg-type]
+    opened = AuthSettings(enabled=True, api_keys=[READER_ENTRY], public_metrics=True)
+    assert ApiKeyMiddleware(lambda *a: None, opened).required_role("/metrics") is None  # type: ignore[arg-type]
 
 
 def test_keys_are_stored_hashed_and_matched() -> None:
@@ -197,14 +198,19 @@ def test_cli_prints_a_working_key_once(tmp_path: Path) -> None:
 def test_keys_over_http(secured_server) -> None:
     url = secured_server.url
     assert httpx.get(f"{url}/livez", timeout=30).status_code == 200
-    assert httpx.get(f"{url}/metrics", timeout=30).status_code == 200  # public by default
+    assert httpx.get(f"{url}/metrics", timeout=30).status_code == 401  # a key by default
+    assert (
+        httpx.get(f"{url}/metrics", headers=secured_server.reader(), timeout=30).status_code == 200
+    )
     assert httpx.get(f"{url}/plugins", timeout=30).status_code == 401
     assert (
         httpx.get(f"{url}/plugins", headers=secured_server.reader(), timeout=30).status_code == 200
     )
     denied = httpx.post(f"{url}/admin/plugins/reload", headers=secured_server.reader(), timeout=30)
     assert denied.status_code == 403
-    reloaded = httpx.post(f"{url}/admin/plugins/reload", headers=secured_server.admin(), timeout=60)
+    reloaded = httpx.post(
+        f"{url}/admin/plugins/reload", headers=secured_server.admin(), json={}, timeout=60
+    )
     assert reloaded.status_code == 200
     assert "volumetrics" in {p["name"] for p in reloaded.json()["plugins"]}
 

@@ -1,6 +1,6 @@
 """Cohorts on a real local Ray (``cerebrascan cohort run``): the table, failures, resume, S3.
 
-One Ray session for the module (``ray.init(num_cpus=2)``), small phantoms: the session's
+One Ray session for the module (``ray.init(num_cpus=4)``, logical), small phantoms: the session's
 phantom cases cropped to 96 x 96 x 80 voxels around the tumour, so a study takes about a
 second. The model is registered under its own name here (versions 1 and 2 of the bundled
 model), so the session's served model is left alone.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from cerebrascan.cohorts.results import COLUMNS
 from cerebrascan.cohorts.run import CohortRequest, run_cohort, start_ray
 from cerebrascan.cohorts.settings import CohortSettings
 from cerebrascan.settings import Settings, StorageSettings
+from cerebrascan.testing.dicom_phantoms import default_plans, write_dicom_study
 from plugins.settings import PluginSettings
 from schemas.analysis import AnalyzeOptions, AnalyzeResponse
 from tests.s3_server import REGION, SETUP_CREDENTIALS, MotoS3Server, moto_s3_server
@@ -59,6 +61,7 @@ def _crop_case(case: Path, out_dir: Path, shift: int = 0) -> Path:
     for modality in MODALITIES:
         image = nib.load(case / f"{case.name}-{modality}.nii.gz")
         nib.save(image.slicer[box], folder / f"{case.name}-{modality}.nii.gz")
+    shutil.copy(case / "truth.json", folder / "truth.json")  # the DICOM writer reads it
     return folder
 
 
@@ -67,7 +70,7 @@ def _paths(case: Path) -> dict[str, str]:
 
 
 def _manifest(path: Path, rows: list[dict[str, str]]) -> Path:
-    columns = ["study_key", "patient_id", "study_date", *MODALITIES, "dicom"]
+    columns = ["study_key", "patient_id", "study_date", *MODALITIES, "dicom", "skull_stripped"]
     lines = [",".join(columns)] + [",".join(row.get(c, "") for c in columns) for row in rows]
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -121,7 +124,8 @@ def settings(s3_server: MotoS3Server, test_model: dict[str, str]) -> Iterator[Se
             plugins=PluginSettings(allow=ANALYZERS),
             storage=StorageSettings(s3_endpoint_url=s3_server.endpoint_url, s3_region=REGION),
             # one actor: each actor loads the model and analyzers (the mixed run uses two)
-            cohorts=CohortSettings(actors=1, local_cpus=2, object_store_mb=200),
+            # 4 logical CPUs on any machine: one per actor of the two-actor run, and tasks
+            cohorts=CohortSettings(actors=1, local_cpus=4, object_store_mb=200),
         )
     finally:
         for key, value in saved.items():
@@ -133,7 +137,7 @@ def settings(s3_server: MotoS3Server, test_model: dict[str, str]) -> Iterator[Se
 
 @pytest.fixture(scope="module")
 def local_ray(settings: Settings) -> Iterator[str]:
-    """The module's Ray (2 CPUs) with its job server; yields the job-submission URL.
+    """The module's Ray (4 logical CPUs) with its job server; yields the job-submission URL.
 
     The CLI test starts its own with :func:`start_ray`; this one adds the dashboard, which
     ``POST /cohorts`` submits to, and puts this venv's ``cerebrascan`` on the jobs' PATH.
@@ -145,7 +149,7 @@ def local_ray(settings: Settings) -> Iterator[str]:
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{saved_path}"
     port = free_port()
     ray.init(
-        num_cpus=2,
+        num_cpus=settings.cohorts.local_cpus,
         include_dashboard=True,
         dashboard_host="127.0.0.1",
         dashboard_port=port,
@@ -246,6 +250,8 @@ def mixed_run(
     corrupt = root / "corrupt-t1c.nii.gz"
     corrupt.write_bytes(Path(_paths(good)["t1c"]).read_bytes()[:5000])  # a truncated gzip
     shifted = _crop_case(phantom_cases[0], root / "shifted", shift=7)  # same shape, another grid
+    dicom = write_dicom_study(good, root / "dicom-1", seed=20, plans=default_plans(False))
+    dicom_zip = dicom.zip(root / "dicom-1.zip")
     manifest = _manifest(
         root / "cohort.csv",
         [
@@ -254,8 +260,9 @@ def mixed_run(
             _row("MISSING", good, t2w=str(root / "nowhere.nii.gz")),
             _row("CORRUPT", good, t1c=str(corrupt)),
             _row("WRONG-GRID", good, t2f=_paths(shifted)["t2f"]),
-            # a DICOM study: the DICOM path (issue #16) does not exist yet
-            {"study_key": "DICOM-1", "dicom": "s3://cohort-data/dicom/DICOM-1.zip"},
+            # a scanner's study of GOOD-1's images (four series on four grids), zipped
+            {"study_key": "DICOM-1", "dicom": str(dicom_zip), "skull_stripped": "true"},
+            {"study_key": "DICOM-MISSING", "dicom": "s3://cohort-data/dicom/none.zip"},
         ],
     )
     out = root / "out"
@@ -269,7 +276,15 @@ def mixed_run(
 def test_failures_stay_rows_and_the_rest_complete(mixed_run: tuple[Path, dict]) -> None:
     out, summary = mixed_run
     rows = {row["study_key"]: row for row in _table(out)}
-    assert set(rows) == {"GOOD-1", "GOOD-2", "MISSING", "CORRUPT", "WRONG-GRID", "DICOM-1"}
+    assert set(rows) == {
+        "GOOD-1",
+        "GOOD-2",
+        "MISSING",
+        "CORRUPT",
+        "WRONG-GRID",
+        "DICOM-1",
+        "DICOM-MISSING",
+    }
     assert list(pq.read_schema(out / RESULTS_FILE).names) == list(COLUMNS)
     assert rows["GOOD-1"]["status"] == rows["GOOD-2"]["status"] == "ok"
     assert rows["MISSING"]["status"] == "input_error"
@@ -278,10 +293,13 @@ def test_failures_stay_rows_and_the_rest_complete(mixed_run: tuple[Path, dict]) 
     assert str(rows["CORRUPT"]["error"]).startswith("invalid image: t1c:")
     assert rows["WRONG-GRID"]["status"] == "input_error"
     assert "t2f" in str(rows["WRONG-GRID"]["error"])
-    assert rows["DICOM-1"]["status"] == "input_error"
-    assert "DICOM path (issue #16) does not exist" in str(rows["DICOM-1"]["error"])
-    assert summary["counts"] == {"ok": 2, "input_error": 4, "failed": 0}
-    assert summary["failures_by_reason"]["input_error: missing input"] == 1
+    # the DICOM study went through the /analyze/dicom path: the same tumour as its NIfTI
+    assert rows["DICOM-1"]["status"] == "ok", rows["DICOM-1"]["error"]
+    assert rows["DICOM-1"]["WT_ml"] == pytest.approx(rows["GOOD-1"]["WT_ml"], rel=0.1)
+    assert rows["DICOM-MISSING"]["status"] == "input_error"
+    assert "missing input" in str(rows["DICOM-MISSING"]["error"])
+    assert summary["counts"] == {"ok": 3, "input_error": 4, "failed": 0}
+    assert summary["failures_by_reason"]["input_error: missing input"] == 2
     on_disk = json.loads((out / SUMMARY_FILE).read_text())
     assert on_disk["counts"] == summary["counts"]
     assert set(on_disk["stages"]) >= {"decode", "preprocess", "inference", "analyzers", "total"}
@@ -303,7 +321,7 @@ def test_summary_is_an_mlflow_run(mixed_run: tuple[Path, dict], settings: Settin
         r for r in client.search_runs([experiment.experiment_id]) if r.data.params.get("out") == out
     ]
     assert len(runs) == 1
-    assert runs[0].data.metrics["studies_ok"] == 2
+    assert runs[0].data.metrics["studies_ok"] == 3
     assert runs[0].data.metrics["studies_input_error"] == 4
 
 
@@ -337,6 +355,28 @@ def test_a_cohort_row_equals_the_pipeline_run_on_the_same_case(
     assert row["NETC_ml"] == analysis.response.volumes_ml.NETC
 
 
+def test_the_split_stages_give_the_one_pool_row(
+    mixed_run: tuple[Path, dict], settings: Settings, small_cases: list[Path], tmp_path: Path
+) -> None:
+    """The network and the analysis in separate actor pools (as with GPUs) give the same
+    study as one pool running both (the mixed run's layout on this CPU machine)."""
+    out, _ = mixed_run
+    split = settings.model_copy(
+        update={"cohorts": settings.cohorts.model_copy(update={"split_at_runner": True})}
+    )
+    assert split.cohorts.splits and not settings.cohorts.splits
+    manifest = _manifest(tmp_path / "cohort.csv", [_row("GOOD-2", small_cases[1])])
+    summary = run_cohort(split, CohortRequest(str(manifest), str(tmp_path / "out")))
+    assert summary["counts"]["ok"] == 1
+    split_labels = nib.load(tmp_path / "out" / "studies" / "GOOD-2" / "segmentation.nii.gz")
+    pooled_labels = nib.load(out / "studies" / "GOOD-2" / "segmentation.nii.gz")
+    np.testing.assert_array_equal(
+        np.asarray(split_labels.dataobj), np.asarray(pooled_labels.dataobj)
+    )
+    (row,) = _table(tmp_path / "out")
+    assert row["inference_s"] > 0 and row["analyzers_s"] > 0
+
+
 def test_a_cohort_row_matches_analyze_on_the_same_case(
     mixed_run: tuple[Path, dict], asgi_client, small_cases: list[Path]
 ) -> None:
@@ -361,6 +401,24 @@ def test_a_cohort_row_matches_analyze_on_the_same_case(
     assert differing <= 0.001 * int((served_labels > 0).sum())
     row = next(r for r in _table(out) if r["study_key"] == "GOOD-2")
     assert row["WT_ml"] == pytest.approx(served["volumes_ml"]["WT"], rel=1e-3)
+
+
+def test_actors_that_cannot_all_start_are_refused_before_any_work() -> None:
+    from cerebrascan.cohorts.run import CohortConfigError, _check_cluster_cpus
+
+    wide = CohortSettings(
+        actors=3,
+        analysis_actors=2,
+        cpus_per_analysis_actor=0.5,
+        cpus_per_task=0.5,
+        split_at_runner=True,
+    )
+    assert wide.reserved_cpus == 3 * 1.0 + 2 * 0.5 + 0.5
+    # one pool (no GPUs): no analysis actors of their own
+    assert CohortSettings(actors=3, analysis_actors=2).reserved_cpus == 3 * 1.0 + 1.0
+    with pytest.raises(CohortConfigError, match=r"reserves 4.5 Ray CPUs \(actors=3 .* has 4"):
+        _check_cluster_cpus(wide, 4.0)
+    _check_cluster_cpus(wide, 4.5)  # exactly enough
 
 
 def test_a_study_over_its_time_limit_is_a_failed_row(
@@ -391,14 +449,14 @@ def test_rerun_does_no_work_and_an_extended_manifest_runs_only_new_studies(
     assert {p.name: p.stat().st_mtime_ns for p in (out / "ledger").iterdir()} == before
     extended = tmp_path / "extended.csv"
     extended.write_text(
-        manifest.read_text() + f"NEW-1,,,{','.join(_paths(small_cases[0]).values())},\n"
+        manifest.read_text() + f"NEW-1,,,{','.join(_paths(small_cases[0]).values())},,\n"
     )
     grown = run_cohort(settings, CohortRequest(str(extended), str(out)))
     assert grown["processed"] == 1
-    assert grown["counts"] == {"ok": 3, "input_error": 4, "failed": 0}
+    assert grown["counts"] == {"ok": 4, "input_error": 4, "failed": 0}
     after = {p.name: p.stat().st_mtime_ns for p in (out / "ledger").iterdir()}
     assert {k: v for k, v in after.items() if k in before} == before
-    assert len(_table(out)) == 7
+    assert len(_table(out)) == 8
 
 
 def test_a_new_model_version_invalidates_done_work(
@@ -430,7 +488,7 @@ def test_a_run_killed_midway_resumes_to_one_row_per_study(
         "CEREBRASCAN_MODEL_NAME": TEST_MODEL,
         "CEREBRASCAN_MODEL_ALIAS": "one",
         "CEREBRASCAN_PLUGINS__ALLOW": json.dumps(ANALYZERS),
-        "CEREBRASCAN_COHORTS__LOCAL_CPUS": "2",
+        "CEREBRASCAN_COHORTS__LOCAL_CPUS": "3",  # logical: the model and analysis actors + a task
         "CEREBRASCAN_COHORTS__OBJECT_STORE_MB": "200",
     }
     process = subprocess.Popen(
@@ -635,21 +693,37 @@ def test_post_cohorts_answers_503_when_the_ray_cluster_does_not_answer(settings:
 def test_store_saves_every_study_in_the_study_store(
     local_ray: str, settings: Settings, small_cases: list[Path], tmp_path: Path
 ) -> None:
-    """``--store``: the studies land in the configured store, with the patient linked."""
+    """``--store``: the studies land in the configured store, with the patient linked, once
+    per study key and model version however often the cohort runs."""
     from cerebrascan.store import StudyRepository
 
     manifest = _manifest(
         tmp_path / "cohort.csv",
-        [_row("STORED-1", small_cases[0], patient_id="PAT-0420", study_date="2024-02-03")],
+        [
+            _row("STORED-1", small_cases[0], patient_id="PAT-0420", study_date="2024-02-03"),
+            _row("STORED-2", small_cases[1]),  # no patient: its id comes from the study key
+        ],
     )
     summary = run_cohort(settings, CohortRequest(str(manifest), str(tmp_path / "out"), store=True))
-    assert summary["counts"]["ok"] == 1
-    answer = json.loads((tmp_path / "out" / "studies" / "STORED-1" / "result.json").read_text())
-    record = StudyRepository.from_settings(settings).get_study(answer["study_id"])
+    assert summary["counts"]["ok"] == 2
+    answers = {
+        key: json.loads((tmp_path / "out" / "studies" / key / "result.json").read_text())
+        for key in ("STORED-1", "STORED-2")
+    }
+    record = StudyRepository.from_settings(settings).get_study(answers["STORED-1"]["study_id"])
     assert record is not None
     assert record.study_date is not None and record.study_date.isoformat() == "2024-02-03"
     assert record.model_name == TEST_MODEL
-    assert (settings.studies_dir / answer["study_id"] / "segmentation.nii.gz").is_file()
+    for answer in answers.values():
+        assert (settings.studies_dir / answer["study_id"] / "segmentation.nii.gz").is_file()
+
+    # the same cohort into another output: nothing is stored twice, the stored answers return
+    again = run_cohort(settings, CohortRequest(str(manifest), str(tmp_path / "again"), store=True))
+    assert again["counts"]["ok"] == 2
+    for key, answer in answers.items():
+        rerun = json.loads((tmp_path / "again" / "studies" / key / "result.json").read_text())
+        assert rerun["study_id"] == answer["study_id"]
+        assert rerun["created_at"] == answer["created_at"]
 
 
 def test_cohort_routes_answer_501_without_the_cohort_extra(

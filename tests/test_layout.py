@@ -50,6 +50,19 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         "service",
     ),
     "cerebrascan/atlas": ("cerebrascan.pipeline", "cerebrascan.serving", "plugins", "service"),
+    # brain masks of skull-on series: maths and an ONNX session, below the DICOM input that
+    # calls it (through an injected callable) and everything that serves
+    "cerebrascan/brain_extraction": (
+        "cerebrascan.pipeline",
+        "cerebrascan.serving",
+        "cerebrascan.store",
+        "cerebrascan.inputs",
+        "cerebrascan.atlas",
+        "cerebrascan.phantoms",
+        "plugins",
+        "runners",
+        "service",
+    ),
     "cerebrascan/longitudinal": (
         "cerebrascan.pipeline",
         "cerebrascan.serving",
@@ -64,6 +77,17 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         "cerebrascan.serving",
         "cerebrascan.report",
         "plugins",
+        "service",
+    ),
+    # DICOM outputs of stored studies: below the routes that serve them; the report comes in
+    # as rendered bytes
+    "cerebrascan/dicom_out": (
+        "cerebrascan.pipeline",
+        "cerebrascan.serving",
+        "cerebrascan.report",
+        "cerebrascan.inputs",
+        "plugins",
+        "runners",
         "service",
     ),
     # cohorts run the pipeline offline; the service submits them, never the other way round

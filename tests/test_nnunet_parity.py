@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.util
 import json
 import os
 import shutil
@@ -39,7 +40,7 @@ from cerebrascan.training.nnunet_import import (  # noqa: E402
     build_nnunet_model_folder,
     import_nnunet_folder,
 )
-from runners.onnx_runner import OnnxSegmentationRunner  # noqa: E402
+from runners.factory import build_runner  # noqa: E402
 from runners.settings import RunnerSettings  # noqa: E402
 from schemas.model_spec import ModelSpec  # noqa: E402
 
@@ -265,11 +266,20 @@ def _reference(
     )
 
 
-def _ours(folder: Path, image: np.ndarray, spacing: tuple[float, ...], mirror: bool):
+ENGINES = ["onnxruntime", *(["openvino"] if importlib.util.find_spec("openvino") else [])]
+"""The CPU engines held to nnUNetPredictor's output (each against the same reference)."""
+
+
+def _ours(
+    folder: Path,
+    image: np.ndarray,
+    spacing: tuple[float, ...],
+    mirror: bool,
+    engine: str = "onnxruntime",
+):
     spec = ModelSpec.model_validate_json((folder / "model_spec.json").read_text())
-    runner = OnnxSegmentationRunner(
-        folder / "model.onnx", spec, RunnerSettings(tile_step=0.5, tile_batch_size=8)
-    )
+    settings = RunnerSettings(tile_step=0.5, tile_batch_size=8, engine=engine)  # type: ignore[arg-type]
+    runner = build_runner(folder, spec, settings, folder.parent / "engine-cache")
     study = Study(images=image, affine=np.diag([*spacing, 1.0]), modalities=MODALITIES)
     result = segment_study(study, runner, mirror_tta=mirror, keep_probabilities=True)
     probs = (
@@ -306,16 +316,24 @@ def test_parity_with_nnunet_predictor(imported, test_cases, kind, mirror, case) 
     source, folder = imported[kind]
     image, spacing = test_cases[case]
     ref_seg, ref_probs = _reference(source, image, spacing, mirror, fp32=True)
-    spec, labels, probs = _ours(folder, image, spacing, mirror)
-    assert labels.shape == ref_seg.shape == image.shape[1:]
-    assert probs.shape == ref_probs.shape
-    max_diff = float(np.abs(probs - ref_probs).max())
-    dices = {label: _dice(labels == label, ref_seg == label) for label in spec.output_labels[1:]}
-    MEASURED[f"{kind}/{case}/mirror={mirror}"] = (max_diff, dices)
-    print(f"{kind} {case} mirror={mirror}: max|dp|={max_diff:.2e} dice={dices}")
-    assert any((ref_seg == label).any() for label in spec.output_labels[1:]), "empty reference"
-    assert max_diff <= PROB_MAX
-    assert min(dices.values()) >= DICE_MIN, dices
+    for engine in ENGINES:  # one (costly) reference, every CPU engine held to it
+        spec, labels, probs = _ours(folder, image, spacing, mirror, engine)
+        assert labels.shape == ref_seg.shape == image.shape[1:]
+        assert probs.shape == ref_probs.shape
+        max_diff = float(np.abs(probs - ref_probs).max())
+        dices = {
+            label: _dice(labels == label, ref_seg == label) for label in spec.output_labels[1:]
+        }
+        agreement = float((labels == ref_seg).mean())
+        MEASURED[f"{engine}/{kind}/{case}/mirror={mirror}"] = (max_diff, dices)
+        print(
+            f"{engine} {kind} {case} mirror={mirror}: max|dp|={max_diff:.2e} "
+            f"labels={agreement:.6f} dice={dices}"
+        )
+        assert any((ref_seg == label).any() for label in spec.output_labels[1:]), "empty ref"
+        assert max_diff <= PROB_MAX, engine
+        assert agreement >= 0.999, engine
+        assert min(dices.values()) >= DICE_MIN, (engine, dices)
 
 
 @pytest.mark.slow

@@ -116,3 +116,60 @@ def test_small_islands_are_removed_and_counted() -> None:
     assert none_removed == 0 and unchanged is labels
     with pytest.raises(ValueError, match="min_volume_ml"):
         remove_small_components(labels, (1.0, 1.0, 1.0), -1.0)
+
+
+@pytest.mark.parametrize("order", [1, 3])
+@pytest.mark.parametrize(
+    ("source", "target"),
+    [((37, 45, 29), (25, 30, 19)), ((25, 30, 19), (37, 45, 29)), ((20, 33, 16), (20, 22, 40))],
+)
+def test_separable_resampling_equals_ndimage_zoom(order, source, target) -> None:
+    """The matrix-product resampling is ndimage.zoom (same spline, prefilter and edges)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(order)
+    images = ndimage.gaussian_filter(rng.normal(0, 1, (2, *source)), 1.5).astype(np.float32)
+    images[:, :3] = 0.0  # a hard edge, where spline overshoot shows
+    ours = resample_channels(images, target, order=order)
+    reference = np.stack(
+        [
+            ndimage.zoom(
+                channel,
+                [n / o for n, o in zip(target, source)],
+                order=order,
+                mode="nearest",
+                grid_mode=True,
+            )
+            for channel in images
+        ]
+    )
+    assert ours.shape == reference.shape == (2, *target) and ours.dtype == np.float32
+    assert float(np.abs(ours - reference).max()) <= 1e-5 * float(np.abs(reference).max())
+
+
+def test_spacing_within_tolerance_is_not_resampled() -> None:
+    images = np.stack([_head((30, 34, 28)) * 100.0] * 2).astype(np.float32)
+    near = preprocess_images(images, (1.4995, 1.5, 1.5008), (1.5, 1.5, 1.5))
+    assert near.data.shape[1:] == near.cropped_shape
+    # just outside the tolerance: resampled (the long axis gains a voxel)
+    assert shape_for_spacing((200, 34, 28), (1.51, 1.5, 1.5), (1.5, 1.5, 1.5)) == (201, 34, 28)
+
+
+def test_float16_conversion_is_bitwise_numpy_cast() -> None:
+    """Subnormal, zero, boundary, negative, overflowing and NaN values convert as the cast does."""
+    from cerebrascan.imaging.postprocess import to_float16
+
+    rng = np.random.default_rng(7)
+    edges = [2**-25, 3 * 2**-25, 5 * 2**-25, 2**-14 * (1 - 2**-12), 2**-14, 65504, 7e4, 0.0, -0.0]
+    values = np.concatenate(
+        [
+            rng.random(10_000),
+            10.0 ** rng.uniform(-45, 0, 10_000),
+            -(10.0 ** rng.uniform(-45, 0, 1_000)),
+            np.array([*edges, np.nan, -np.inf]),
+        ]
+    ).astype(np.float32)
+    with np.errstate(over="ignore"):
+        expected = values.astype(np.float16).view(np.uint16)
+        ours = to_float16(values).view(np.uint16)
+    assert np.array_equal(ours, expected)

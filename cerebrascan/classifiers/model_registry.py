@@ -7,8 +7,12 @@ A folder (``models/classifiers/<task>/``) holds:
 * ``spec.json``: task, classes, feature names, OOD numbers, versions, training data;
 * ``metrics.json`` and ``model_card.md`` (held-out metrics) and ``reliability.png``.
 
-Loading never unpickles: skops refuses every type not listed as trusted, and only
-scikit-learn and numpy types are trusted here (anything else is refused with its name).
+Loading never unpickles and runs no code from the file: every type and function named
+anywhere in a skops file's tree must be in :data:`ALLOWED_TYPES_FILE` (``skops_types.txt``,
+the exact names found in the committed models, no prefixes); anything else, ``builtins.exec``
+included, is refused with its name before skops builds an object (a model that needs a new
+type is a code change: add the name there; ``tests/test_trust_models.py`` checks the list is
+exactly what the committed models name).
 Registration is :func:`cerebrascan.registry.register_version` (the flow of every model kind):
 MLflow client only, one registered model per task with alias ``champion``, the skops files'
 SHA-256 as version tags checked after download.
@@ -20,6 +24,7 @@ import json
 import logging
 import threading
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +55,8 @@ LOAD_FILES: tuple[str, ...] = ("model.skops", "ood.skops", "spec.json")
 REGISTRATION_EXPERIMENT = "cerebrascan-classifiers"
 CHECKSUM_TAGS: dict[str, str] = {"model.skops": "model_sha256", "ood.skops": "ood_sha256"}
 """File -> the version tag holding its SHA-256."""
-_TRUSTED_PREFIXES = ("sklearn.", "numpy.", "builtins.", "scipy.")
+ALLOWED_TYPES_FILE = Path(__file__).with_name("skops_types.txt")
+"""One fully qualified type or function name a line: all a classifier file may name."""
 _load_lock = threading.Lock()
 _loaded: dict[tuple[str | None, ...], LoadedClassifier] = {}
 
@@ -102,22 +108,80 @@ def save_skops(obj: Any, path: Path) -> None:
     sio.dump(obj, path)
 
 
-def load_skops(path: Path) -> Any:
-    """Load a skops file, trusting only scikit-learn / numpy / scipy types.
+@lru_cache(maxsize=1)
+def allowed_skops_types() -> frozenset[str]:
+    """The names of :data:`ALLOWED_TYPES_FILE` (blank lines and ``#`` comments skipped)."""
+    lines = ALLOWED_TYPES_FILE.read_text().splitlines()
+    return frozenset(line.strip() for line in lines if line.strip() and not line.startswith("#"))
+
+
+def _node_types(node: Any, seen: set[int]) -> set[str]:
+    """Every ``module.name`` a skops node and its children name (skops' own audit walk,
+    ``skops.io._audit.Node.get_unsafe_set``, without its default trust)."""
+    import io
+
+    from skops.io._audit import Node
+    from skops.io._utils import get_module
+
+    if id(node) in seen:
+        return set()
+    seen.add(id(node))
+    names = {f"{node.module_name}.{node.class_name}"}
+    for child in node.children.values():
+        if child is None or isinstance(child, io.BytesIO | str):
+            continue
+        values = (
+            child
+            if isinstance(child, list)
+            else (list(child.values()) if isinstance(child, dict) else [child])
+        )
+        for value in values:
+            if isinstance(value, Node):
+                names |= _node_types(value, seen)
+            elif type(value) is type:
+                names.add(f"{get_module(value)}.{value.__name__}")
+            else:
+                raise TypeError(f"cannot tell the type of a {type(value).__name__} node")
+    return names
+
+
+def skops_types(path: Path) -> set[str]:
+    """Every type and function name in the skops file ``path`` (nothing is built or run).
 
     Raises:
-        ClassifierNotAvailableError: the file holds another type (named) or is unreadable.
+        ClassifierNotAvailableError: the file is not a readable skops file.
+    """
+    from zipfile import ZipFile
+
+    from skops.io._audit import get_tree
+    from skops.io._utils import read_schema
+
+    try:
+        with ZipFile(path, "r") as zip_file:
+            schema, load_context = read_schema(zip_file)
+            tree = get_tree(schema, load_context=load_context, trusted=None)
+            return _node_types(tree, set())
+    except Exception as exc:  # zipfile, json and skops raise several types for a bad file
+        raise ClassifierNotAvailableError(f"{path} is not a readable skops file: {exc}") from exc
+
+
+def load_skops(path: Path) -> Any:
+    """Load a skops file whose every type is in :func:`allowed_skops_types`.
+
+    Raises:
+        ClassifierNotAvailableError: the file names another type or function (named), or is
+            unreadable.
     """
     import skops.io as sio
 
-    try:
-        untrusted = sio.get_untrusted_types(file=path)
-    except Exception as exc:  # skops raises several types for a corrupt file
-        raise ClassifierNotAvailableError(f"{path} is not a readable skops file: {exc}") from exc
-    refused = [name for name in untrusted if not name.startswith(_TRUSTED_PREFIXES)]
+    found = skops_types(path)
+    refused = sorted(found - allowed_skops_types())
     if refused:
-        raise ClassifierNotAvailableError(f"{path} holds types that are not trusted: {refused}")
-    return sio.load(path, trusted=untrusted)
+        raise ClassifierNotAvailableError(
+            f"{path} names types that are not trusted (not in the allow-list "
+            f"{ALLOWED_TYPES_FILE.name}): {refused}"
+        )
+    return sio.load(path, trusted=sorted(found))
 
 
 def load_folder(folder: Path, *, task: str, name: str, version: str) -> LoadedClassifier:

@@ -30,6 +30,12 @@ def cohort() -> None:
 )
 @click.option("--actors", type=click.IntRange(min=1), default=None, help="Model actors (max).")
 @click.option(
+    "--analysis-actors",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Analysis actors (postprocess, analyzers, store; CPU).",
+)
+@click.option(
     "--gpus-per-actor", type=click.FloatRange(min=0), default=None, help="GPUs per model actor."
 )
 @click.option("--model", default=None, help="name@alias; default: the served model and alias.")
@@ -41,6 +47,7 @@ def cohort_run(
     out_uri: str,
     ray_address: str | None,
     actors: int | None,
+    analysis_actors: int | None,
     gpus_per_actor: float | None,
     model: str | None,
     json_progress: bool,
@@ -52,13 +59,15 @@ def cohort_run(
     A malformed manifest or duplicate study key stops before any work, naming the line.
     Rerunning does only what is missing; a new model version redoes everything.
     """
-    from cerebrascan.cohorts.run import CohortRequest, run_cohort, start_ray
+    from cerebrascan.cohorts.run import CohortConfigError, CohortRequest, run_cohort, start_ray
     from cerebrascan.registry import ModelNotAvailableError
 
     settings = Settings()
     updates: dict[str, object] = {}
     if actors is not None:
         updates["actors"] = actors
+    if analysis_actors is not None:
+        updates["analysis_actors"] = analysis_actors
     if gpus_per_actor is not None:
         updates["gpus_per_actor"] = gpus_per_actor
     if ray_address is not None:
@@ -81,7 +90,7 @@ def cohort_run(
             json_progress=json_progress,
             before_work=lambda: start_ray(settings),
         )
-    except (InputError, ModelNotAvailableError) as exc:
+    except (InputError, ModelNotAvailableError, CohortConfigError) as exc:
         raise click.ClickException(str(exc)) from None
     counts = summary["counts"]
     message = (

@@ -61,7 +61,10 @@ def read_ledger(out: OutputLocation) -> dict[str, dict[str, Any]]:
         try:
             row = json.loads(out.read_bytes(name))
         except (ValueError, MissingObjectError) as exc:
-            logger.warning("ledger piece %s unreadable (%s); that study runs again", name, exc)
+            # the piece's name is the study key, which a lab may have made identifying
+            logger.warning(
+                "a ledger piece is unreadable (%s); its study runs again", type(exc).__name__
+            )
             continue
         if isinstance(row, dict) and "study_key" in row:
             rows[str(row["study_key"])] = row

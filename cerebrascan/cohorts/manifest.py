@@ -2,8 +2,10 @@
 
 A manifest has one row per study: ``study_key``, optional ``patient_id`` and ``study_date``,
 and either the four contrasts (``t1n, t1c, t2w, t2f``: local paths or ``s3://`` URIs) or a
-``dicom`` column. Every problem is refused as a whole with the line named (CSV: the physical
-line, header = line 1; Parquet: ``row N``, 1-based), so a cohort never half-runs on a bad file.
+``dicom`` column (a zip or a folder of one study; optional ``skull_stripped``: true when its
+series are already brain-extracted). Every problem is refused as a whole with the line named
+(CSV: the physical line, header = line 1; Parquet: ``row N``, 1-based), so a cohort never
+half-runs on a bad file.
 """
 
 from __future__ import annotations
@@ -23,7 +25,11 @@ STUDY_KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 """A study key names a folder under ``studies/``: letters, digits, ``.``, ``_``, ``-``."""
 
 ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-KNOWN_COLUMNS = frozenset({"study_key", "patient_id", "study_date", "dicom", *MODALITIES})
+KNOWN_COLUMNS = frozenset(
+    {"study_key", "patient_id", "study_date", "dicom", "skull_stripped", *MODALITIES}
+)
+TRUE_WORDS = frozenset({"true", "yes", "1"})
+FALSE_WORDS = frozenset({"false", "no", "0", ""})
 MAX_MANIFEST_ROWS = 1_000_000
 
 
@@ -44,16 +50,19 @@ class ManifestEntry:
     contrasts: Mapping[str, str] = field(default_factory=dict)
     """Modality -> local path or ``s3://`` URI; empty for a ``dicom`` study."""
     dicom: str | None = None
+    skull_stripped: bool = False
+    """A ``dicom`` study's series are brain-extracted already (no brain extraction)."""
     patient_id: str | None = None
     study_date: str | None = None
     """ISO ``YYYY-MM-DD`` or None."""
 
-    def as_row(self) -> dict[str, str | None]:
+    def as_row(self) -> dict[str, str | bool | None]:
         """A flat dict (a Ray Data row)."""
-        row: dict[str, str | None] = {
+        row: dict[str, str | bool | None] = {
             "study_key": self.study_key,
             "line": self.line,
             "dicom": self.dicom,
+            "skull_stripped": self.skull_stripped,
             "patient_id": self.patient_id,
             "study_date": self.study_date,
         }
@@ -198,11 +207,19 @@ def _entry(where: str, values: Mapping[str, str]) -> ManifestEntry:
                 f"{where}: study_date {study_date[:40]!r} is not an ISO date (YYYY-MM-DD)"
             ) from None
     patient_id = (values.get("patient_id") or "").strip() or None
+    stripped_text = (values.get("skull_stripped") or "").strip().lower()
+    if stripped_text not in TRUE_WORDS | FALSE_WORDS:
+        raise ManifestError(
+            f"{where}: skull_stripped {stripped_text[:20]!r} is not true/false (yes/no, 1/0)"
+        )
+    if stripped_text in TRUE_WORDS and not dicom:
+        raise ManifestError(f"{where}: skull_stripped applies to a dicom study only")
     return ManifestEntry(
         study_key=key,
         line=where,
         contrasts=contrasts if not dicom else {},
         dicom=dicom,
+        skull_stripped=stripped_text in TRUE_WORDS,
         patient_id=patient_id,
         study_date=study_date,
     )

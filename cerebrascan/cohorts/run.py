@@ -1,4 +1,5 @@
-"""Run a cohort on Ray Data: manifest -> fetch/decode tasks -> model actors -> write tasks.
+"""Run a cohort on Ray Data: manifest -> fetch/preprocess tasks -> model actors (the network)
+-> analysis actors (postprocess, analyzers, store) -> write tasks.
 
 Ray is imported inside the functions that use it, so the rest of the package (and the
 service, which only submits jobs) works without the ``cohort`` extra.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import sys
 import time
@@ -27,7 +29,16 @@ from cerebrascan.cohorts.locations import MissingObjectError, OutputLocation, re
 from cerebrascan.cohorts.manifest import ManifestEntry, ManifestError, read_manifest
 from cerebrascan.cohorts.progress import Progress
 from cerebrascan.cohorts.results import COLUMNS, summarise
-from cerebrascan.cohorts.stages import CohortJob, StudyAnalyzer, fetch_and_decode, write_study
+from cerebrascan.cohorts.settings import CohortSettings
+from cerebrascan.cohorts.stages import (
+    CaseSegmenter,
+    CohortJob,
+    StudyAnalyzer,
+    StudyFinisher,
+    fetch_and_prepare,
+    write_study,
+)
+from cerebrascan.pipeline import build_analyzer_host
 from cerebrascan.registry import (
     ModelNotAvailableError,
     client_for,
@@ -36,12 +47,17 @@ from cerebrascan.registry import (
     version_by_alias,
 )
 from cerebrascan.settings import Settings
+from plugins.analyzer import Need
 
 logger = logging.getLogger(__name__)
 
 MLFLOW_EXPERIMENT = "cerebrascan-cohorts"
 FORWARDED_ENVIRONMENT = ("CEREBRASCAN_", "MLFLOW_", "AWS_")
 """Environment variables a local Ray's workers get from the driver (settings, S3 keys)."""
+
+
+class CohortConfigError(ValueError):
+    """The cohort settings cannot run on this Ray cluster."""
 
 
 @dataclass(frozen=True)
@@ -130,7 +146,9 @@ def run_cohort(
         out_uri=request.out_uri,
         model_name=name,
         model_version=version,
-        modalities=tuple(model_spec.modalities),
+        spec=model_spec,
+        tta_disagreement=settings.runner.mirror_tta
+        and Need.TTA_DISAGREEMENT in build_analyzer_host(settings).needs,
         store=request.store,
     )
     progress = Progress(
@@ -180,21 +198,61 @@ def _run_on_ray(job: CohortJob, todo: list[ManifestEntry], progress: Progress) -
     # one block per study: results are written study by study, so a killed run loses at
     # most the studies in flight (Ray would otherwise merge rows into large write tasks)
     dataset = ray.data.from_items([entry.as_row() for entry in todo], override_num_blocks=len(todo))
-    # never more actors than studies: each one loads the model and the analyzers
+    cluster_cpus = float(ray.cluster_resources().get("CPU", 0.0))  # type: ignore[no-untyped-call]
+    _check_cluster_cpus(cohorts, cluster_cpus)
+    # never more actors than studies: each one loads the model (or the analyzers)
     max_actors = min(cohorts.actors, len(todo))
     min_actors = min(cohorts.min_actors or max_actors, max_actors)
-    decoded = dataset.map(functools.partial(fetch_and_decode, job=job))
-    analysed = decoded.map_batches(
-        StudyAnalyzer,
-        fn_constructor_kwargs={"job": job},
-        compute=ActorPoolStrategy(min_size=min_actors, max_size=max_actors),
-        num_gpus=cohorts.gpus_per_actor or None,
-        batch_size=1,
-        batch_format="pandas",
+    prepared = dataset.map(
+        functools.partial(fetch_and_prepare, job=job), num_cpus=cohorts.cpus_per_task
     )
-    written = analysed.map(functools.partial(write_study, job=job))
+    if not cohorts.splits:  # one pool: the network and the analysis in the same actors
+        analysed = prepared.map_batches(
+            StudyAnalyzer,
+            fn_constructor_kwargs={"job": job},
+            compute=ActorPoolStrategy(min_size=min_actors, max_size=max_actors),
+            num_cpus=cohorts.cpus_per_actor,
+            batch_size=1,
+            batch_format="pandas",
+        )
+    else:
+        segmented = prepared.map_batches(
+            CaseSegmenter,
+            fn_constructor_kwargs={"job": job},
+            compute=ActorPoolStrategy(min_size=min_actors, max_size=max_actors),
+            num_cpus=cohorts.cpus_per_actor,
+            num_gpus=cohorts.gpus_per_actor or None,
+            batch_size=1,
+            batch_format="pandas",
+        )
+        analysis_actors = min(cohorts.analysis_actors, len(todo))
+        analysed = segmented.map_batches(
+            StudyFinisher,
+            fn_constructor_kwargs={"job": job},
+            compute=ActorPoolStrategy(size=analysis_actors),
+            num_cpus=cohorts.cpus_per_analysis_actor,
+            batch_size=1,
+            batch_format="pandas",
+        )
+    written = analysed.map(functools.partial(write_study, job=job), num_cpus=cohorts.cpus_per_task)
     for row in written.iter_rows():
         progress.study_finished(str(row["status"]))
+
+
+def _check_cluster_cpus(cohorts: CohortSettings, cluster_cpus: float) -> None:
+    """Refuse a run whose actors cannot all start (Ray Data would wait for them forever).
+
+    Raises:
+        CohortConfigError: the actors and one task reserve more CPUs than the cluster has.
+    """
+    if cohorts.reserved_cpus > cluster_cpus:
+        raise CohortConfigError(
+            f"the cohort reserves {cohorts.reserved_cpus:g} Ray CPUs (actors={cohorts.actors} x "
+            f"cpus_per_actor={cohorts.cpus_per_actor:g}, analysis_actors="
+            f"{cohorts.analysis_actors} x cpus_per_analysis_actor="
+            f"{cohorts.cpus_per_analysis_actor:g}, cpus_per_task={cohorts.cpus_per_task:g}) "
+            f"but the cluster has {cluster_cpus:g}; lower them or add CPUs"
+        )
 
 
 def start_ray(settings: Settings, address: str | None = None) -> None:
@@ -210,8 +268,12 @@ def start_ray(settings: Settings, address: str | None = None) -> None:
     address = address or settings.cohorts.ray_address
     environment = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENVIRONMENT)}
     if address == "local":
+        # logical CPUs: enough for every actor, even on a laptop with fewer cores
+        cpus = settings.cohorts.local_cpus or max(
+            os.cpu_count() or 1, math.ceil(settings.cohorts.reserved_cpus)
+        )
         ray.init(
-            num_cpus=settings.cohorts.local_cpus,
+            num_cpus=cpus,
             include_dashboard=False,
             object_store_memory=settings.cohorts.object_store_mb * 1_000_000,
             runtime_env={"env_vars": environment},
@@ -245,4 +307,11 @@ def _log_to_mlflow(settings: Settings, request: CohortRequest, summary: Mapping[
         logger.exception("could not log the cohort summary to MLflow")
 
 
-__all__ = ["COLUMNS", "CohortRequest", "resolve_cohort_model", "run_cohort", "start_ray"]
+__all__ = [
+    "COLUMNS",
+    "CohortConfigError",
+    "CohortRequest",
+    "resolve_cohort_model",
+    "run_cohort",
+    "start_ray",
+]

@@ -39,8 +39,23 @@ def labels_on_input_grid(
         )
     lookup = np.asarray(output_labels, dtype=np.uint8)
     labels = np.zeros(case.input_shape, dtype=np.uint8)
-    labels[case.crop_box] = lookup[np.argmax(cropped_probabilities, axis=0)]
+    labels[case.crop_box] = lookup[channel_argmax(cropped_probabilities)]
     return labels
+
+
+def channel_argmax(probabilities: npt.NDArray[np.float32]) -> npt.NDArray[np.intp]:
+    """``np.argmax(probabilities, axis=0)``, ties to the first channel as there, ~5x faster.
+
+    ``argmax`` over the outer axis of a large array walks memory with a channel-sized stride;
+    comparing whole channels in turn streams it once per channel instead.
+    """
+    best = probabilities[0].copy()
+    index = np.zeros(best.shape, dtype=np.intp)
+    for channel in range(1, probabilities.shape[0]):
+        higher = probabilities[channel] > best
+        index[higher] = channel
+        np.maximum(best, probabilities[channel], out=best)
+    return index
 
 
 def probabilities_on_input_grid(
@@ -70,8 +85,30 @@ def probabilities_on_input_grid(
     full = np.zeros((classes, *case.input_shape), dtype=np.float16)
     full[0] = 1.0
     for channel, label in enumerate(output_labels):
-        full[(label, *case.crop_box)] = cropped_probabilities[channel]
+        full[(label, *case.crop_box)] = to_float16(cropped_probabilities[channel])
     return full
+
+
+FLOAT16_SMALLEST_NORMAL = 2.0**-14
+
+
+def to_float16(values: npt.NDArray[np.float32]) -> npt.NDArray[np.float16]:
+    """``values.astype(np.float16)``, bit for bit, without numpy's slow subnormal path.
+
+    Probabilities far from a class are tiny (1e-15 ...): as float16 they are subnormal or zero,
+    and numpy converts those ~15x slower than normal numbers. A float16 subnormal is an integer
+    multiple of 2**-24 whose bit pattern is that integer, so those values are rounded (half to
+    even, as the cast does) and written as bits; the rest is cast without subnormals.
+    """
+    values = np.asarray(values, dtype=np.float32)
+    small = np.abs(values) < FLOAT16_SMALLEST_NORMAL
+    result = np.where(small, np.float32(0.0), values).astype(np.float16)
+    if small.any():
+        tiny = values[small]
+        magnitude = np.rint(np.abs(tiny) * np.float32(2.0**24)).astype(np.uint16)
+        sign = np.signbit(tiny).astype(np.uint16) << np.uint16(15)
+        result.view(np.uint16)[small] = magnitude | sign
+    return result
 
 
 def scalar_map_on_input_grid(
@@ -110,11 +147,20 @@ def remove_small_components(
     if min_volume_ml == 0 or not labels.any():
         return labels, 0
     voxel_ml = float(np.prod(spacing_mm)) / 1000.0
-    islands, _ = ndimage.label(labels > 0, structure=np.ones((3, 3, 3), dtype=bool))
+    # Label islands only inside the tumour's bounding box: nothing lies outside it.
+    tumour = labels > 0
+    box = tuple(
+        slice(int(present[0]), int(present[-1]) + 1)
+        for present in (
+            np.flatnonzero(tumour.any(axis=tuple(a for a in range(3) if a != axis)))
+            for axis in range(3)
+        )
+    )
+    islands, _ = ndimage.label(tumour[box], structure=np.ones((3, 3, 3), dtype=bool))
     sizes_ml = np.bincount(islands.ravel())[1:] * voxel_ml
     small = np.flatnonzero(sizes_ml < min_volume_ml) + 1
     if small.size == 0:
         return labels, 0
     cleaned = labels.copy()
-    cleaned[np.isin(islands, small)] = 0
+    cleaned[box][np.isin(islands, small)] = 0
     return cleaned, int(small.size)

@@ -7,6 +7,7 @@ labels go back onto the input image's exact grid.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
@@ -56,43 +57,97 @@ def zscore_inside_mask(images: FloatArray, mask: npt.NDArray[np.bool_] | None = 
     """
     if mask is None:
         mask = np.any(images != 0, axis=0)
-    out = np.zeros_like(images, dtype=np.float32)
+    mask = np.ascontiguousarray(mask)
+    out = np.empty(images.shape, dtype=np.float32)
     for channel in range(images.shape[0]):
-        values = images[channel][mask]
-        std = float(values.std())
+        # A crop is a strided view: one contiguous copy makes every pass below stream memory.
+        data = np.ascontiguousarray(images[channel])
+        values = data[mask]
         mean = float(values.mean())
-        out[channel][mask] = (values - mean) / max(std, 1e-8)
+        std = float(values.std(mean=np.float32(mean)))
+        # Whole-channel arithmetic then one select: faster than a masked scatter, same values.
+        scaled = (data - mean) / max(std, 1e-8)
+        np.copyto(out[channel], 0.0)
+        np.copyto(out[channel], scaled, where=mask)
     return out
+
+
+SPACING_TOLERANCE = 1e-3
+"""Relative difference under which an input spacing counts as the network's: such a study is
+not resampled at all (header rounding, e.g. 1.4999 mm, would otherwise cost a full resampling
+and move every voxel by a fraction of a millimetre for nothing)."""
 
 
 def shape_for_spacing(
     shape: tuple[int, ...], spacing: tuple[float, ...], target_spacing: tuple[float, ...]
 ) -> tuple[int, int, int]:
-    """Grid shape that covers the same extent at ``target_spacing`` (nnU-Net's rounding)."""
+    """Grid shape that covers the same extent at ``target_spacing`` (nnU-Net's rounding).
+
+    Axes whose spacing is within :data:`SPACING_TOLERANCE` of the target keep their size.
+    """
+    if all(abs(sp - tsp) <= SPACING_TOLERANCE * tsp for sp, tsp in zip(spacing, target_spacing)):
+        return (int(shape[0]), int(shape[1]), int(shape[2]))
     new = [max(1, round(s * sp / tsp)) for s, sp, tsp in zip(shape, spacing, target_spacing)]
     return (new[0], new[1], new[2])
 
 
+@lru_cache(maxsize=128)
+def _resampling_matrix(n_in: int, n_out: int, order: int) -> FloatArray:
+    """The ``(n_out, n_in)`` matrix of 1-D ``ndimage.zoom`` (edge-aligned, ``nearest`` edges).
+
+    Column ``i`` is the zoom of the ``i``-th unit vector, so the matrix is exactly that zoom,
+    spline prefilter included. Entries under 1e-9 (the prefilter's exponentially decaying
+    tail) are set to zero: as float32 they would be denormals, which make the products ~15x
+    slower, and they change no result by more than ~1e-8 of the signal.
+    """
+    matrix = np.empty((n_out, n_in), dtype=np.float64)
+    unit = np.zeros(n_in, dtype=np.float64)
+    for i in range(n_in):
+        unit[i] = 1.0
+        matrix[:, i] = ndimage.zoom(unit, n_out / n_in, order=order, mode="nearest", grid_mode=True)
+        unit[i] = 0.0
+    matrix[np.abs(matrix) < 1e-9] = 0.0
+    result = matrix.astype(np.float32)
+    result.setflags(write=False)  # shared by every caller through the cache
+    return result
+
+
 def resample_channels(images: FloatArray, shape: tuple[int, int, int], order: int) -> FloatArray:
     """Resample each channel of ``(channels, x, y, z)`` to ``shape``, aligning voxel edges.
+
+    The same maths as ``scipy.ndimage.zoom(order=order, mode="nearest", grid_mode=True)`` per
+    channel (B-spline interpolation is a tensor product, prefilter included), done as one
+    float32 matrix product per axis: BLAS-threaded and ~10-15x faster than ``zoom``, which
+    interpolates ``(order + 1) ** 3`` taps per voxel in float64. Results agree with ``zoom``
+    to ~1e-7 of the signal (tests/test_preprocess.py).
 
     Args:
         images: channel-first array.
         shape: wanted spatial shape.
         order: spline order (3 for images, 1 for probabilities, as nnU-Net does).
     """
-    if tuple(images.shape[1:]) == tuple(shape):
+    channels, *spatial = images.shape
+    if tuple(spatial) == tuple(shape):
         return images.astype(np.float32, copy=False)
-    factors = [n / o for n, o in zip(shape, images.shape[1:])]
-    out = np.empty((images.shape[0], *shape), dtype=np.float32)
-    for channel in range(images.shape[0]):
-        resampled = ndimage.zoom(
-            images[channel], factors, order=order, mode="nearest", grid_mode=True
+    x, y, z = spatial
+    out = np.ascontiguousarray(images, dtype=np.float32)
+    # Three large BLAS products, each over the array's last axis (the middle axis is moved
+    # there and back: two memory-speed copies beat thousands of small products).
+    if z != shape[2]:
+        out = out.reshape(-1, z) @ _resampling_matrix(z, shape[2], order).T
+    if y != shape[1]:
+        moved = np.ascontiguousarray(out.reshape(channels * x, y, shape[2]).transpose(0, 2, 1))
+        moved = moved.reshape(-1, y) @ _resampling_matrix(y, shape[1], order).T
+        out = np.ascontiguousarray(
+            moved.reshape(channels * x, shape[2], shape[1]).transpose(0, 2, 1)
         )
-        if resampled.shape != tuple(shape):
-            raise AssertionError(f"zoom produced {resampled.shape}, wanted {shape}")
-        out[channel] = resampled
-    return out
+    if x != shape[0]:
+        matrix = _resampling_matrix(x, shape[0], order)
+        stack = out.reshape(channels, x, -1)
+        out = np.empty((channels, shape[0], stack.shape[2]), dtype=np.float32)
+        for channel in range(channels):
+            np.matmul(matrix, stack[channel], out=out[channel])
+    return out.reshape(channels, *shape)
 
 
 def preprocess_images(

@@ -169,7 +169,8 @@ def downsample(image: sitk.Image, spacing_mm: float) -> sitk.Image:
             returned as it is.
 
     Returns:
-        The copy (same origin and direction; sigma ``(spacing_mm - spacing) / 2`` per axis).
+        The copy (same origin and direction; sigma ``(spacing_mm - spacing) / 2`` per axis,
+        none along an axis already at least ``spacing_mm`` apart).
     """
     old_spacing = np.asarray(image.GetSpacing())
     if np.all(old_spacing >= spacing_mm - 1e-6):
@@ -177,7 +178,18 @@ def downsample(image: sitk.Image, spacing_mm: float) -> sitk.Image:
     size = np.asarray(image.GetSize())
     new_size = [max(1, round(float(n))) for n in size * old_spacing / spacing_mm]
     sigma = [max(0.0, 0.5 * (spacing_mm - s)) for s in old_spacing]
-    smoothed = sitk.SmoothingRecursiveGaussian(image, sigma)
+    if all(s > 0 for s in sigma):
+        smoothed = sitk.SmoothingRecursiveGaussian(image, sigma)
+    else:
+        # an axis already coarser than spacing_mm (thick slices) is not smoothed: ITK's
+        # SmoothingRecursiveGaussian refuses a zero sigma, so smooth axis by axis
+        smoothed = sitk.Cast(image, sitk.sitkFloat32)
+        for axis, axis_sigma in enumerate(sigma):
+            if axis_sigma > 0:
+                axis_filter = sitk.RecursiveGaussianImageFilter()
+                axis_filter.SetDirection(axis)
+                axis_filter.SetSigma(axis_sigma)
+                smoothed = axis_filter.Execute(smoothed)
     return sitk.Resample(
         smoothed,
         new_size,

@@ -3,8 +3,8 @@
 - :mod:`.nifti`: the four NIfTI uploads of ``POST /analyze`` (``read_uploads``);
 - :mod:`.case_folder`: a BraTS-style case folder on disk (``read_case``; training, cohorts);
 - :mod:`.oip`: the tensors of a gRPC ``ModelInfer`` call (``decode_infer_request``);
-- DICOM goes here as ``dicom/``: index an archive, select the series per contrast,
-  co-register them onto the reference grid and extract the brain, then build the ``Study``.
+- :mod:`.dicom`: a DICOM study of ``POST /analyze/dicom``: index an archive, select the series
+  per contrast, put them on the reference grid, extract the brain, build the ``Study``.
 
 Every adapter applies the same grid and voxel checks (:func:`.study.check_grid`,
 :func:`.study.check_voxel_values`) and raises :class:`cerebrascan.errors.InputError` (4xx) with a

@@ -13,6 +13,7 @@ import logging
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -96,6 +97,40 @@ class _Replay:
         return self._pos
 
 
+MAX_VOX_OFFSET = 1024 * 1024
+"""Most bytes before the voxel data (header and extensions): a larger ``vox_offset`` would make
+the decoder skip (for gzip: decompress) that much before reading a voxel."""
+MAX_BYTES_PER_VOXEL = 8
+"""Widest voxel type read (float64 / int64): a wider one multiplies the memory a header's
+declared shape costs."""
+
+
+def check_data_layout(header: nib.Nifti1Header, dtype: np.dtype[Any], field: str) -> None:
+    """Refuse a header whose ``vox_offset`` or bytes per voxel are out of bounds (400).
+
+    Raises:
+        InputError: ``vox_offset`` not a whole number in [header size, :data:`MAX_VOX_OFFSET`],
+            or ``bitpix``/the data type over :data:`MAX_BYTES_PER_VOXEL` bytes a voxel.
+    """
+    offset = float(header["vox_offset"])
+    minimum = int(header.sizeof_hdr)
+    if not np.isfinite(offset) or offset != int(offset) or not minimum <= offset <= MAX_VOX_OFFSET:
+        raise InputError(
+            f"header field vox_offset {offset:g} is not a whole number of bytes in "
+            f"[{minimum}, {MAX_VOX_OFFSET}]",
+            status_code=400,
+            field=field,
+        )
+    bytes_per_voxel = max(dtype.itemsize, int(header["bitpix"]) // 8)
+    if bytes_per_voxel > MAX_BYTES_PER_VOXEL:
+        raise InputError(
+            f"header field bitpix/datatype declares {bytes_per_voxel} bytes per voxel; at most "
+            f"{MAX_BYTES_PER_VOXEL} are read",
+            status_code=400,
+            field=field,
+        )
+
+
 def _spatial_shape(header: nib.Nifti1Header, field: str, max_voxels: int) -> tuple[int, int, int]:
     shape = tuple(int(s) for s in header.get_data_shape())
     if len(shape) < 3:
@@ -137,6 +172,7 @@ def decode_nifti(path: Path, *, field: str, max_voxels: int) -> Volume:
         dtype = np.dtype(header.get_data_dtype())
         if not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
             raise InputError(f"voxel data type {dtype} is not a real number type", field=field)
+        check_data_layout(header, dtype, field)
         zooms = np.asarray(header["pixdim"][1:4], dtype=np.float64)
         if (
             not np.all(np.isfinite(zooms))

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from cerebrascan.errors import InputError
 from cerebrascan.imaging.geometry import spacing_from_affine
+from schemas.dicom import DicomAnalysis
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,11 @@ class Study:
     supplied_text: Mapping[str, str] = field(default_factory=dict)
     """Free text that arrived with the images (``dicom.StudyDescription``, ...): untrusted data,
     handed to an LLM report writer as quoted data only; never logged."""
+    dicom_source: tuple[dict[str, Any], ...] | None = None
+    """The reference series' headers (pydicom ``to_json_dict`` per instance, no pixel data) of
+    a DICOM-origin study, kept in the study folder for the DICOM outputs; None otherwise."""
+    dicom_report: DicomAnalysis | None = None
+    """The ``dicom`` section of the answer (series chosen, grids, resampling, brain mask)."""
 
     @property
     def shape(self) -> tuple[int, int, int]:

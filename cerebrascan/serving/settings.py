@@ -7,6 +7,7 @@ They are nested into :class:`cerebrascan.settings.Settings` as ``auth``, ``jobs`
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
@@ -51,9 +52,17 @@ class AuthSettings(BaseModel):
     )
     api_keys: list[ApiKeyEntry] = Field(default_factory=list)
     public_metrics: bool = Field(
-        default=True,
-        description="Serve GET /metrics without a key (Prometheus scrapers; it holds no "
-        "patient data). False: /metrics needs the admin role.",
+        default=False,
+        description="Serve GET /metrics without a key when auth is on (an opt-out for "
+        "scrapers that cannot send one; labels hold route templates, never ids). False: "
+        "/metrics needs a key (any role).",
+    )
+
+    allow_open_network: bool = Field(
+        default=False,
+        description="Let the server start with auth off on a non-loopback address (the HTTP "
+        "host or grpc.host); only for a network where every client is trusted. False: such a "
+        "start is refused with a message naming the address.",
     )
 
     @model_validator(mode="after")
@@ -77,6 +86,31 @@ class JobSettings(BaseModel):
         ge=1,
         description="A finished job's result stays fetchable at least this long; older results "
         "are deleted when a later job finishes, and all of them when the server restarts.",
+    )
+    max_queued: int = Field(
+        default=16,
+        ge=1,
+        le=10_000,
+        description="Most jobs waiting or running at once; POST /analyze/submit (and "
+        "/analyze/retry) beyond it answers 429 with a message. Each job holds its uploads in "
+        "the task store until it expires.",
+    )
+
+
+class RetentionSettings(BaseModel):
+    """How long stored studies are kept (``cerebrascan.serving.retention``)."""
+
+    model_config = {"extra": "forbid"}
+
+    study_days: int | None = Field(
+        default=None,
+        ge=1,
+        le=100 * 365,
+        description="Delete stored studies (record, label map, artefacts, views) analysed more "
+        "than this many days ago, at start and every sweep_interval_s; unset keeps them.",
+    )
+    sweep_interval_s: int = Field(
+        default=3600, ge=60, description="Seconds between two retention sweeps."
     )
 
 
@@ -172,7 +206,22 @@ class GrpcSettings(BaseModel):
         le=65535,
         description="TCP port of the gRPC server; 0 disables it.",
     )
-    host: str = Field(default="0.0.0.0", description="Address the gRPC server binds.")
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address the gRPC server binds: loopback by default; 0.0.0.0 to serve "
+        "other machines (then auth.enabled, or auth.allow_open_network, is required).",
+    )
+    tls_cert_file: Path | None = Field(
+        default=None,
+        description="PEM certificate (chain) of the gRPC server; with tls_key_file the port "
+        "speaks TLS. Unset: plaintext (keep it on loopback or behind a TLS ingress).",
+    )
+    tls_key_file: Path | None = Field(default=None, description="PEM private key of tls_cert_file.")
+    tls_client_ca_file: Path | None = Field(
+        default=None,
+        description="PEM CA bundle: when set, gRPC clients must present a certificate it "
+        "signed (mutual TLS). Needs tls_cert_file.",
+    )
     max_message_mb: float = Field(
         default=512.0, gt=0, description="Largest gRPC message accepted or sent, in MB."
     )
@@ -181,3 +230,11 @@ class GrpcSettings(BaseModel):
         default="cerebrascan-segmentation",
         description="Model name clients use in ModelInfer / ModelMetadata / ModelReady.",
     )
+
+    @model_validator(mode="after")
+    def _tls_files_together(self) -> GrpcSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("grpc.tls_cert_file and grpc.tls_key_file must be set together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("grpc.tls_client_ca_file needs grpc.tls_cert_file and tls_key_file")
+        return self

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from schemas.analyzers import ARTEFACT_NAME_PATTERN
 STUDY_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 SEGMENTATION_FILE = "segmentation.nii.gz"
 RESULT_FILE = "result.json"
+DICOM_SOURCE_FILE = "dicom_source.json"
+"""The reference series' headers of a DICOM-origin study (DICOM JSON, no pixels)."""
 REGISTRATION_IMAGE_NAME = "registration_reference"
 """The image a later visit registers to (saved only for studies with a patient id)."""
 DISPLAY_IMAGE_PREFIX = "display_"
@@ -73,6 +76,29 @@ class StudyArtefacts:
         with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, suffix=".json") as handle:
             handle.write(result_json)
         os.replace(handle.name, folder / RESULT_FILE)
+
+    def delete(self, study_id: str) -> bool:
+        """Remove a study's folder (label map, result, artefacts, display copies, views).
+
+        The folder is first renamed out of the way, so a reader finds either all of it or
+        nothing; a rename left by an interrupted delete is removed by the next one.
+
+        Returns:
+            Whether there was a folder.
+
+        Raises:
+            InputError: 400 if the id is not 32 lowercase hex characters.
+        """
+        folder = self.folder(study_id)
+        doomed = self.root / f".{study_id}.deleting"
+        if doomed.exists():
+            shutil.rmtree(doomed)
+        try:
+            os.replace(folder, doomed)
+        except FileNotFoundError:
+            return False
+        shutil.rmtree(doomed)
+        return True
 
     def save_artefact(
         self,

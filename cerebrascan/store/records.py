@@ -17,7 +17,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import CursorResult, Engine, create_engine, event, select
+from sqlalchemy import CursorResult, Engine, create_engine, delete, event, func, select
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import sessionmaker
 
@@ -264,6 +264,59 @@ class StudyRepository:
         key = self.patient_key(patient_id)
         with self._sessions() as session:
             return session.get(Patient, key) is not None
+
+    def delete_study(self, study_id: str) -> StudyRecord | None:
+        """Delete the study ``study_id`` (and its patient when it was the patient's last).
+
+        Returns:
+            The deleted record, or None if there was none.
+
+        Raises:
+            ValueError: the id is not 32 lowercase hex characters.
+        """
+        _check_study_id(study_id)
+        with self._sessions.begin() as session:
+            study = session.get(Study, study_id)
+            if study is None:
+                return None
+            record = _record(study)
+            session.delete(study)
+            session.flush()
+            if record.patient_id is not None:
+                left = session.scalar(
+                    select(func.count())
+                    .select_from(Study)
+                    .where(Study.patient_id == record.patient_id)
+                )
+                if not left:
+                    session.execute(delete(Patient).where(Patient.id == record.patient_id))
+            return record
+
+    def study_ids_created_before(self, cutoff: datetime) -> list[str]:
+        """Ids of the studies analysed before ``cutoff`` (aware), oldest first."""
+        if cutoff.tzinfo is None:
+            raise ValueError("cutoff must be timezone-aware")
+        query = select(Study.id).where(Study.created_at < cutoff).order_by(Study.created_at)
+        with self._sessions() as session:
+            return list(session.scalars(query))
+
+    def delete_patient(self, patient_id: str) -> list[str] | None:
+        """Delete a patient and every study of theirs, in one transaction.
+
+        Returns:
+            The ids of the deleted studies, or None if the patient is not stored.
+
+        Raises:
+            PatientIdError: the patient id is refused.
+        """
+        key = self.patient_key(patient_id)
+        with self._sessions.begin() as session:
+            if session.get(Patient, key) is None:
+                return None
+            study_ids = list(session.scalars(select(Study.id).where(Study.patient_id == key)))
+            session.execute(delete(Study).where(Study.patient_id == key))
+            session.execute(delete(Patient).where(Patient.id == key))
+            return study_ids
 
     def _insert(self, model: type[Patient] | type[Study]) -> Any:
         if self.dialect == "postgresql":

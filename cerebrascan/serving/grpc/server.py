@@ -46,8 +46,9 @@ from cerebrascan.serving.logs import (
     bound_request_id,
     request_id_from,
 )
+from cerebrascan.serving.settings import GrpcSettings
 from cerebrascan.settings import Settings
-from schemas.analysis import AnalyzeOptions
+from schemas.analysis import RESEARCH_USE_NOTICE, AnalyzeOptions, research_notice_for
 
 if TYPE_CHECKING:
     from cerebrascan.pipeline import AnalysisPipeline
@@ -55,6 +56,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PipelineGetter = Callable[[], "AnalysisPipeline | None"]
+NOTICE_HEADER = "x-research-notice"
+"""Trailing metadata of every gRPC answer: the served model's research-use notice."""
 Result = TypeVar("Result")
 
 
@@ -86,7 +89,15 @@ class RequestIdInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     it is bound while the method runs (so its log lines and the runner service's carry it) and
     returned in the trailing metadata ``x-request-id``, refusals included. A response-streaming
     method would be bound only until it returns its iterator (no such method is implemented).
+    With ``notice``, every answer's trailing metadata also carries ``x-research-notice``: the
+    served model's research-use notice (what it was trained on).
+
+    Args:
+        notice: returns the notice of the model being served.
     """
+
+    def __init__(self, notice: Callable[[], str] | None = None) -> None:
+        self.notice = notice
 
     def intercept_service(
         self,
@@ -100,7 +111,10 @@ class RequestIdInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
         def wrap(behaviour: Callable[..., Any]) -> Callable[..., Any]:
             def with_request_id(request: Any, context: grpc.ServicerContext) -> Any:
-                context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
+                trailing = [(REQUEST_ID_HEADER, request_id)]
+                if self.notice is not None:
+                    trailing.append((NOTICE_HEADER, self.notice()))
+                context.set_trailing_metadata(tuple(trailing))
                 return _with_request_id(request_id, behaviour, request, context)
 
             return with_request_id
@@ -233,6 +247,7 @@ class OipServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignor
             model_name=self.model_name,
             model_version=response.model.version,
             id=request.id,
+            parameters={"notice": service_pb2.InferParameter(string_param=response.notice)},
             outputs=outputs,
             raw_output_contents=raw_outputs,
         )
@@ -286,7 +301,10 @@ def start_oip_server(settings: Settings, pipeline: PipelineGetter) -> grpc.Serve
             ("grpc.so_reuseport", 1),
         ],
         # the request id first, so a refused call's log line and trailing metadata carry it
-        interceptors=[RequestIdInterceptor(), ApiKeyInterceptor(settings.auth)],
+        interceptors=[
+            RequestIdInterceptor(notice=lambda: served_notice(pipeline())),
+            ApiKeyInterceptor(settings.auth),
+        ],
     )
     try:
         loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
@@ -298,7 +316,13 @@ def start_oip_server(settings: Settings, pipeline: PipelineGetter) -> grpc.Serve
     )
     address = f"{config.host}:{config.port}"
     try:
-        bound = server.add_insecure_port(address)
+        credentials = server_credentials(config)
+        if credentials is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, credentials)
+    except OSError as exc:  # a TLS file that cannot be read: the operator must fix it
+        raise RuntimeError(f"gRPC TLS: {exc}") from exc
     except RuntimeError as exc:
         logger.error("gRPC server not started: cannot bind %s (%s)", address, exc)
         return None
@@ -308,8 +332,39 @@ def start_oip_server(settings: Settings, pipeline: PipelineGetter) -> grpc.Serve
     server.start()
     atexit.register(server.stop, 2.0)
     logger.info(
-        "gRPC (Open Inference Protocol) listening on %s, API keys %s",
+        "gRPC (Open Inference Protocol) listening on %s (%s), API keys %s",
         address,
+        "plaintext"
+        if credentials is None
+        else "TLS" + (", client certificates required" if config.tls_client_ca_file else ""),
         "required" if settings.auth.enabled else "not required (auth.enabled=false)",
     )
     return server
+
+
+def served_notice(pipeline: AnalysisPipeline | None) -> str:
+    """The research-use notice of the model ``pipeline`` serves (the project's notice while it
+    is loading)."""
+    if pipeline is None:
+        return RESEARCH_USE_NOTICE
+    model = pipeline.serving[0]
+    return research_notice_for(model.name, model.version, model.training_data)
+
+
+def server_credentials(config: GrpcSettings) -> grpc.ServerCredentials | None:
+    """TLS credentials from ``grpc.tls_cert_file`` / ``tls_key_file`` (and, for mutual TLS,
+    ``tls_client_ca_file``), or None for plaintext.
+
+    Raises:
+        OSError: a file cannot be read.
+    """
+    if config.tls_cert_file is None or config.tls_key_file is None:
+        return None
+    client_ca = None
+    if config.tls_client_ca_file is not None:
+        client_ca = config.tls_client_ca_file.read_bytes()
+    return grpc.ssl_server_credentials(
+        [(config.tls_key_file.read_bytes(), config.tls_cert_file.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )

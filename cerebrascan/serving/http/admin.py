@@ -7,7 +7,8 @@ models (``classifiers.model_names``) it moves ``classifiers.alias`` instead, che
 version loads, and rebuilds the analyzers so ``classification`` / ``radiogenomics`` serve it.
 ``POST /admin/plugins/reload`` reloads the analyzer plugins (and so re-resolves the classifier
 models, e.g. after ``cerebrascan registry ensure-default`` or ``cerebrascan classifiers
-register`` moved an alias from another process).
+register`` moved an alias from another process). Every admin route takes ``Content-Type:
+application/json`` only (415 otherwise), so a web page cannot drive it through a browser.
 """
 
 from __future__ import annotations
@@ -37,6 +38,24 @@ logger = logging.getLogger(__name__)
 
 def _error(message: str, status_code: int) -> Response:
     return JSONResponse({"error": message}, status_code=status_code)
+
+
+def json_content_type_error(request: Request) -> Response | None:
+    """415 unless the request says ``Content-Type: application/json``, else None.
+
+    A web page can make a browser POST ``text/plain`` (or a form) to a server on the user's
+    machine without a CORS preflight, but not ``application/json``: requiring it keeps a page
+    from promoting a model or reloading plugins through the browser.
+    """
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type == "application/json":
+        return None
+    shown = media_type[:40] or "none"
+    return _error(
+        f"admin routes take Content-Type: application/json, got {shown!r} (send a JSON body, "
+        "'{}' when there is nothing to say)",
+        415,
+    )
 
 
 async def _json_object(request: Request) -> dict[str, Any]:
@@ -144,6 +163,8 @@ def admin_app(
     """
 
     async def promote_route(request: Request) -> Response:
+        if (refused := json_content_type_error(request)) is not None:
+            return refused
         serving = pipeline()
         if serving is None:
             return _error("the model is not loaded yet", 503)
@@ -164,6 +185,8 @@ def admin_app(
         return JSONResponse(result)
 
     async def reload_route(request: Request) -> Response:
+        if (refused := json_content_type_error(request)) is not None:
+            return refused
         await run_in_threadpool(host.reload)
         listing = host.listing().model_dump(mode="json")
         logger.info("plugins reloaded: %s", [p["name"] for p in listing["plugins"]])

@@ -1,8 +1,9 @@
 """ASGI middleware: API keys with roles on every HTTP route (``auth`` settings).
 
 A key comes in ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. Each route needs a role:
-``public`` (health checks; ``/metrics`` unless ``auth.public_metrics`` is false), ``reader``
-(analyses, jobs, studies and their reports, patient timelines, plugins, API docs) or
+``public`` (health checks; ``/metrics`` when ``auth.public_metrics`` is true), ``reader``
+(analyses, jobs, studies and their reports, patient timelines, plugins, API docs, ``/metrics``
+by default) or
 ``admin`` (``/admin/*``, and anything not in :data:`ROUTE_ROLES`, so a new route is closed
 until it is mapped). No or an unknown key: 401;
 a key whose role is too low: 403. Both answer JSON ``{"error": ...}`` naming what is missing.
@@ -33,12 +34,16 @@ ROLE_STATE_KEY = "api_key_role"
 """``scope["state"]`` key holding the caller's role: the key's, or admin when auth is off (every
 route, ``/admin`` included, is open then)."""
 
-# (path regex, role). First match wins. "metrics" is public or admin by auth.public_metrics.
+# (path regex, role). First match wins. "metrics" is public or reader by auth.public_metrics.
 ROUTE_ROLES: tuple[tuple[str, Need], ...] = (
     (r"/(livez|readyz|healthz)", "public"),
     (r"/metrics", "metrics"),
     (r"/analyze(/(submit|status|get|retry|cancel))?", "reader"),
+    # DICOM studies: the analysis (and its job routes) and the header-only inventory
+    (r"/analyze/dicom(/(submit|status|get|retry|cancel))?", "reader"),
+    (r"/dicom/inspect", "reader"),
     (r"/studies/[^/]+(/segmentation|/artefacts/[^/]+|/report|/report/overlay\.png)?", "reader"),
+    (r"/studies/[^/]+/dicom/(seg|sr|pdf)", "reader"),
     # the viewer page and NiiVue hold no study data; the page's fetches send the key
     (r"/studies/viewer/niivue-[0-9.]+\.umd\.js|/studies/[0-9a-f]{32}/viewer", "public"),
     (r"/studies/[^/]+/views/[^/]+(/[^/]+)?", "reader"),
@@ -51,10 +56,23 @@ ROUTE_ROLES: tuple[tuple[str, Need], ...] = (
     (r"/cohorts/?|/cohorts/[^/]+(/results\.parquet)?", "admin"),
 )
 _COMPILED = tuple((re.compile(f"^(?:{pattern})$"), need) for pattern, need in ROUTE_ROLES)
+# (method, path regex, role), checked before ROUTE_ROLES: deleting a study or a patient is an
+# admin's act, though a reader may read the same path
+METHOD_ROLES: tuple[tuple[str, str, Need], ...] = (
+    ("DELETE", r"/studies/[^/]+|/patients/[^/]+", "admin"),
+)
+_METHOD_COMPILED = tuple(
+    (method, re.compile(f"^(?:{pattern})$"), need) for method, pattern, need in METHOD_ROLES
+)
 
 
-def route_need(path: str) -> Need | None:
-    """The role a path needs by :data:`ROUTE_ROLES`, or None if no entry maps it."""
+def route_need(path: str, method: str | None = None) -> Need | None:
+    """The role ``method path`` needs by :data:`METHOD_ROLES` (when ``method`` is given), then
+    :data:`ROUTE_ROLES`; None if no entry maps it."""
+    if method is not None:
+        for verb, pattern, need in _METHOD_COMPILED:
+            if method.upper() == verb and pattern.match(path):
+                return need
     for pattern, need in _COMPILED:
         if pattern.match(path):
             return need
@@ -91,14 +109,16 @@ class ApiKeyMiddleware:
                 "API-key access control is off (auth.enabled=false): every route is open"
             )
 
-    def required_role(self, path: str) -> str | None:
-        """The role ``path`` needs, or None if it is public."""
-        need = route_need(path)
+    def required_role(self, path: str, method: str | None = None) -> str | None:
+        """The role ``method path`` needs, or None if it is public."""
+        need = route_need(path, method)
         if need == "public" or (need == "metrics" and self.settings.public_metrics):
             return None
+        if need == "metrics":  # a scraper's key needs no admin rights
+            return "reader"
         if need in ("reader", "admin"):
             return need
-        return "admin"  # metrics when not public, and every unmapped path
+        return "admin"  # every unmapped path
 
     async def _refuse(self, send: Send, status: int, message: str) -> None:
         body = json.dumps({"error": message}).encode()
@@ -115,7 +135,7 @@ class ApiKeyMiddleware:
             await self.app(scope, receive, send)
             return
         path = scope["path"]
-        needed = self.required_role(path)
+        needed = self.required_role(path, scope.get("method"))
         if needed is None:
             await self.app(scope, receive, send)
             return

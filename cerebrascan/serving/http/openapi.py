@@ -46,7 +46,10 @@ ERROR_DESCRIPTIONS = {
     404: "No such study, artefact, patient or version",
     409: "The version could not be loaded; the old one still serves",
     413: "Upload over the size limit",
+    415: "The body is not Content-Type: application/json",
     422: "The input is well-formed but cannot be used (the message names why)",
+    429: "Too many jobs waiting or running (jobs.max_queued); retry later",
+    501: "Not available in this deployment",
     503: "The model is not loaded yet",
 }
 
@@ -144,12 +147,12 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "Point the alias at a registry version and serve it without a restart",
         response=PromoteResponse,
         request=PromoteRequest,
-        errors=(400, 404, 409, 503),
+        errors=(400, 404, 409, 415, 503),
     ),
     ("POST", "/admin/plugins/reload"): Operation(
         "Reload the analyzer plugins; answers the new listing",
         response=PluginListing,
-        errors=(),
+        errors=(415,),
     ),
     ("GET", "/plugins"): Operation(
         "Installed plugins, versions, analyzers with their result/option JSON schemas, "
@@ -179,12 +182,25 @@ BENTOML_SUMMARIES: dict[tuple[str, str], str] = {
     ("GET", "/analyze/get"): "A finished job's answer (that of POST /analyze) or its error",
     ("POST", "/analyze/retry"): "Run a failed or cancelled job again",
     ("PUT", "/analyze/cancel"): "Cancel a job in progress",
+    ("POST", "/analyze/dicom"): "Segmentation of a DICOM study (multipart zip 'archive' or "
+    "repeated 'files', optional series_map and options): series chosen per contrast, put on "
+    "the reference series' grid; the answer's dicom section says how",
+    ("POST", "/analyze/dicom/submit"): "The DICOM analysis as a job: answers a task_id at once",
+    ("GET", "/analyze/dicom/status"): "A DICOM job's status",
+    ("GET", "/analyze/dicom/get"): "A finished DICOM job's answer or its error",
+    ("POST", "/analyze/dicom/retry"): "Run a failed or cancelled DICOM job again",
+    ("PUT", "/analyze/dicom/cancel"): "Cancel a DICOM job in progress",
+    ("POST", "/dicom/inspect"): "Inventory of a DICOM upload (studies, series, proposed series "
+    "per contrast and why, geometry checks) without analysing it",
 }
 """One-line summaries of the operations BentoML describes (its own are long HTML sentences)."""
 
 UPLOAD_ERRORS = {
     "/analyze": (400, 413, 422),
-    "/analyze/submit": (400, 413, 422),
+    "/analyze/dicom": (400, 413, 422),
+    "/analyze/dicom/submit": (400, 413, 422),
+    "/dicom/inspect": (400, 413, 422),
+    "/analyze/submit": (400, 413, 422, 429),
 }
 """Statuses of the upload routes beyond BentoML's generic 400/404/500 (docs: README)."""
 
@@ -253,7 +269,7 @@ def render_operation(
         responses["200"] = {"description": "Successful Response", "content": content}
         summary = operation.summary
         errors = operation.errors
-    need = route_need(path.replace("{", "x").replace("}", "x"))
+    need = route_need(path.replace("{", "x").replace("}", "x"), method)
     statuses = set(errors) | ({401, 403} if need not in ("public", "metrics") else set())
     error_ref = _schema_ref(ErrorResponse, components)
     for status in sorted(statuses):
@@ -332,7 +348,7 @@ def merged_spec(service: Any) -> dict[str, Any]:
             # BentoML keys its statuses by int; JSON has string keys only (no duplicates)
             responses = {str(k): v for k, v in operation_object.get("responses", {}).items()}
             operation_object["responses"] = responses
-            need = route_need(path)
+            need = route_need(path, method)
             extra = set(UPLOAD_ERRORS.get(path, ()) if method == "post" else ())
             extra |= {401, 403} if need not in ("public", "metrics", None) else set()
             for status in sorted(extra):

@@ -3,8 +3,9 @@
 Mounted into the BentoML service at ``/patients``. The patient id goes through the study
 store's normalisation (a name-like id is hashed with the configured key, or refused): a
 refused id is a 422 whose message never repeats it, an id with no stored study a 404.
-``?format=png`` returns a plot instead of JSON. The id is part of the URL, so the access log's
-copy of such paths is masked (``/patients/***/timeline``).
+``?format=png`` returns a plot instead of JSON. ``DELETE /patients/{patient_id}`` (admin)
+removes the patient and all their studies (:mod:`cerebrascan.store.deletion`). The id is part
+of the URL, so the access log's copy of such paths is masked (``/patients/***/timeline``).
 """
 
 from __future__ import annotations
@@ -21,8 +22,12 @@ from starlette.routing import Route
 
 from cerebrascan.longitudinal.plot import timeline_png
 from cerebrascan.longitudinal.timeline import build_timeline
+from cerebrascan.serving.http.openapi import Operation, describes
 from cerebrascan.settings import Settings
 from cerebrascan.store import PatientIdError, StudyRepository
+from cerebrascan.store.artefacts import StudyArtefacts
+from cerebrascan.store.deletion import StudyDeletion
+from schemas.http import DeletionResponse
 
 logger = logging.getLogger(__name__)
 FORMATS = ("json", "png")
@@ -93,4 +98,30 @@ def patients_app(settings: Settings, repository: StudyRepository | None = None) 
         # database reads and plotting block: keep them off the event loop
         return await asyncio.to_thread(answer, request.path_params["patient_id"], output)
 
-    return Starlette(routes=[Route("/{patient_id}/timeline", timeline, methods=["GET"])])
+    deletion = StudyDeletion(store, StudyArtefacts(settings.studies_dir))
+
+    @describes(
+        Operation(
+            "Delete a patient and all their studies (records, label maps, artefacts, views)",
+            response=DeletionResponse,
+            errors=(404, 422),
+        )
+    )
+    async def remove(request: Request) -> Response:
+        """Delete a patient and every study of theirs (admin)."""
+        try:
+            deleted = await asyncio.to_thread(
+                deletion.delete_patient, request.path_params["patient_id"]
+            )
+        except PatientIdError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=422)
+        if deleted is None:
+            return JSONResponse({"error": "no stored patient with this id"}, status_code=404)
+        return JSONResponse(DeletionResponse(deleted_studies=deleted).model_dump())
+
+    return Starlette(
+        routes=[
+            Route("/{patient_id}/timeline", timeline, methods=["GET"]),
+            Route("/{patient_id}", remove, methods=["DELETE"]),
+        ]
+    )

@@ -15,9 +15,13 @@ from cerebrascan.errors import InputError
 from cerebrascan.report.settings import ReportSettings
 from cerebrascan.report.study_reports import StudyReports
 from cerebrascan.serving.http.auth import ROLE_STATE_KEY
+from cerebrascan.serving.http.dicom_outputs import dicom_output_routes
+from cerebrascan.serving.http.openapi import Operation, describes
 from cerebrascan.serving.http.views import view_routes
 from cerebrascan.store.artefacts import RESULT_FILE, SEGMENTATION_FILE, StudyArtefacts
+from cerebrascan.store.deletion import StudyDeletion
 from cerebrascan.views.settings import ViewSettings
+from schemas.http import DeletionResponse
 from schemas.report import ReportFormat, WriterName
 
 REPORT_FORMATS: tuple[ReportFormat, ...] = get_args(ReportFormat)
@@ -41,12 +45,14 @@ def studies_app(
     root: Path,
     report_settings: ReportSettings | None = None,
     view_settings: ViewSettings | None = None,
+    deletion: StudyDeletion | None = None,
 ) -> Starlette:
     """Routes ``GET /{study_id}`` (result JSON), ``GET /{study_id}/segmentation`` (NIfTI),
     ``GET /{study_id}/artefacts/{name}`` (an analyzer's NIfTI map; 400 for a malformed name,
     404 if absent), ``GET /{study_id}/report?format=json|md|html|pdf[&writer=template|llm]``
     (the report, built from the stored findings at request time) and
-    ``GET /{study_id}/report/overlay.png`` (its key image).
+    ``GET /{study_id}/report/overlay.png`` (its key image); ``DELETE /{study_id}`` (admin,
+    with ``deletion``) removes the study's record and files.
 
     ``writer=llm`` when ``report.writer`` is ``template`` is answered 403 unless the API key's
     role (set by :class:`~cerebrascan.serving.http.auth.ApiKeyMiddleware`) is in
@@ -126,13 +132,34 @@ def studies_app(
             return JSONResponse({"error": f"no key image: {overlay.reason}"}, status_code=404)
         return Response(png, media_type="image/png")
 
+    @describes(
+        Operation(
+            "Delete a study: its record, label map, artefacts, display copies and views",
+            response=DeletionResponse,
+            errors=(400, 404, 501),
+        )
+    )
+    async def remove(request: Request) -> Response:
+        """Delete a stored study (admin)."""
+        if deletion is None:
+            return JSONResponse({"error": "deletion is not configured here"}, status_code=501)
+        try:
+            found = await run_in_threadpool(deletion.delete_study, request.path_params["study_id"])
+        except InputError as exc:
+            return _error(exc)
+        if not found:
+            return JSONResponse({"error": "no stored study with this id"}, status_code=404)
+        return JSONResponse(DeletionResponse(deleted_studies=1).model_dump())
+
     return Starlette(
         routes=[
             Route("/{study_id}", result, methods=["GET"]),
+            Route("/{study_id}", remove, methods=["DELETE"]),
             Route("/{study_id}/segmentation", segmentation, methods=["GET"]),
             Route("/{study_id}/artefacts/{name}", artefact, methods=["GET"]),
             Route("/{study_id}/report", report, methods=["GET"]),
             Route("/{study_id}/report/overlay.png", report_overlay, methods=["GET"]),
             *view_routes(store, view_settings),
+            *dicom_output_routes(store, reports),
         ]
     )

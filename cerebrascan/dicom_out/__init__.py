@@ -1,0 +1,1 @@
+"""DICOM outputs of a DICOM-origin study for the PACS: SEG, TID 1500 SR, Encapsulated PDF."""

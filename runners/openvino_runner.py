@@ -1,0 +1,210 @@
+"""OpenVINO runner: the registry's ONNX compiled for the CPU by OpenVINO's CPU plugin.
+
+OpenVINO runs 3-D convolutions with direct (JIT) kernels for the CPU's instruction set rather
+than ONNX Runtime's im2col + GEMM, and keeps the ONNX file's dynamic tile batch. The compiled
+model is cached under ``engine_cache_dir/openvino/<key>``, the key covering the ONNX SHA-256, the
+precision, the tile shape, the CPU's name and instruction sets and the OpenVINO version
+(:func:`runners.engine_cache.cpu_model_cache_key`), so a restart loads it instead of compiling.
+
+Precision: fp32 is asked for explicitly (OpenVINO's CPU plugin otherwise picks bf16 by itself
+on AMX / AVX-512 BF16 CPUs). bf16 or fp16 are compiled only where the CPU lists them among its
+optimisation capabilities (else the start stops with a message naming both) and serve only if
+the precision guard (:mod:`runners.precision_guard`) finds them in agreement with ONNX Runtime
+fp32 on the reference tile; otherwise the model is recompiled in fp32 and ``decision.note``
+says why.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from runners.engine_cache import cpu_features, cpu_model_cache_key, file_digest
+from runners.errors import RunnerConfigError
+from runners.precision_guard import PrecisionDecision, compare_precisions, reference_tile
+from runners.settings import RunnerSettings
+from runners.window import WindowedRunner
+from schemas.model_spec import ModelSpec
+
+__all__ = ["OpenVINOSegmentationRunner", "import_openvino", "openvino_available"]
+
+logger = logging.getLogger(__name__)
+
+OPENVINO_DEVICE = "CPU"
+CAPABILITY_OF_PRECISION = {"fp32": "FP32", "bf16": "BF16", "fp16": "FP16"}
+"""The CPU plugin's optimisation capability each precision needs."""
+
+
+def import_openvino() -> Any:
+    """The ``openvino`` module.
+
+    Raises:
+        RunnerConfigError: the package is not installed (naming the engine and the extra).
+    """
+    try:
+        import openvino
+    except ImportError as exc:
+        raise RunnerConfigError(
+            "runner.engine=openvino needs the openvino package, which is not installed "
+            f"(pip install -c constraints.txt '.[openvino]'): {exc}"
+        ) from exc
+    return openvino
+
+
+def openvino_available() -> bool:
+    """Whether the openvino package can be imported (what ``runner.engine: auto`` asks)."""
+    try:
+        import_openvino()
+    except RunnerConfigError:
+        return False
+    return True
+
+
+class OpenVINOSegmentationRunner(WindowedRunner):
+    """Runs an exported network tile batch by tile batch with OpenVINO on the CPU.
+
+    Args:
+        model_path: the ``.onnx`` file; its batch axis must be dynamic.
+        spec: the network's preprocessing and output contract.
+        settings: device (``cpu`` only), precision, OpenVINO threads / streams / performance
+            hint, tile batch size and step, guard bounds.
+        engine_cache_dir: root of the compiled-model cache (``<root>/openvino/<key>``).
+
+    Raises:
+        RunnerConfigError: openvino is not installed, the device is not ``cpu``, or the CPU
+            lacks the requested precision.
+    """
+
+    name = "openvino"
+
+    def __init__(
+        self,
+        model_path: Path,
+        spec: ModelSpec,
+        settings: RunnerSettings,
+        engine_cache_dir: Path,
+    ) -> None:
+        self.ov = import_openvino()
+        if settings.device != "cpu":
+            raise RunnerConfigError(
+                f"runner.engine=openvino runs on the CPU only, got runner.device="
+                f"{settings.device!r}; use engine tensorrt, torch or onnxruntime on a GPU"
+            )
+        self.core = self.ov.Core()
+        self.capabilities: list[str] = [
+            str(c) for c in self.core.get_property(OPENVINO_DEVICE, "OPTIMIZATION_CAPABILITIES")
+        ]
+        self.cpu_name = str(self.core.get_property(OPENVINO_DEVICE, "FULL_DEVICE_NAME"))
+        needed = CAPABILITY_OF_PRECISION[settings.precision]
+        if needed not in self.capabilities:
+            raise RunnerConfigError(
+                f"runner.precision={settings.precision!r} with runner.engine=openvino needs a "
+                f"CPU with {needed} support (AVX-512 BF16 or AMX for bf16); this CPU "
+                f"({self.cpu_name}) offers {self.capabilities}: use precision fp32"
+            )
+        self.model_path = model_path
+        self.spec = spec
+        self.settings = settings
+        self.engine_cache_dir = engine_cache_dir
+        self._digest = file_digest(model_path)
+        self._device_window = None
+        self.compiled, self.cache_dir = self._compile(settings.precision)
+        self.decision = PrecisionDecision(settings.precision, settings.precision)
+        if settings.precision != "fp32":
+            self.decision = self._guard(settings.precision)
+            if self.decision.used == "fp32":
+                self.compiled, self.cache_dir = self._compile("fp32")
+        self.precision = self.decision.used
+        self.providers = [f"openvino-{self.ov.__version__.split('-')[0]}:{OPENVINO_DEVICE}"]
+        logger.info(
+            "OpenVINO model ready on %s (%s), precision %s, %s threads, %s stream(s)%s",
+            self.cpu_name,
+            "cached" if self.loaded_from_cache else "compiled",
+            self.precision,
+            self.compiled.get_property("INFERENCE_NUM_THREADS"),
+            self.compiled.get_property("NUM_STREAMS"),
+            f" ({self.decision.note})" if self.decision.note else "",
+        )
+
+    @property
+    def loaded_from_cache(self) -> bool:
+        """Whether the compiled model came from the cache rather than a compilation."""
+        return bool(self.compiled.get_property("LOADED_FROM_CACHE"))
+
+    def cache_key(self, precision: str) -> str:
+        """The compiled-model cache key for ``precision`` on this CPU and OpenVINO build."""
+        return cpu_model_cache_key(
+            onnx_sha256=self._digest,
+            precision=precision,
+            input_shape=(len(self.spec.modalities), *self.spec.patch_size),
+            cpu_name=self.cpu_name,
+            features=cpu_features(),
+            backend="openvino",
+            backend_version=str(self.ov.__version__),
+        )
+
+    def _config(self, precision: str, cache_dir: Path) -> dict[str, Any]:
+        hint = self.ov.properties.hint
+        inference_type = {"fp32": self.ov.Type.f32, "bf16": self.ov.Type.bf16}.get(
+            precision, self.ov.Type.f16
+        )
+        mode = (
+            hint.PerformanceMode.LATENCY
+            if self.settings.openvino_performance_hint == "latency"
+            else hint.PerformanceMode.THROUGHPUT
+        )
+        config: dict[str, Any] = {
+            hint.performance_mode: mode,
+            # Explicit: on AMX / AVX-512 BF16 CPUs the plugin would otherwise run bf16.
+            hint.inference_precision: inference_type,
+            self.ov.properties.num_streams: self.settings.openvino_streams,
+            self.ov.properties.cache_dir: str(cache_dir),
+        }
+        if self.settings.openvino_threads:
+            config[self.ov.properties.inference_num_threads] = self.settings.openvino_threads
+        return config
+
+    def _compile(self, precision: str) -> tuple[Any, Path]:
+        """The compiled model for ``precision`` (from the keyed cache when it is there)."""
+        cache_dir = self.engine_cache_dir / "openvino" / self.cache_key(precision)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        compiled = self.core.compile_model(
+            str(self.model_path), OPENVINO_DEVICE, self._config(precision, cache_dir)
+        )
+        return compiled, cache_dir
+
+    def _guard(self, precision: str) -> PrecisionDecision:
+        """Compare the reduced-precision model with ONNX Runtime fp32 on the reference tile."""
+        tile = reference_tile(self.spec)
+        session = ort.InferenceSession(str(self.model_path), providers=["CPUExecutionProvider"])
+        (reference,) = session.run([self.spec.output_name], {self.spec.input_name: tile})
+        try:
+            candidate = self.predict_tiles(tile)
+        except RuntimeError as exc:
+            return PrecisionDecision(
+                precision, "fp32", note=f"{precision} OpenVINO model failed: {exc}"[:300]
+            )
+        return compare_precisions(
+            np.asarray(reference, dtype=np.float32),
+            candidate,
+            self.spec,
+            requested=precision,
+            min_agreement=self.settings.precision_guard_min_agreement,
+            max_probability_difference=self.settings.precision_guard_max_probability_difference,
+        )
+
+    def predict_tiles(self, tiles: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Logits ``(B, K, *patch)`` for a batch of tiles ``(B, C, *patch)``.
+
+        A fresh infer request per call: the runner service calls from several threads, and a
+        request's output buffer is reused by its next inference.
+        """
+        request = self.compiled.create_infer_request()
+        request.infer({self.spec.input_name: np.ascontiguousarray(tiles, dtype=np.float32)})
+        logits = request.get_tensor(self.spec.output_name).data
+        return np.array(logits, dtype=np.float32, copy=True)
