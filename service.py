@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -114,6 +116,17 @@ def _serving_pipeline() -> AnalysisPipeline | None:
     return getattr(service, "pipeline", None)
 
 
+@contextmanager
+def _as_http_errors() -> Iterator[None]:
+    """Bad input → its 4xx; an unreachable runner service → 503 (BentoML's own errors)."""
+    try:
+        yield
+    except InputError as exc:
+        raise BentoMLException(str(exc), error_code=HTTPStatus(exc.status_code)) from exc
+    except RunnerUnavailableError as exc:
+        raise BentoMLException(str(exc), error_code=HTTPStatus.SERVICE_UNAVAILABLE) from exc
+
+
 @bentoml.service(
     name="cerebrascan",
     traffic={"timeout": 600, "max_concurrency": 4},
@@ -197,7 +210,7 @@ class CerebraScan:
         analyzer's result, error or artefacts under ``analyzers.<name>``.
         """
         files = {"t1n": t1n, "t1c": t1c, "t2w": t2w, "t2f": t2f}
-        try:
+        with _as_http_errors():
             # the model this study is decoded for serves all of it, even if a promotion lands now
             with self.pipeline.serving_for_study() as serving:
                 model, _ = serving
@@ -213,10 +226,6 @@ class CerebraScan:
                     input_timings_ms={"decode": decode_ms},
                 )
             return analysis.response
-        except InputError as exc:
-            raise BentoMLException(str(exc), error_code=HTTPStatus(exc.status_code)) from exc
-        except RunnerUnavailableError as exc:
-            raise BentoMLException(str(exc), error_code=HTTPStatus.SERVICE_UNAVAILABLE) from exc
 
     # POST /analyze/dicom (and /analyze/dicom/submit|status|get as a job): a scanner's study
     @bentoml.task(route="/analyze/dicom")  # type: ignore[untyped-decorator]
@@ -238,7 +247,7 @@ class CerebraScan:
         the answer's ``dicom`` section says which series and rule, grids and resampling.
         """
         options = options or AnalyzeOptions()
-        try:
+        with _as_http_errors():
             with self.pipeline.serving_for_study() as serving:
                 model, _ = serving
                 built = read_dicom_study(
@@ -257,10 +266,6 @@ class CerebraScan:
                     built.study, options, serving=serving, input_timings_ms=built.timings_ms
                 )
             return analysis.response
-        except InputError as exc:
-            raise BentoMLException(str(exc), error_code=HTTPStatus(exc.status_code)) from exc
-        except RunnerUnavailableError as exc:
-            raise BentoMLException(str(exc), error_code=HTTPStatus.SERVICE_UNAVAILABLE) from exc
 
     @bentoml.api(route="/dicom/inspect")  # type: ignore[untyped-decorator]
     def inspect_dicom(
@@ -273,7 +278,7 @@ class CerebraScan:
         per contrast and why, geometry checks, and what would make ``/analyze/dicom`` refuse.
         """
         modalities = tuple(self.pipeline.model.spec.modalities)
-        try:
+        with _as_http_errors():
             return inspect_upload(
                 single_archive(archive),
                 [(path.name, path) for path in files],
@@ -282,8 +287,6 @@ class CerebraScan:
                 rules=DICOM_RULES,
                 series_map=parse_series_map(series_map),
             )
-        except InputError as exc:
-            raise BentoMLException(str(exc), error_code=HTTPStatus(exc.status_code)) from exc
 
 
 # The first added is the outermost: the real path (BentoML's metrics saw its template), request

@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,10 +58,6 @@ class StudyDicomOutputs:
             )
         return source_datasets(json.loads(source.read_text()))
 
-    def require_source(self, study_id: str) -> None:
-        """Raises InputError 404 for an unknown study, 409 for one without a DICOM source."""
-        self._sources(study_id)
-
     def _result(self, study_id: str) -> dict[str, Any]:
         result: dict[str, Any] = json.loads(self.store.artefact(study_id, RESULT_FILE).read_text())
         return result
@@ -79,22 +76,22 @@ class StudyDicomOutputs:
         Raises:
             InputError: 404 unknown study, 409 no DICOM source, 422 no tumour to encode.
         """
-        return _dicom_bytes(self._segmentation_dataset(study_id, seg_type))
+        sources = self._sources(study_id)
+        return _dicom_bytes(
+            self._segmentation_dataset(study_id, seg_type, sources, self._result(study_id))
+        )
 
-    def _segmentation_dataset(self, study_id: str, seg_type: SegType) -> Dataset:
+    def _segmentation_dataset(
+        self, study_id: str, seg_type: SegType, sources: list[Dataset], result: dict[str, Any]
+    ) -> Dataset:
         cached = self._cached(study_id, f"seg-{seg_type}.dcm")
         with self._lock:
             if cached.is_file():
                 return pydicom.dcmread(cached)
-            sources = self._sources(study_id)
             labels, affine = self.store.load_labels(study_id)
             try:
                 seg = build_segmentation(
-                    labels,
-                    affine,
-                    sources,
-                    self._algorithm(self._result(study_id)),
-                    seg_type=seg_type,
+                    labels, affine, sources, self._algorithm(result), seg_type=seg_type
                 )
             except ValueError as exc:
                 raise InputError(f"no DICOM SEG for this study: {exc}", status_code=422) from None
@@ -112,25 +109,27 @@ class StudyDicomOutputs:
         Raises:
             InputError: as :meth:`segmentation`.
         """
-        seg = self._segmentation_dataset(study_id, "binary")
+        sources = self._sources(study_id)
         result = self._result(study_id)
+        seg = self._segmentation_dataset(study_id, "binary", sources, result)
         volumetrics = (result.get("analyzers", {}).get("volumetrics") or {}).get("result") or {}
         sr = build_measurement_report(
             seg,
-            self._sources(study_id),
+            sources,
             result["volumes_ml"],
             self._algorithm(result),
             max_diameter_mm=volumetrics.get("max_diameter_mm"),
         )
         return _dicom_bytes(sr)
 
-    def report_pdf(self, study_id: str, pdf: bytes) -> bytes:
-        """The rendered report ``pdf`` as an Encapsulated PDF in the study's DICOM study.
+    def report_pdf(self, study_id: str, render_pdf: Callable[[], bytes]) -> bytes:
+        """The report ``render_pdf`` renders, as an Encapsulated PDF in the study's DICOM study
+        (rendered only once the study is known to have a DICOM source).
 
         Raises:
             InputError: 404 unknown study, 409 no DICOM source.
         """
         sources = self._sources(study_id)
         return _dicom_bytes(
-            build_encapsulated_pdf(pdf, sources, self._algorithm(self._result(study_id)))
+            build_encapsulated_pdf(render_pdf(), sources, self._algorithm(self._result(study_id)))
         )

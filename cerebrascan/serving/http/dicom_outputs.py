@@ -87,13 +87,11 @@ def dicom_output_routes(store: StudyArtefacts, reports: StudyReports) -> list[Ro
     async def report_pdf(request: Request) -> Response:
         study_id = request.path_params["study_id"]
 
-        def build() -> bytes:
-            outputs.require_source(study_id)  # 404 / 409 before rendering anything
-            rendered = reports.rendered(study_id, "pdf")
-            return outputs.report_pdf(study_id, rendered.body)
+        def render() -> bytes:
+            return reports.rendered(study_id, "pdf").body
 
         try:
-            body = await run_in_threadpool(build)
+            body = await run_in_threadpool(outputs.report_pdf, study_id, render)
         except InputError as exc:
             return _error(exc)
         return _dicom(body, study_id, "report")
