@@ -21,46 +21,54 @@ from typing import Any
 
 import bentoml
 from bentoml.exceptions import BentoMLException
+from starlette.exceptions import HTTPException
 
 from cerebrascan.atlas.files import AtlasNotInstalledError, preload_sri24
 from cerebrascan.brain_extraction.extractor import BrainExtractor
-from cerebrascan.errors import InputError, RunnerUnavailableError
-from cerebrascan.imaging.coregistration import register_rigid
+from cerebrascan.dicom_analysis import DicomAnalysis
+from cerebrascan.errors import InputError, RunnerUnavailableError, StorageFullError
 from cerebrascan.inputs.dicom.selection import load_rules
 from cerebrascan.inputs.dicom.study_builder import StripSkull
 from cerebrascan.inputs.dicom.upload import (
     inspect_upload,
     parse_series_map,
-    read_dicom_study,
     single_archive,
 )
 from cerebrascan.inputs.nifti import read_uploads
 from cerebrascan.observability import record_serving_model
 from cerebrascan.pipeline import AnalysisPipeline, build_analyzer_host
 from cerebrascan.registry import resolve_model
+from cerebrascan.serving.audit import AuditMiddleware, note_study
 from cerebrascan.serving.exposure import check_exposure, serving_http_host
 from cerebrascan.serving.grpc.server import start_oip_server
 from cerebrascan.serving.http.admin import admin_app
-from cerebrascan.serving.http.auth import ApiKeyMiddleware
+from cerebrascan.serving.http.audit import audit_app
+from cerebrascan.serving.http.auth import ApiKeyMiddleware, caller_of
 from cerebrascan.serving.http.cohorts import cohorts_app
+from cerebrascan.serving.http.dicom_send import dicom_send_app
 from cerebrascan.serving.http.openapi import openapi_app
 from cerebrascan.serving.http.patients import patients_app
 from cerebrascan.serving.http.plugins import plugins_app
 from cerebrascan.serving.http.route_labels import RawPathRestoreMiddleware, install_route_labels
+from cerebrascan.serving.http.server_errors import ServerErrorMessageMiddleware
 from cerebrascan.serving.http.studies import studies_app
 from cerebrascan.serving.http.upload_limit import UploadLimitMiddleware
 from cerebrascan.serving.http.uploads_only import refuse_remote_file_fields
 from cerebrascan.serving.http.views import palette_app
 from cerebrascan.serving.jobs import JobQueueLimitMiddleware, configure_job_retention
+from cerebrascan.serving.limits import AnalysisLimiter, check_declared_memory
 from cerebrascan.serving.logs import RequestIdMiddleware, configure_logging
 from cerebrascan.serving.retention import RetentionSweeper
 from cerebrascan.serving.runner_service import (
     build_runner_service,
+    front_readiness,
     remote_runner_factory,
     runner_service_client,
 )
+from cerebrascan.serving.tenants import StudyTenantGuard, TaskTenantGuard
 from cerebrascan.settings import Settings
-from cerebrascan.store.artefacts import StudyArtefacts
+from cerebrascan.store.artefacts import StudyArtefacts, sweep_interrupted_writes
+from cerebrascan.store.audit import AuditTrail
 from cerebrascan.store.deletion import StudyDeletion, lazy_repository
 from schemas.analysis import AnalyzeOptions, AnalyzeResponse
 from schemas.dicom import DicomInventory
@@ -86,7 +94,12 @@ refuse_remote_file_fields()
 install_route_labels()
 HOST = build_analyzer_host(SETTINGS)
 # deletes studies: DELETE /studies/{id} and the retention sweep (retention.study_days)
-STUDY_DELETION = StudyDeletion(lazy_repository(SETTINGS), StudyArtefacts(SETTINGS.studies_dir))
+# analyses at once in this worker, HTTP /analyze* and gRPC ModelInfer together (bounds)
+ANALYSIS_LIMITER = AnalysisLimiter(
+    SETTINGS.bounds.max_concurrent_analyses, SETTINGS.bounds.queue_wait_s
+)
+STUDY_REPOSITORY = lazy_repository(SETTINGS)
+STUDY_DELETION = StudyDeletion(STUDY_REPOSITORY, StudyArtefacts(SETTINGS.studies_dir))
 # the DICOM series rules are read once: a bad rules file stops the start, not a request
 DICOM_RULES = load_rules(SETTINGS.dicom.rules_file)
 _BRAIN_EXTRACTOR_LOCK = threading.Lock()
@@ -116,6 +129,29 @@ def _serving_pipeline() -> AnalysisPipeline | None:
     return getattr(service, "pipeline", None)
 
 
+def _audit_trail() -> AuditTrail:
+    """The audit trail in the study store (opened with it, on first use)."""
+    return AuditTrail(STUDY_REPOSITORY().engine)
+
+
+def _tenant(ctx: bentoml.Context | None) -> str:
+    """The tenant of the API key that sent the request (``default`` with auth off)."""
+    return caller_of(ctx.request.scope).tenant if ctx is not None else "default"
+
+
+def _note_for_audit(
+    ctx: bentoml.Context | None,
+    study_id: str,
+    options: AnalyzeOptions,
+    pipeline: AnalysisPipeline,
+) -> None:
+    """Name the analysed study (and its patient's stored key) in the request's audit record."""
+    if ctx is None:
+        return
+    key = pipeline.records.patient_key(options.patient_id) if options.patient_id else None
+    note_study(ctx.request.scope, study_id, key)
+
+
 @contextmanager
 def _as_http_errors() -> Iterator[None]:
     """Bad input → its 4xx; an unreachable runner service → 503 (BentoML's own errors)."""
@@ -125,6 +161,10 @@ def _as_http_errors() -> Iterator[None]:
         raise BentoMLException(str(exc), error_code=HTTPStatus(exc.status_code)) from exc
     except RunnerUnavailableError as exc:
         raise BentoMLException(str(exc), error_code=HTTPStatus.SERVICE_UNAVAILABLE) from exc
+    except StorageFullError as exc:
+        # the body BentoML sends is ServerErrorMessageMiddleware's; the details are logged
+        logger.error("%s", exc)
+        raise BentoMLException(str(exc), error_code=HTTPStatus.INSUFFICIENT_STORAGE) from exc
 
 
 @bentoml.service(
@@ -143,11 +183,18 @@ def _as_http_errors() -> Iterator[None]:
     ),
     path="/studies",
 )
+# POST /studies/{id}/dicom/send (admin): SEG, SR and PDF to a pacs.targets entry
+@bentoml.asgi_app(
+    dicom_send_app(SETTINGS.pacs, StudyArtefacts(SETTINGS.studies_dir), SETTINGS.report),
+    path="/studies",
+)
 @bentoml.asgi_app(patients_app(SETTINGS), path="/patients")
 @bentoml.asgi_app(admin_app(SETTINGS, HOST, _serving_pipeline), path="/admin")
 # cohorts run on a Ray cluster; Ray is imported only when a cohort route runs (501 without it)
 @bentoml.asgi_app(cohorts_app(SETTINGS), path="/cohorts")
 @bentoml.asgi_app(plugins_app(HOST), path="/")
+# GET /audit (admin): the tenant's audit trail of patient-linked reads and writes
+@bentoml.asgi_app(audit_app(lambda: _audit_trail()), path="/")
 @bentoml.asgi_app(palette_app(), path="/")
 # the whole API in GET /docs.json (BentoML's spec leaves the mounted Starlette apps out)
 @bentoml.asgi_app(openapi_app(lambda: CerebraScan), path="/")
@@ -174,7 +221,20 @@ class CerebraScan:
             else None,
         )
         # Open Inference Protocol over gRPC on its own port, sharing this pipeline
-        self.grpc_server = start_oip_server(SETTINGS, lambda: self.pipeline)
+        self.grpc_server = start_oip_server(
+            SETTINGS, lambda: self.pipeline, limiter=ANALYSIS_LIMITER
+        )
+        # /readyz: the runner answers (the reference tile, cached; or the runner service's)
+        self.readiness = front_readiness(
+            SETTINGS,
+            lambda: self.pipeline.runner,
+            self._runner_service() if SETTINGS.batching.remote_runner else None,
+        )
+        # study folders a killed server left half-written (no record) go before serving
+        sweep_interrupted_writes(
+            self.pipeline.artefacts,
+            lambda study_id: self.pipeline.records.get_study(study_id) is not None,
+        )
         self.retention = RetentionSweeper(SETTINGS.retention, STUDY_DELETION)
         self.retention.start()
         record_serving_model(model.name, model.version, model.alias)
@@ -188,8 +248,11 @@ class CerebraScan:
         return self.runner_service
 
     def __is_ready__(self) -> bool:
-        """Ready once the model is loaded (``/readyz``)."""
-        return self.pipeline is not None
+        """Ready when the runner can answer (``/readyz``; 503 with the reason otherwise)."""
+        probe = self.readiness()
+        if not probe.ready:
+            raise HTTPException(status_code=503, detail=f"not ready: {probe.reason}")
+        return True
 
     # a task: POST /analyze answers synchronously, /analyze/submit|status|get run it as a job
     # (BentoML's decorators come from _bentoml_sdk, which ships no type information)
@@ -201,6 +264,7 @@ class CerebraScan:
         t2w: Path,
         t2f: Path,
         options: AnalyzeOptions | None = None,
+        ctx: bentoml.Context = None,  # type: ignore[assignment]
     ) -> AnalyzeResponse:
         """Segment NETC / SNFH / ET, measure volumes and run the analyzer plugins.
 
@@ -210,7 +274,9 @@ class CerebraScan:
         analyzer's result, error or artefacts under ``analyzers.<name>``.
         """
         files = {"t1n": t1n, "t1c": t1c, "t2w": t2w, "t2f": t2f}
-        with _as_http_errors():
+        deadline = time.monotonic() + SETTINGS.bounds.request_deadline_s
+        with _as_http_errors(), ANALYSIS_LIMITER.slot("HTTP /analyze"):
+            check_declared_memory(files, SETTINGS.bounds.max_request_memory_mb)
             # the model this study is decoded for serves all of it, even if a promotion lands now
             with self.pipeline.serving_for_study() as serving:
                 model, _ = serving
@@ -219,12 +285,16 @@ class CerebraScan:
                     files, tuple(model.spec.modalities), max_voxels=SETTINGS.limits.max_voxels
                 )
                 decode_ms = (time.perf_counter() - clock) * 1000
+                options = options or AnalyzeOptions()
                 analysis = self.pipeline.run(
                     study,
-                    options or AnalyzeOptions(),
+                    options,
                     serving=serving,
                     input_timings_ms={"decode": decode_ms},
+                    deadline=deadline,
+                    tenant=_tenant(ctx),
                 )
+            _note_for_audit(ctx, analysis.response.study_id, options, self.pipeline)
             return analysis.response
 
     # POST /analyze/dicom (and /analyze/dicom/submit|status|get as a job): a scanner's study
@@ -237,6 +307,7 @@ class CerebraScan:
         files: list[Path] = [],  # noqa: B006
         series_map: dict[str, str] | None = None,
         options: AnalyzeOptions | None = None,
+        ctx: bentoml.Context = None,  # type: ignore[assignment]
     ) -> AnalyzeResponse:
         """Segment a DICOM study: series chosen per contrast, put on the reference grid.
 
@@ -247,24 +318,17 @@ class CerebraScan:
         the answer's ``dicom`` section says which series and rule, grids and resampling.
         """
         options = options or AnalyzeOptions()
-        with _as_http_errors():
-            with self.pipeline.serving_for_study() as serving:
-                model, _ = serving
-                built = read_dicom_study(
-                    single_archive(archive),
-                    [(path.name, path) for path in files],
-                    tuple(model.spec.modalities),
-                    SETTINGS.dicom,
-                    max_voxels=SETTINGS.limits.max_voxels,
-                    skull_stripped=bool(options.skull_stripped),
-                    rules=DICOM_RULES,
-                    series_map=parse_series_map(series_map),
-                    strip_skull=_brain_extractor(),
-                    register=register_rigid,
-                )
-                analysis = self.pipeline.run(
-                    built.study, options, serving=serving, input_timings_ms=built.timings_ms
-                )
+        deadline = time.monotonic() + SETTINGS.bounds.request_deadline_s
+        with _as_http_errors(), ANALYSIS_LIMITER.slot("HTTP /analyze/dicom"):
+            analysis = DicomAnalysis(self.pipeline, DICOM_RULES, _brain_extractor()).run(
+                single_archive(archive),
+                [(path.name, path) for path in files],
+                options,
+                series_map=parse_series_map(series_map),
+                deadline=deadline,
+                tenant=_tenant(ctx),
+            )
+            _note_for_audit(ctx, analysis.response.study_id, options, self.pipeline)
             return analysis.response
 
     @bentoml.api(route="/dicom/inspect")  # type: ignore[untyped-decorator]
@@ -292,6 +356,8 @@ class CerebraScan:
 # The first added is the outermost: the real path (BentoML's metrics saw its template), request
 # id, then API keys, then the upload limit.
 CerebraScan.add_asgi_middleware(RawPathRestoreMiddleware)  # type: ignore[attr-defined]
+# 503/507 answers say why and what to do (BentoML sends one generic text for any 5xx)
+CerebraScan.add_asgi_middleware(ServerErrorMessageMiddleware)  # type: ignore[attr-defined]
 # bentoml.service made CerebraScan a Service; mypy ignores class decorators and sees the class.
 CerebraScan.add_asgi_middleware(RequestIdMiddleware)  # type: ignore[attr-defined]
 CerebraScan.add_asgi_middleware(ApiKeyMiddleware, settings=SETTINGS.auth)  # type: ignore[attr-defined]
@@ -299,3 +365,12 @@ CerebraScan.add_asgi_middleware(JobQueueLimitMiddleware, max_queued=SETTINGS.job
 CerebraScan.add_asgi_middleware(  # type: ignore[attr-defined]
     UploadLimitMiddleware, max_bytes=int(SETTINGS.limits.max_upload_mb * 1024 * 1024)
 )
+# tenants (inside the key check, which names the caller's tenant): one audit record per
+# patient-linked request, then another tenant's study or job answers 404 like an unknown one
+CerebraScan.add_asgi_middleware(AuditMiddleware, trail=_audit_trail)  # type: ignore[attr-defined]
+CerebraScan.add_asgi_middleware(  # type: ignore[attr-defined]
+    StudyTenantGuard,
+    repository=STUDY_REPOSITORY,
+    artefacts=StudyArtefacts(SETTINGS.studies_dir),
+)
+CerebraScan.add_asgi_middleware(TaskTenantGuard)  # type: ignore[attr-defined]

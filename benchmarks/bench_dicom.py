@@ -12,8 +12,10 @@ with the bundled model, ``runs`` times each. Prints and writes a JSON summary.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import platform
+import pstats
 import statistics
 import tempfile
 import time
@@ -35,6 +37,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="also run the DICOM path once under cProfile: stats to this file, the top "
+        "functions (cumulative time) printed",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
@@ -46,6 +55,8 @@ def main() -> None:
         phantom = write_dicom_study(case, folder / "study", seed=777, margin=240)
         archive = phantom.zip(folder / "study.zip")
         zip_mb = round(archive.stat().st_size / 1e6, 1)
+        if args.profile is not None:
+            _profile(archive, settings.limits.max_voxels, args.profile)
         dicom_s, segment_s, stages = [], [], []
         shape = None
         for _ in range(args.runs):
@@ -85,6 +96,18 @@ def main() -> None:
     print(json.dumps(summary, indent=2))
     if args.out is not None:
         args.out.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def _profile(archive: Path, max_voxels: int, out: Path) -> None:
+    """One DICOM path under cProfile (the stages' own functions, sorted by cumulative time)."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    read_dicom_study(
+        archive, [], MODALITIES, DicomSettings(), max_voxels=max_voxels, skull_stripped=True
+    )
+    profiler.disable()
+    profiler.dump_stats(out)
+    pstats.Stats(profiler).sort_stats("cumulative").print_stats(30)
 
 
 if __name__ == "__main__":

@@ -245,10 +245,14 @@ def pipeline_export(params: object, train_dir: Path, out_dir: Path) -> None:
 def pipeline_evaluate(params: object, model_dir: Path, cases_dir: Path, train_dir: Path) -> None:
     """Held-out metrics (metrics.json) and the model card (model_card.md)."""
     from cerebrascan.training.evaluate import evaluate_model, model_card
+    from cerebrascan.training.official_metrics import OfficialMetricsError
     from cerebrascan.training.params import PipelineParams
 
     assert isinstance(params, PipelineParams)
-    metrics = evaluate_model(params, model_dir, cases_dir)
+    try:
+        metrics = evaluate_model(params, model_dir, cases_dir)
+    except OfficialMetricsError as exc:
+        raise click.ClickException(str(exc)) from None
     summary = json.loads((train_dir / "train_summary.json").read_text())
     metrics["train_summary"] = summary
     (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -289,13 +293,23 @@ def apikey() -> None:
 @apikey.command("create")
 @click.option("--name", required=True, help="Who holds the key; logged with its requests.")
 @click.option("--role", type=click.Choice(["reader", "admin"]), required=True)
-def apikey_create(name: str, role: str) -> None:
+@click.option(
+    "--tenant",
+    default="default",
+    show_default=True,
+    help="Site or project the key belongs to; it reaches only that tenant's studies.",
+)
+def apikey_create(name: str, role: str, tenant: str) -> None:
     """Print a new key once, and the ``auth.api_keys`` entry (its hash) for the config file."""
+    import pydantic
     import yaml
 
     from cerebrascan.serving.apikeys import new_key
 
-    key, entry = new_key(name, role)  # type: ignore[arg-type]
+    try:
+        key, entry = new_key(name, role, tenant)  # type: ignore[arg-type]
+    except pydantic.ValidationError as exc:
+        raise click.BadParameter(str(exc.errors()[0]["msg"]), param_hint="--tenant") from None
     click.echo(f"API key (shown once, give it to {name}; it is not stored anywhere):\n{key}\n")
     click.echo("Add to auth.api_keys in the CEREBRASCAN_CONFIG file:")
     click.echo(yaml.safe_dump([entry.model_dump()], sort_keys=False).rstrip())
@@ -326,6 +340,45 @@ def storage_configure_dvc(repo: Path, remote: str) -> None:
     click.echo(f"DVC remote {remote!r} -> {settings.storage.dvc_remote_url}")
 
 
+@main.command("dicom-listen")
+@click.option("--host", default=None, help="Address to bind (default: pacs.listen_host).")
+@click.option("--port", type=int, default=None, help="DICOM port (default: pacs.listen_port).")
+def dicom_listen(host: str | None, port: int | None) -> None:
+    """Receive DICOM studies (C-STORE SCP) and analyse each once it goes quiet (docs/dicom.md)."""
+    import signal
+
+    from cerebrascan.brain_extraction.extractor import BrainExtractor
+    from cerebrascan.imaging.coregistration import register_rigid
+    from cerebrascan.inputs.dicom.selection import load_rules
+    from cerebrascan.pacs.analysis import SpooledStudyAnalyser
+    from cerebrascan.pacs.listener import DicomListener
+    from cerebrascan.pacs.spool import StudySpool
+    from cerebrascan.pipeline import AnalysisPipeline
+    from cerebrascan.registry import resolve_model
+
+    settings = Settings()
+    pacs = settings.pacs.model_copy(update={"listen_host": host} if host else {})
+    # pynetdicom's INFO/DEBUG lines describe associations and datasets: keep them out
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    strip_skull = None
+    try:
+        strip_skull = BrainExtractor.from_settings(settings.brain_extraction).mask
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        logger.warning("no brain extraction: received studies must be skull-stripped: %s", exc)
+    pipeline = AnalysisPipeline(settings, resolve_model(settings))
+    analyser = SpooledStudyAnalyser(
+        pipeline,
+        load_rules(settings.dicom.rules_file),
+        strip_skull=strip_skull,
+        register=register_rigid,
+    )
+    spool = StudySpool(settings.pacs.spool_dir or settings.data_dir / "pacs-spool")
+    listener = DicomListener(pacs, spool, analyser, port=port)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: listener.request_stop())
+    listener.serve_forever()
+
+
 def _add_classifier_commands() -> None:
     from cerebrascan.classifiers.cli import classifiers
 
@@ -333,6 +386,16 @@ def _add_classifier_commands() -> None:
 
 
 _add_classifier_commands()
+
+
+def _add_nnunet_commands() -> None:
+    # `cerebrascan pipeline nnunet convert|plan|train|import|evaluate|register`
+    from cerebrascan.training.nnunet_cli import nnunet
+
+    pipeline.add_command(nnunet)
+
+
+_add_nnunet_commands()
 
 
 def _add_cohort_commands() -> None:
@@ -343,6 +406,17 @@ def _add_cohort_commands() -> None:
 
 
 _add_cohort_commands()
+
+
+def _add_dataset_and_model_commands() -> None:
+    from cerebrascan.datasets.cli import dataset
+    from cerebrascan.training.models_cli import models
+
+    main.add_command(dataset)
+    main.add_command(models)
+
+
+_add_dataset_and_model_commands()
 
 
 if __name__ == "__main__":

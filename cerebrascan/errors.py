@@ -31,3 +31,15 @@ class RunnerUnavailableError(RuntimeError):
     """
 
     status_code = 503
+
+
+class StorageFullError(RuntimeError):
+    """The data folder has no room for a study's files (ENOSPC, EDQUOT, or EFBIG from a file
+    size limit): the study is not stored, its partial files are removed, and it may be retried
+    once there is space; HTTP 507.
+
+    Args:
+        message: what could not be written, without patient data.
+    """
+
+    status_code = 507

@@ -42,12 +42,17 @@ from cerebrascan.store.artefacts import (
     StudyArtefacts,
     StudyArtefactSink,
     artefact_file_name,
+    is_storage_full,
+    storage_full_error,
 )
+from cerebrascan.store.models import DEFAULT_TENANT
 from cerebrascan.views.display import display_copy
-from plugins.analyzer import Need, PatientHistory, PriorStudy
+from plugins.analyzer import Need, PatientHistory, PriorStudy, SegmentationModelInfo
 from plugins.host import BUILTIN_PLUGINS, AnalyzerHost, AnalyzerOptionsError, StudyInputs
 from plugins.options import ValidatedOptions
 from plugins.settings import AnalyzerSettings
+from runners.engine_check import check_runner
+from runners.errors import EngineCheckError
 from runners.factory import build_runner
 from runners.protocol import SegmentationRunner
 from schemas.analysis import (
@@ -94,6 +99,8 @@ class StudyPlan:
     mirror_tta: bool
     keep_probabilities: bool
     tta_disagreement: bool
+    tenant: str = DEFAULT_TENANT
+    """The tenant the study and its patient belong to (the API key's)."""
 
 
 @dataclass(frozen=True)
@@ -171,6 +178,8 @@ class AnalysisPipeline:
         *,
         serving: tuple[ResolvedModel, SegmentationRunner] | None = None,
         input_timings_ms: Mapping[str, float] | None = None,
+        deadline: float | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> StudyAnalysis:
         """Segment and analyse one decoded study, store it and answer.
 
@@ -184,6 +193,10 @@ class AnalysisPipeline:
                 decoded, so a study is served by one model from its first byte even if
                 :meth:`swap_model` runs meanwhile; default: those in service now.
             input_timings_ms: the transport's own stage times (``decode``), reported first.
+            deadline: the whole request's deadline (``time.monotonic()`` seconds), handed down
+                to the analyzers; default: ``bounds.request_deadline_s`` from now.
+            tenant: the caller's tenant: the study is stored as its, and ``patient_id`` names
+                a patient of that tenant only (its priors, its idempotent study id).
 
         Returns:
             The answer and the label map on the study's grid. A study of a known patient
@@ -194,9 +207,11 @@ class AnalysisPipeline:
                 ``options.analyzers`` names an unknown analyzer or holds invalid options (400),
                 or ``options.patient_id`` is refused (422; the message never repeats it).
         """
+        if deadline is None:
+            deadline = time.monotonic() + self.settings.bounds.request_deadline_s
         # one consistent model and runner for the whole study, even if swap_model runs meanwhile
         model, runner = serving if serving is not None else self.serving
-        plan = self.plan(study, options, model)
+        plan = self.plan(study, options, model, tenant=tenant)
         if isinstance(plan, StudyAnalysis):
             return plan
         segmentation = segment_study(
@@ -213,6 +228,7 @@ class AnalysisPipeline:
             segmentation,
             RunnerInfo.of(runner),
             input_timings_ms=input_timings_ms,
+            deadline=deadline,
         )
 
     def plan(
@@ -222,6 +238,7 @@ class AnalysisPipeline:
         model: ResolvedModel,
         *,
         study_id: str | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> StudyPlan | StudyAnalysis:
         """Check a study and its options against ``model`` and the analyzers; decide its id
         and what the segmentation must keep.
@@ -261,11 +278,11 @@ class AnalysisPipeline:
         stable_id = study_id is not None or patient_key is not None
         if study_id is None:
             study_id = (
-                study_digest(study, patient_key, options, model)
+                study_digest(study, patient_key, options, model, tenant=tenant)
                 if patient_key is not None
                 else uuid.uuid4().hex
             )
-        stored = self._stored_response(study_id) if stable_id else None
+        stored = self._stored_response(study_id, tenant) if stable_id else None
         if stored is not None:
             logger.info("study %s was analysed before; returning the stored result", study_id)
             labels, _ = self.artefacts.load_labels(study_id)
@@ -283,6 +300,7 @@ class AnalysisPipeline:
             mirror_tta=mirror_tta,
             keep_probabilities=Need.PROBABILITIES in needs,
             tta_disagreement=mirror_tta and Need.TTA_DISAGREEMENT in needs,
+            tenant=tenant,
         )
 
     def complete(
@@ -293,6 +311,7 @@ class AnalysisPipeline:
         runner: RunnerInfo,
         *,
         input_timings_ms: Mapping[str, float] | None = None,
+        deadline: float | None = None,
     ) -> StudyAnalysis:
         """Run the analyzers on a segmented study, store it and answer (after :meth:`plan`).
 
@@ -302,13 +321,19 @@ class AnalysisPipeline:
             segmentation: the segmentation on the study's grid, with its stage timings.
             runner: the runner that segmented it, for the answer.
             input_timings_ms: the transport's own stage times (``decode``), reported first.
+            deadline: the request's deadline (``time.monotonic()`` seconds) for the analyzers;
+                default: ``bounds.request_deadline_s`` from now.
         """
+        if deadline is None:
+            deadline = time.monotonic() + self.settings.bounds.request_deadline_s
         model, study_id, patient_key = plan.model, plan.study_id, plan.patient_key
         options = plan.options
         timings: dict[str, float] = dict(input_timings_ms or {})
         timings.update(segmentation.timings_ms)
         # one measurement for the answer and every analyzer (one source of truth)
         volumes = volumes_ml(segmentation.labels, study.spacing)
+        # marked until its record is saved: a write cut short (kill -9) is swept at start-up
+        self.artefacts.begin_write(study_id)
         clock = time.perf_counter()
         outcomes = self.host.run(
             StudyInputs(
@@ -321,14 +346,20 @@ class AnalysisPipeline:
                 volumes_ml=MappingProxyType(volumes),
                 probabilities=segmentation.probabilities,
                 tta_disagreement=segmentation.tta_disagreement,
+                segmentation_model=SegmentationModelInfo(
+                    model.name, model.version, onnx_md5(model.onnx_path)
+                ),
                 prior_studies=(
-                    self._patient_history(patient_key, options.study_date, study_id, model)
+                    self._patient_history(
+                        patient_key, options.study_date, study_id, model, tenant=plan.tenant
+                    )
                     if Need.PRIOR_STUDIES in self.host.needs
                     else None
                 ),
             ),
             artefacts=StudyArtefactSink(self.artefacts, study_id, study.affine, study.shape),
             options=plan.analyzer_options,
+            deadline=deadline,
         )
         segmentation.probabilities = segmentation.tta_disagreement = None
         timings["analyzers"] = (time.perf_counter() - clock) * 1000
@@ -359,17 +390,29 @@ class AnalysisPipeline:
             segmentation_url=f"/studies/{study_id}/segmentation",
             analyzers=outcomes,
             dicom=study.dicom_report,
-            notice=research_notice_for(model.name, model.version, model.training_data),
+            notice=research_notice_for(model.name, model.version, model.training_data)
+            # a start without the registry serves the last cached good version: say so
+            + (f" {model.registry_warning}" if model.registry_warning else ""),
         )
         clock = time.perf_counter()
         result_json = response.model_dump_json()
-        self.artefacts.save(study_id, segmentation.labels, study.affine, result_json)
-        self._save_supplied_text(study_id, study, options)
-        self._save_dicom_source(study_id, study)
-        if patient_key is not None:  # later visits of the patient register to this image
-            self._save_registration_image(study_id, study)
-        self._save_display_images(study_id, study)
-        self._save_record(response, json.loads(result_json), patient_key, options)
+        try:
+            self.artefacts.save(study_id, segmentation.labels, study.affine, result_json)
+            self._save_supplied_text(study_id, study, options)
+            self._save_dicom_source(study_id, study)
+            if patient_key is not None:  # later visits of the patient register to this image
+                self._save_registration_image(study_id, study)
+            self._save_display_images(study_id, study)
+            self._save_record(
+                response, json.loads(result_json), patient_key, options, tenant=plan.tenant
+            )
+        except Exception as exc:
+            if not is_storage_full(exc):
+                raise
+            # a full disk: nothing half-written stays (files without a record), 507
+            self.artefacts.delete(study_id)
+            raise storage_full_error(study_id, exc) from exc
+        self.artefacts.end_write(study_id)
         timings["store"] = (time.perf_counter() - clock) * 1000
         response.timings_ms = {k: round(v, 1) for k, v in timings.items()}
         record_study(timings, outcomes)
@@ -413,16 +456,42 @@ class AnalysisPipeline:
         with study_in_flight(model.name, model.version):
             yield model, runner
 
-    def swap_model(self, model: ResolvedModel) -> ResolvedModel:
+    def load_checked_runner(self, model: ResolvedModel) -> SegmentationRunner:
+        """Build ``model``'s runner and run the reference tile through its engine (in this
+        process, or in the runner service), serving nothing yet.
+
+        Raises:
+            EngineCheckError: the engine does not build, or its reference-tile logits have the
+                wrong shape or non-finite values.
+        """
+        try:
+            runner = self._build_runner(model)
+        except EngineCheckError:
+            raise
+        except Exception as exc:  # a file that does not load (bad protobuf, wrong opset, ...)
+            raise EngineCheckError(
+                f"{model.name} version {model.version} does not load: {type(exc).__name__}: {exc}"
+            ) from exc
+        check_runner(runner)
+        return runner
+
+    def swap_model(
+        self, model: ResolvedModel, runner: SegmentationRunner | None = None
+    ) -> ResolvedModel:
         """Serve ``model`` from now on; studies already running finish on the old one.
 
-        The new runner is built before the swap, so a model that fails to load leaves the
-        old one serving.
+        The new runner is built and checked (:meth:`load_checked_runner`) before the swap, so
+        a model that fails to load leaves the old one serving.
+
+        Args:
+            model: the version to serve.
+            runner: its runner, already built and checked; default: built and checked now.
 
         Returns:
             The model served until now.
         """
-        runner = self._build_runner(model)
+        if runner is None:
+            runner = self.load_checked_runner(model)
         with self._swap_lock:
             previous = self.model
             self.model, self._runner = model, runner
@@ -431,9 +500,9 @@ class AnalysisPipeline:
         )
         return previous
 
-    def _stored_response(self, study_id: str) -> AnalyzeResponse | None:
-        """The stored answer of an already analysed study, or None."""
-        record = self.records.get_study(study_id)
+    def _stored_response(self, study_id: str, tenant: str) -> AnalyzeResponse | None:
+        """The stored answer of a study ``tenant`` already analysed, or None."""
+        record = self.records.get_study(study_id, tenant=tenant)
         if record is None:
             return None
         return AnalyzeResponse.model_validate(record.findings)
@@ -444,6 +513,8 @@ class AnalysisPipeline:
         study_date: date | None,
         study_id: str,
         model: ResolvedModel,
+        *,
+        tenant: str = DEFAULT_TENANT,
     ) -> PatientHistory:
         """The patient's studies dated before this one, for ``Need.PRIOR_STUDIES`` analyzers."""
         criteria = self.settings.longitudinal
@@ -457,7 +528,11 @@ class AnalysisPipeline:
                 reason="the request has no study_date, so earlier studies cannot be ordered",
             )
         records = self.records.prior_studies(
-            patient_key, study_date, limit=criteria.max_priors, exclude_study_id=study_id
+            patient_key,
+            study_date,
+            limit=criteria.max_priors,
+            exclude_study_id=study_id,
+            tenant=tenant,
         )
         priors = tuple(self._prior_study(record, model) for record in records)
         reason = (
@@ -527,6 +602,8 @@ class AnalysisPipeline:
         findings: dict[str, object],
         patient_key: str | None,
         options: AnalyzeOptions,
+        *,
+        tenant: str = DEFAULT_TENANT,
     ) -> StudyRecord:
         """Record the study in the store, with the locations of its artefact files."""
         folder = self.artefacts.folder(response.study_id)
@@ -547,6 +624,7 @@ class AnalysisPipeline:
             created_at=response.created_at,
             analyzer_versions={name: o.version for name, o in response.analyzers.items()},
             artefacts=artefacts,
+            tenant=tenant,
         )
 
     def segmentation_path(self, study_id: str) -> Path:
@@ -559,11 +637,19 @@ class AnalysisPipeline:
 
 
 def study_digest(
-    study: Study, patient_key: str, options: AnalyzeOptions, model: ResolvedModel
+    study: Study,
+    patient_key: str,
+    options: AnalyzeOptions,
+    model: ResolvedModel,
+    *,
+    tenant: str = DEFAULT_TENANT,
 ) -> str:
     """Content-derived study id (32 hex) of a patient's study: the same images, patient,
-    date and model give the same id, so a study posted twice is stored once."""
+    date and model give the same id, so a study posted twice is stored once. Another tenant's
+    patient of the same id gets another study id (the default tenant's ids are unchanged)."""
     digest = hashlib.blake2b(digest_size=16)
+    if tenant != DEFAULT_TENANT:
+        digest.update(b"tenant\0" + tenant.encode("utf-8") + b"\0")
     date_text = options.study_date.isoformat() if options.study_date else "-"
     for part in (patient_key, date_text, model.name, model.version, ",".join(study.modalities)):
         digest.update(part.encode("utf-8") + b"\0")
@@ -571,6 +657,25 @@ def study_digest(
     digest.update(study.affine.astype("<f8").tobytes())
     digest.update(study.images.astype("<f4", copy=False).tobytes())
     return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=8)
+def _file_md5(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def onnx_md5(path: Path) -> str | None:
+    """MD5 of a model's ONNX file (what classifier calibrations record), computed once per
+    file version; None if the file is not there (a remote runner's front may lack it)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return _file_md5(str(path), stat.st_size, stat.st_mtime_ns)
 
 
 def cohort_study_id(study_key: str, model: ResolvedModel) -> str:

@@ -13,13 +13,19 @@ checks. The segmentation models here and the classifiers
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import shutil
-from collections.abc import Mapping, Sequence
+import socket
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -34,6 +40,12 @@ logger = logging.getLogger(__name__)
 
 MODEL_FILES = ("model.onnx", "model_spec.json", "model_card.md", "metrics.json")
 REGISTRATION_EXPERIMENT = "cerebrascan-registry"
+LAST_GOOD_FILE = "last_good.json"
+"""Per model name in the model cache: alias -> the version last resolved from the registry
+with a good checksum (or promoted), served when the registry is unreachable at start."""
+REGISTRY_CONNECT_TIMEOUT_S = 5.0
+"""How long a start waits to reach an HTTP registry before it serves the cached version
+(MLflow's own client would retry for minutes)."""
 
 
 class ModelNotAvailableError(RuntimeError):
@@ -50,6 +62,8 @@ class ResolvedModel:
     folder: Path
     spec: ModelSpec
     training_data: str
+    registry_warning: str | None = None
+    """Set when the registry could not be reached and this is the last cached good version."""
 
     @property
     def onnx_path(self) -> Path:
@@ -252,16 +266,106 @@ def resolve_model(settings: Settings) -> ResolvedModel:
     Raises:
         ModelNotAvailableError: no such alias, or the downloaded ONNX does not match its checksum.
     """
-    client = client_for(settings)
     name, alias = settings.model_name, settings.model_alias
+    unreachable = registry_unreachable(settings.tracking_uri)
+    if unreachable is not None:
+        return cached_good_model(settings, name, alias, unreachable)
+    client = client_for(settings)
     try:
         version = client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            # the registry answered with a server error or not at all (after MLflow's retries)
+            return cached_good_model(settings, name, alias, f"{exc.error_code}: {exc}"[:300])
         raise ModelNotAvailableError(
             f"registry {settings.tracking_uri} has no {name}@{alias}; run `cerebrascan "
             "registry ensure-default` or register a model"
         ) from exc
-    return _materialise(settings, name, version, alias)
+    model = _materialise(settings, name, version, alias)
+    record_last_good(settings, model)
+    return model
+
+
+def registry_unreachable(uri: str, timeout_s: float = REGISTRY_CONNECT_TIMEOUT_S) -> str | None:
+    """Why an HTTP(S) registry at ``uri`` cannot be reached (a TCP connect within
+    ``timeout_s``), or None when it can or is not an HTTP registry (sqlite, file).
+
+    The connect is tried first because MLflow's client retries a dead address for minutes.
+    """
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout_s):
+            return None
+    except OSError as exc:
+        return f"cannot connect to {parts.hostname}:{port} ({type(exc).__name__}: {exc})"
+
+
+def record_last_good(settings: Settings, model: ResolvedModel) -> None:
+    """Remember ``model`` as the last good version of its alias in the model cache
+    (``<cache>/<name>/last_good.json``, replaced atomically), with its ONNX checksum."""
+    record_path = settings.model_cache_dir / model.name / LAST_GOOD_FILE
+    record_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        records = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        records = {}
+    if not isinstance(records, dict):
+        records = {}
+    records[model.alias] = {
+        "version": model.version,
+        "onnx_sha256": file_digest(model.onnx_path),
+        "training_data": model.training_data,
+        "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    staging = record_path.with_name(f"{LAST_GOOD_FILE}.{os.getpid()}.tmp")
+    staging.write_text(json.dumps(records, indent=2))
+    os.replace(staging, record_path)
+
+
+def cached_good_model(settings: Settings, name: str, alias: str, reason: str) -> ResolvedModel:
+    """The last good version of ``name@alias`` from the model cache, for a start while the
+    registry cannot be reached; its ``registry_warning`` says so.
+
+    Raises:
+        ModelNotAvailableError: no version was recorded, or its cached files are missing or
+            differ from the recorded checksum.
+    """
+    record_path = settings.model_cache_dir / name / LAST_GOOD_FILE
+    try:
+        record = json.loads(record_path.read_text()).get(alias)
+    except (OSError, ValueError, AttributeError):
+        record = None
+    if not isinstance(record, dict) or not isinstance(record.get("version"), str):
+        raise ModelNotAvailableError(
+            f"registry {settings.tracking_uri} cannot be reached ({reason}) and the model "
+            f"cache {settings.model_cache_dir} holds no good version of {name}@{alias}"
+        )
+    version = record["version"]
+    folder = settings.model_cache_dir / name / version
+    onnx = folder / "model.onnx"
+    if not onnx.is_file() or file_digest(onnx) != record.get("onnx_sha256"):
+        raise ModelNotAvailableError(
+            f"registry {settings.tracking_uri} cannot be reached ({reason}) and the cached "
+            f"{name} version {version} is missing or differs from its recorded checksum"
+        )
+    spec = check_model_folder(folder)
+    warning = (
+        f"The model registry could not be reached at start ({reason}); serving the last "
+        f"cached good version {version} of {name}@{alias} (recorded {record.get('recorded_at')})."
+    )
+    logger.warning("%s", warning)
+    return ResolvedModel(
+        name=name,
+        version=version,
+        alias=alias,
+        folder=folder,
+        spec=spec,
+        training_data=str(record.get("training_data", "unknown")),
+        registry_warning=warning,
+    )
 
 
 def resolve_model_version(settings: Settings, name: str, version: str) -> ResolvedModel:
@@ -294,6 +398,30 @@ def cached_version_folder(
     expected = version.tags.get(checksum_tag)
     if (folder / key_file).is_file() and file_digest(folder / key_file) == expected:
         return folder
+    # workers starting together download once: the others wait, then find the files
+    with download_lock(folder):
+        if (folder / key_file).is_file() and file_digest(folder / key_file) == expected:
+            return folder
+        return _download_version(settings, folder, version)
+
+
+@contextmanager
+def download_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock (``fcntl.flock``) on ``folder``'s download, across processes and
+    threads: each holder opens the lock file itself. Released when the block ends, and by the
+    kernel if the process dies."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(f".{folder.name}.lock"), "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _download_version(settings: Settings, folder: Path, version: Any) -> Path:
+    """Download a version's artefacts into ``folder`` through a ``.partial`` staging folder
+    (under :func:`download_lock`)."""
     if folder.exists():
         shutil.rmtree(folder)
     staging = folder.with_name(folder.name + ".partial")

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from cerebrascan.imaging.coregistration import resample_onto
 from cerebrascan.imaging.nnunet_preprocess import NnunetCase, nnunet_export, nnunet_preprocess
 from cerebrascan.imaging.postprocess import (
     labels_on_input_grid,
@@ -74,6 +75,15 @@ def segment_study(
     Raises:
         ValueError: the study's modalities differ from the network's.
     """
+    if study.segmentation_space is not None:
+        return _segment_in_space(
+            study,
+            runner,
+            mirror_tta=mirror_tta,
+            keep_probabilities=keep_probabilities,
+            tta_disagreement=tta_disagreement,
+            min_component_ml=min_component_ml,
+        )
     spec = runner.spec
     clock = time.perf_counter()
     case = prepare_case(study, spec)
@@ -98,6 +108,58 @@ def segment_study(
         "postprocess": (time.perf_counter() - clock) * 1000,
     }
     return result
+
+
+def _segment_in_space(
+    study: Study,
+    runner: SegmentationRunner,
+    *,
+    mirror_tta: bool,
+    keep_probabilities: bool,
+    tta_disagreement: bool,
+    min_component_ml: float,
+) -> SegmentationResult:
+    """Segment on the study's segmentation space (e.g. SRI24), then bring every map back onto
+    the study's grid: labels by nearest neighbour, probabilities linearly."""
+    space = study.segmentation_space
+    assert space is not None
+    inner = segment_study(
+        Study(images=space.images, affine=space.affine, modalities=study.modalities),
+        runner,
+        mirror_tta=mirror_tta,
+        keep_probabilities=keep_probabilities,
+        tta_disagreement=tta_disagreement,
+        min_component_ml=min_component_ml,
+    )
+    clock = time.perf_counter()
+
+    def back(
+        volume: npt.NDArray[np.generic], interpolation: str = "linear"
+    ) -> npt.NDArray[np.float32]:
+        return resample_onto(
+            study.shape,
+            study.affine,
+            np.asarray(volume, dtype=np.float32),
+            space.affine,
+            space.study_to_space,
+            interpolation="nearest" if interpolation == "nearest" else "linear",
+        )
+
+    def maps_back(maps: npt.NDArray[np.float16] | None) -> npt.NDArray[np.float16] | None:
+        return None if maps is None else np.stack([back(m) for m in maps]).astype(np.float16)
+
+    probabilities = maps_back(inner.probabilities)
+    if probabilities is not None:  # background is what the classes leave (1 outside the space)
+        probabilities[0] = np.clip(1.0 - probabilities[1:].astype(np.float32).sum(axis=0), 0, 1)
+    disagreement = None if inner.tta_disagreement is None else back(inner.tta_disagreement)
+    return SegmentationResult(
+        labels=np.rint(back(inner.labels, "nearest")).astype(np.uint8),
+        timings_ms={**inner.timings_ms, "space_to_study": (time.perf_counter() - clock) * 1000},
+        probabilities=probabilities,
+        tta_disagreement=None if disagreement is None else disagreement.astype(np.float16),
+        removed_islands=inner.removed_islands,
+        region_probabilities=maps_back(inner.region_probabilities),
+    )
 
 
 def prepare_case(study: Study, spec: ModelSpec) -> PreparedCase:

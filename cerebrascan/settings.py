@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -27,11 +27,14 @@ from cerebrascan.cohorts.settings import CohortSettings
 from cerebrascan.inputs.dicom.settings import DicomSettings
 from cerebrascan.inputs.settings import LimitSettings
 from cerebrascan.longitudinal.settings import LongitudinalSettings
+from cerebrascan.pacs.settings import PacsSettings
 from cerebrascan.report.settings import ReportSettings
 from cerebrascan.serving.settings import (
     AuthSettings,
     BatchingSettings,
+    BoundSettings,
     GrpcSettings,
+    HealthSettings,
     JobSettings,
     LogSettings,
     RetentionSettings,
@@ -146,10 +149,20 @@ class Settings(BaseSettings):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     grpc: GrpcSettings = Field(default_factory=GrpcSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
+    bounds: BoundSettings = Field(default_factory=BoundSettings)
     report: ReportSettings = Field(default_factory=ReportSettings)
     cohorts: CohortSettings = Field(default_factory=CohortSettings)
     views: ViewSettings = Field(default_factory=ViewSettings)
     brain_extraction: BrainExtractionSettings = Field(default_factory=BrainExtractionSettings)
+    pacs: PacsSettings = Field(default_factory=PacsSettings)
+
+    @model_validator(mode="after")
+    def _deidentification_key(self) -> Settings:
+        # de-identified UIDs are keyed hashes: every worker needs the same secret
+        if self.dicom.deidentify and self.patient_id_key is None:
+            raise ValueError("dicom.deidentify needs patient_id_key (the key of the UID remapping)")
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -116,6 +116,17 @@ class PatientHistory:
 
 
 @dataclass(frozen=True)
+class SegmentationModelInfo:
+    """The segmentation model that made a study's labels: registry name, version and the MD5 of
+    its ONNX file (what a classifier's calibration records, ``spec.json`` ``segmentation_model``).
+    """
+
+    name: str
+    version: str
+    onnx_md5: str | None = None
+
+
+@dataclass(frozen=True)
 class AnalysisContext:
     """Everything an analyzer may read. Fields it did not declare in ``needs`` are None.
 
@@ -138,6 +149,8 @@ class AnalysisContext:
     probabilities: npt.NDArray[np.float16] | None = None
     tta_disagreement: npt.NDArray[np.float16] | None = None
     prior_studies: PatientHistory | None = None
+    segmentation_model: SegmentationModelInfo | None = None
+    """The model that made ``segmentation`` (None when the caller did not say)."""
     results: Mapping[str, BaseModel] = field(default_factory=dict)
     """Results of the analyzers named in ``depends_on`` (only those that succeeded)."""
     options: BaseModel | Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))

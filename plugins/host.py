@@ -141,6 +141,7 @@ class AnalyzerHost:
         *,
         artefacts: ArtefactSink,
         options: ValidatedOptions | Mapping[str, Mapping[str, Any]] | None = None,
+        deadline: float | None = None,
     ) -> dict[str, AnalyzerOutcome]:
         """Run every analyzer on one study, dependencies first, then ``analysis_completed``.
 
@@ -149,6 +150,9 @@ class AnalyzerHost:
             artefacts: where analyzers write their NIfTI maps.
             options: the result of :meth:`validate_options` (used as is), or the request's
                 raw ``options.analyzers`` (validated here).
+            deadline: the request's deadline (``time.monotonic()`` seconds): each analyzer's
+                time limit is min(its own, the time left); those not started by then are
+                skipped with the reason. None: the analyzers' own limits only.
 
         Returns:
             Analyzer name -> outcome, in the order they ran; analyzers that cannot run at all
@@ -160,4 +164,4 @@ class AnalyzerHost:
         registry = self._registry
         if not isinstance(options, ValidatedOptions):
             options = validate_options(registry.analyzers, options)
-        return self._runner.run_study(registry, inputs, artefacts, options)
+        return self._runner.run_study(registry, inputs, artefacts, options, deadline=deadline)

@@ -25,6 +25,7 @@ from plugins.analyzer import (
     ArtefactSink,
     Need,
     PatientHistory,
+    SegmentationModelInfo,
 )
 from plugins.errors import describe_error, describe_validation
 from plugins.loading import Registry, call_per_plugin
@@ -50,6 +51,8 @@ class StudyInputs:
     probabilities: npt.NDArray[np.float16] | None = None
     tta_disagreement: npt.NDArray[np.float16] | None = None
     prior_studies: PatientHistory | None = None
+    segmentation_model: SegmentationModelInfo | None = None
+    """The model that made ``segmentation`` (classifiers check their calibration against it)."""
 
 
 class IsolatedRunner:
@@ -84,8 +87,19 @@ class IsolatedRunner:
         inputs: StudyInputs,
         artefacts: ArtefactSink,
         options: ValidatedOptions,
+        *,
+        deadline: float | None = None,
     ) -> dict[str, AnalyzerOutcome]:
         """Run every runnable analyzer, dependencies first, then ``analysis_completed``.
+
+        Args:
+            registry: the loaded analyzers.
+            inputs: the study's data.
+            artefacts: the study's artefact sink.
+            options: validated options per analyzer.
+            deadline: the whole request's deadline (``time.monotonic()`` seconds): an
+                analyzer's time limit is min(its own, the time left), and one not started once
+                it has passed is skipped with that reason. None: own limits only.
 
         Returns:
             Analyzer name -> outcome, in the order they ran; analyzers that cannot run at all
@@ -102,8 +116,14 @@ class IsolatedRunner:
                 outcomes[name] = outcome_of(entry, "skipped", 0.0, error=f"dependency {reasons}")
                 logger.info("analyzer %r skipped: dependency %s", name, reasons)
                 continue
+            time_left = None if deadline is None else deadline - time.monotonic()
+            if time_left is not None and time_left <= 0:
+                error = "the request's deadline passed before it could start"
+                outcomes[name] = outcome_of(entry, "skipped", 0.0, error=error)
+                logger.warning("analyzer %r skipped: %s", name, error)
+                continue
             outcome, result = self._run_one(
-                entry, inputs, artefacts, owners, options.get(name), results
+                entry, inputs, artefacts, owners, options.get(name), results, time_left
             )
             outcomes[name] = outcome
             if result is not None:
@@ -124,8 +144,12 @@ class IsolatedRunner:
         owners: dict[str, str],
         options: AnalyzerOptions | None,
         results: Mapping[str, BaseModel],
+        time_left: float | None = None,
     ) -> tuple[AnalyzerOutcome, BaseModel | None]:
         analyzer = entry.analyzer
+        # the request's deadline caps the analyzer's own limit
+        limit_s = entry.timeout_s if time_left is None else min(entry.timeout_s, time_left)
+        by_deadline = limit_s < entry.timeout_s
         if options is None:
             try:
                 options = default_options(analyzer)
@@ -147,13 +171,18 @@ class IsolatedRunner:
         future, thread = _call_in_thread(
             analyzer.analyze, context, name=f"analyzer-{analyzer.name}"
         )
-        done, _ = wait_for_futures([future], timeout=entry.timeout_s)
+        done, _ = wait_for_futures([future], timeout=limit_s)
         duration_ms = (time.perf_counter() - clock) * 1000
         scoped.close()
         links = scoped.links
         if not done:
             self._abandon(entry.plugin, thread)
-            error = f"timed out after {entry.timeout_s:g} s"
+            error = (
+                f"timed out after {limit_s:.3g} s (the request's deadline; its own limit is "
+                f"{entry.timeout_s:g} s)"
+                if by_deadline
+                else f"timed out after {entry.timeout_s:g} s"
+            )
             logger.warning("analyzer %r %s", analyzer.name, error)
             return outcome_of(entry, "error", duration_ms, error=error, artefacts=links), None
         raised = future.exception()
@@ -214,6 +243,7 @@ def build_context(
             _read_only(inputs.tta_disagreement) if Need.TTA_DISAGREEMENT in needs else None
         ),
         prior_studies=inputs.prior_studies if Need.PRIOR_STUDIES in needs else None,
+        segmentation_model=inputs.segmentation_model,
         results=MappingProxyType({d: results[d] for d in analyzer.depends_on if d in results}),
         options=options,
     )

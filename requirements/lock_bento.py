@@ -1,7 +1,7 @@
 """Write the pinned requirement files of the bentos from this (constraints-pinned) environment.
 
 ``requirements/bento.txt``: every package the server imports at run time (the core dependencies
-and the ``radiomics`` extra), with its transitive
+and the ``radiomics`` and ``pacs`` extras), with its transitive
 dependencies, at the version installed here (``make install`` installs with ``-c
 constraints.txt``, so these are the constraints' pins). ``requirements/bento-gpu.txt``: the same
 with ``onnxruntime-gpu`` in place of ``onnxruntime`` and the TensorRT wheels added.
@@ -78,8 +78,10 @@ def render(pins: dict[str, str]) -> str:
 def lock() -> dict[Path, str]:
     """The contents of ``bento.txt`` and ``bento-gpu.txt``."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    # The radiomics extra too: the bundled classifiers' analyzers extract features at serving.
-    lines = project["dependencies"] + project["optional-dependencies"]["radiomics"]
+    # The radiomics extra too: the bundled classifiers' analyzers extract features at serving;
+    # and pacs: the send route's DIMSE target and `cerebrascan dicom-listen` need pynetdicom.
+    extras = project["optional-dependencies"]
+    lines = project["dependencies"] + extras["radiomics"] + extras["pacs"]
     cpu = closure([Requirement(line) for line in lines])
     gpu = {GPU_REPLACES.get(name, name): version for name, version in cpu.items()}
     gpu.update(GPU_PINS)

@@ -6,12 +6,18 @@ Execution providers come from settings, in order of preference:
 - ``CUDAExecutionProvider``: the volume is copied to the GPU once; tiles, flips and the
   Gaussian accumulation stay there and the network is called through IO binding on the
   tensors' addresses, so nothing returns to the host between tiles (needs torch for the device
-  arrays; without it the host path is used and a warning says so).
+  arrays; without it the host path is used and a warning says so). cuDNN's convolution search,
+  TF32 and the memory arena come from settings (``runner.cuda_*``).
 - ``TensorrtExecutionProvider``: as CUDA, plus fp16 (``runner.precision``), an engine cache and a
   timing cache keyed by network, precision, profile and ORT build (:mod:`runners.engine_cache`),
   and one optimisation profile covering every tile batch the sliding window sends. An fp16
   engine is checked against fp32 on a reference tile when built (:mod:`runners.precision_guard`)
   and rebuilt in fp32 if they disagree.
+
+ONNX Runtime falls back to the CPU, with only a log line, when a GPU provider fails to
+initialise (a missing CUDA, cuDNN or TensorRT library): the session's active providers are
+compared with the configured ones and a fallback stops the start (:func:`check_active_providers`).
+CUDA, cuDNN and TensorRT libraries from the pip wheels are preloaded (:mod:`runners.gpu_setup`).
 """
 
 from __future__ import annotations
@@ -26,7 +32,14 @@ import onnxruntime as ort
 
 from runners.engine_cache import engine_cache_key, file_digest, tile_profile, timing_cache_key
 from runners.errors import RunnerConfigError
-from runners.precision_guard import PrecisionDecision, compare_precisions, reference_tile
+from runners.fp32_reference import guard_reduced_precision
+from runners.gpu_setup import (
+    UNKNOWN_GPU,
+    gpu_identity,
+    preload_cuda_libraries,
+    preload_tensorrt_libraries,
+)
+from runners.precision_guard import PrecisionDecision
 from runners.settings import RunnerSettings
 from runners.window import DeviceWindow, WindowedRunner
 from schemas.model_spec import ModelSpec
@@ -34,7 +47,12 @@ from schemas.model_spec import ModelSpec
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["OnnxSegmentationRunner", "RunnerConfigError", "provider_options"]
+__all__ = [
+    "OnnxSegmentationRunner",
+    "RunnerConfigError",
+    "check_active_providers",
+    "provider_options",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -42,16 +60,27 @@ GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 TENSORRT = "TensorrtExecutionProvider"
 
 
-def _gpu_identity(device_id: int) -> tuple[str, str]:
-    """GPU name and compute capability for cache keys ('unknown' without torch/CUDA)."""
-    try:
-        import torch
-    except ImportError:
-        return "unknown", "unknown"
-    if not torch.cuda.is_available():
-        return "unknown", "unknown"
-    major, minor = torch.cuda.get_device_capability(device_id)
-    return torch.cuda.get_device_name(device_id), f"{major}.{minor}"
+def check_active_providers(configured: list[str], active: list[str]) -> None:
+    """Refuse a session that silently fell back from the configured first provider.
+
+    ONNX Runtime's Python API logs a provider's failure to initialise and goes on with the
+    next one (in the end the CPU), so a GPU deployment would serve from the CPU while its
+    settings say CUDA.
+
+    Args:
+        configured: ``runner.providers``, in order of preference.
+        active: ``session.get_providers()`` of the built session.
+
+    Raises:
+        RunnerConfigError: the first configured provider is not the session's first provider.
+    """
+    if not active or active[0] != configured[0]:
+        raise RunnerConfigError(
+            f"runner.providers asks for {configured[0]} first, but ONNX Runtime runs on "
+            f"{active[:1] or 'nothing'} (the provider failed to initialise: a missing CUDA, "
+            "cuDNN or TensorRT library, or a driver too old for the build; ONNX Runtime's log "
+            "above names it). Fix the installation or list the provider that works first."
+        )
 
 
 def provider_options(
@@ -102,15 +131,18 @@ def provider_options(
             timing = timing_cache_key(
                 gpu_name=gpu[0], compute_capability=gpu[1], backend_version=ort.__version__
             )
+            # An engine built for another GPU model must never be loaded: without the GPU's
+            # identity in the key the cache is off (each start builds the engine).
+            known_gpu = gpu != UNKNOWN_GPU
             result.append(
                 (
                     provider,
                     {
                         "device_id": device_id,
                         "trt_fp16_enable": precision == "fp16",
-                        "trt_engine_cache_enable": True,
+                        "trt_engine_cache_enable": known_gpu,
                         "trt_engine_cache_path": str(engine_cache_dir / "ort-trt" / key),
-                        "trt_timing_cache_enable": True,
+                        "trt_timing_cache_enable": known_gpu,
                         "trt_timing_cache_path": str(engine_cache_dir / "ort-trt-timing" / timing),
                         "trt_profile_min_shapes": profile.ort_option(profile.min_batch),
                         "trt_profile_opt_shapes": profile.ort_option(profile.opt_batch),
@@ -119,7 +151,17 @@ def provider_options(
                 )
             )
         elif provider == "CUDAExecutionProvider":
-            result.append((provider, {"device_id": device_id}))
+            cuda: dict[str, Any] = {
+                "device_id": device_id,
+                # EXHAUSTIVE (ORT's default) benchmarks every algorithm again for each new
+                # input shape; the last batch of a volume is smaller, so it re-searches per case.
+                "cudnn_conv_algo_search": settings.cuda_conv_algo_search,
+                "use_tf32": int(settings.allow_tf32),
+                "arena_extend_strategy": "kSameAsRequested",
+            }
+            if settings.gpu_memory_limit_mb:
+                cuda["gpu_mem_limit"] = settings.gpu_memory_limit_mb << 20
+            result.append((provider, cuda))
         else:
             result.append((provider, {}))
     return result
@@ -161,7 +203,18 @@ class OnnxSegmentationRunner(WindowedRunner):
         self.engine_cache_dir = engine_cache_dir
         self._digest = file_digest(model_path) if TENSORRT in settings.providers else ""
         device_id = int(settings.device.split(":")[1]) if ":" in settings.device else 0
-        self._gpu = _gpu_identity(device_id) if TENSORRT in settings.providers else ("", "")
+        if any(p in GPU_PROVIDERS for p in settings.providers):
+            preload_cuda_libraries()
+        if TENSORRT in settings.providers:
+            preload_tensorrt_libraries()
+            self._gpu = gpu_identity(device_id)
+            if self._gpu == UNKNOWN_GPU:
+                logger.warning(
+                    "GPU %d not identified (no torch, no nvidia-smi): TensorRT engine cache off",
+                    device_id,
+                )
+        else:
+            self._gpu = UNKNOWN_GPU
         self.session = self._session(settings.precision)
         self.decision = PrecisionDecision(settings.precision, settings.precision)
         if settings.precision != "fp32":
@@ -170,6 +223,7 @@ class OnnxSegmentationRunner(WindowedRunner):
                 self.session = self._session("fp32")
         self.precision = self.decision.used
         self.providers: list[str] = list(self.session.get_providers())
+        check_active_providers(settings.providers, self.providers)
         self._device_window = self._binding_window()
         logger.info(
             "ONNX Runtime session ready on %s, precision %s%s",
@@ -200,24 +254,14 @@ class OnnxSegmentationRunner(WindowedRunner):
 
     def _guard(self, precision: str) -> PrecisionDecision:
         """Compare the reduced-precision session with fp32 on the CPU on a reference tile."""
-        tile = reference_tile(self.spec)
-        reference_session = ort.InferenceSession(
-            str(self.model_path), providers=["CPUExecutionProvider"]
-        )
-        (reference,) = reference_session.run([self.spec.output_name], {self.spec.input_name: tile})
-        try:
-            candidate = self.predict_tiles(tile)
-        except (RuntimeError, ort.capi.onnxruntime_pybind11_state.Fail) as exc:
-            return PrecisionDecision(
-                precision, "fp32", note=f"{precision} engine failed: {exc}"[:300]
-            )
-        return compare_precisions(
-            np.asarray(reference, dtype=np.float32),
-            candidate,
+        return guard_reduced_precision(
+            self.model_path,
             self.spec,
-            requested=precision,
-            min_agreement=self.settings.precision_guard_min_agreement,
-            max_probability_difference=self.settings.precision_guard_max_probability_difference,
+            self.predict_tiles,
+            self.settings,
+            precision=precision,
+            engine="engine",
+            engine_errors=(RuntimeError, ort.capi.onnxruntime_pybind11_state.Fail),
         )
 
     def _binding_window(self) -> DeviceWindow | None:
@@ -275,6 +319,8 @@ class OnnxSegmentationRunner(WindowedRunner):
             buffer_ptr=output.data_ptr(),
         )
         if device_type == "cuda":
-            torch.cuda.synchronize(batch.device)
+            # ORT runs on its own stream: the tiles written on torch's stream must be complete.
+            # Only that stream is waited for, not the whole device (other cases' work).
+            torch.cuda.current_stream(batch.device).synchronize()
         self.session.run_with_iobinding(binding)
         return output

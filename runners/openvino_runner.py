@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import onnxruntime as ort
 
 from runners.engine_cache import cpu_features, cpu_model_cache_key, file_digest
 from runners.errors import RunnerConfigError
-from runners.precision_guard import PrecisionDecision, compare_precisions, reference_tile
+from runners.fp32_reference import guard_reduced_precision
+from runners.precision_guard import PrecisionDecision
 from runners.settings import RunnerSettings
 from runners.window import WindowedRunner
 from schemas.model_spec import ModelSpec
@@ -180,22 +180,13 @@ class OpenVINOSegmentationRunner(WindowedRunner):
 
     def _guard(self, precision: str) -> PrecisionDecision:
         """Compare the reduced-precision model with ONNX Runtime fp32 on the reference tile."""
-        tile = reference_tile(self.spec)
-        session = ort.InferenceSession(str(self.model_path), providers=["CPUExecutionProvider"])
-        (reference,) = session.run([self.spec.output_name], {self.spec.input_name: tile})
-        try:
-            candidate = self.predict_tiles(tile)
-        except RuntimeError as exc:
-            return PrecisionDecision(
-                precision, "fp32", note=f"{precision} OpenVINO model failed: {exc}"[:300]
-            )
-        return compare_precisions(
-            np.asarray(reference, dtype=np.float32),
-            candidate,
+        return guard_reduced_precision(
+            self.model_path,
             self.spec,
-            requested=precision,
-            min_agreement=self.settings.precision_guard_min_agreement,
-            max_probability_difference=self.settings.precision_guard_max_probability_difference,
+            self.predict_tiles,
+            self.settings,
+            precision=precision,
+            engine="OpenVINO model",
         )
 
     def predict_tiles(self, tiles: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

@@ -13,7 +13,7 @@ Two levels, one protocol family:
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -21,6 +21,9 @@ import numpy.typing as npt
 from runners.precision_guard import PrecisionDecision
 from runners.prediction import RunnerPrediction
 from schemas.model_spec import ModelSpec
+
+if TYPE_CHECKING:
+    from runners.window import DeviceWindow
 
 __all__ = ["SegmentationRunner", "TileRunner"]
 
@@ -67,4 +70,13 @@ class TileRunner(SegmentationRunner, Protocol):
 
     def predict_tiles(self, tiles: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Logits ``(B, K, *patch)`` for a batch of tiles ``(B, C, *patch)`` in host memory."""
+        ...
+
+    @property
+    def device_window(self) -> DeviceWindow | None:
+        """The network call on tiles resident on the engine's device, or None (host only).
+
+        The runner service's cross-case window runs on the device when there is one
+        (:mod:`runners.device_cross_case`).
+        """
         ...

@@ -10,11 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-ORT_PROVIDERS = (
-    "CPUExecutionProvider",
-    "CUDAExecutionProvider",
-    "TensorrtExecutionProvider",
-)
+from schemas.execution_providers import check_execution_providers
 
 
 class RunnerSettings(BaseModel):
@@ -80,6 +76,23 @@ class RunnerSettings(BaseModel):
     torch_compile: bool = Field(
         default=False, description="torch engine: compile the network with torch.compile."
     )
+    cuda_conv_algo_search: Literal["HEURISTIC", "EXHAUSTIVE", "DEFAULT"] = Field(
+        default="HEURISTIC",
+        description="GPU engines: how cuDNN picks convolution algorithms (ONNX Runtime's CUDA "
+        "provider; torch: EXHAUSTIVE turns on cudnn.benchmark). EXHAUSTIVE times every "
+        "algorithm for each new input shape, again for the smaller last batch of each volume.",
+    )
+    allow_tf32: bool = Field(
+        default=False,
+        description="GPU engines at fp32: let Ampere/Hopper convolutions and matrix products "
+        "use TF32 (10-bit mantissa; faster). Off, fp32 means fp32, as the parity bounds assume.",
+    )
+    gpu_memory_limit_mb: int | None = Field(
+        default=None,
+        ge=256,
+        description="ONNX Runtime CUDA provider: cap on its memory arena per session (two "
+        "loaded model versions during a promotion share the card); None: no cap.",
+    )
     engine_cache_dir: Path | None = Field(
         default=None,
         description="TensorRT engines and timing caches (both TensorRT paths) and compiled "
@@ -102,11 +115,4 @@ class RunnerSettings(BaseModel):
     @field_validator("providers")
     @classmethod
     def _known_providers(cls, value: list[str]) -> list[str]:
-        if not value:
-            raise ValueError("providers must name at least one ONNX Runtime execution provider")
-        unknown = [p for p in value if p not in ORT_PROVIDERS]
-        if unknown:
-            raise ValueError(
-                f"unknown execution provider(s) {unknown}; choose from {ORT_PROVIDERS}"
-            )
-        return value
+        return check_execution_providers(value)

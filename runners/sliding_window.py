@@ -93,7 +93,8 @@ def pad_to_patch(
         before = total // 2
         pads.append((before, total - before))
         unpad.append(slice(before, before + size))
-    if not any(total for total, _ in pads):
+    # A shortfall of one voxel pads only after (before = 0): test both sides.
+    if not any(before or after for before, after in pads):
         return volume, tuple(unpad)
     return np.pad(volume, [(0, 0), *pads], mode="constant"), tuple(unpad)
 

@@ -5,20 +5,29 @@ kept in ``engine_cache_dir`` (:mod:`runners.engine_cache`), with a timing cache 
 next build of any network on the same GPU faster. fp16 engines pass the precision guard
 (:mod:`runners.precision_guard`) against ONNX Runtime fp32 on the CPU, or are rebuilt in fp32.
 Tiles are cut and accumulated on the GPU in torch tensors whose addresses TensorRT reads and
-writes (:mod:`runners.device_sliding_window`).
+writes (:mod:`runners.device_sliding_window`), so this engine needs torch beside tensorrt;
+without either the start stops with a :class:`RunnerConfigError` naming what is missing.
 
-Not measured on a GPU yet: the lent GPU machines have neither tensorrt nor onnxruntime-gpu.
+One execution context serves every thread: its shape/address setting and the enqueue happen
+under a lock, on the runner's own CUDA stream (never the legacy default stream, which
+serialises with all other work), and its output is checked for NaN/inf by the window.
+
+Not run on a GPU yet: the lent GPU machines have neither tensorrt nor onnxruntime-gpu, and
+their wheels do not fit the device tool's transfer limit (docs/engines.md).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+import os
+import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import onnxruntime as ort
 
 from runners.engine_cache import (
     TileProfile,
@@ -28,7 +37,8 @@ from runners.engine_cache import (
     timing_cache_key,
 )
 from runners.errors import RunnerConfigError
-from runners.precision_guard import PrecisionDecision, compare_precisions, reference_tile
+from runners.fp32_reference import guard_reduced_precision
+from runners.precision_guard import PrecisionDecision
 from runners.settings import RunnerSettings
 from runners.window import DeviceWindow, WindowedRunner
 from schemas.model_spec import ModelSpec
@@ -39,14 +49,46 @@ WORKSPACE_BYTES = 4 << 30
 
 
 def _import_tensorrt() -> Any:
-    try:
-        import tensorrt
-    except ImportError as exc:
+    """The tensorrt module; torch must import too (the device buffers and streams are torch's).
+
+    Raises:
+        RunnerConfigError: naming each of the two that is missing.
+    """
+    missing: list[str] = []
+    tensorrt: Any = None
+    for name in ("tensorrt", "torch"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:
+            missing.append(f"{name} ({exc})")
+            continue
+        if name == "tensorrt":
+            tensorrt = module
+    if missing:
         raise RunnerConfigError(
-            "runner.engine=tensorrt needs the tensorrt package (the GPU bento installs it; "
-            f"pip install tensorrt): {exc}"
-        ) from exc
+            "runner.engine=tensorrt needs the tensorrt and torch packages; missing: "
+            + "; ".join(missing)
+            + ". The GPU bento serves with engine=onnxruntime and the TensorRT execution "
+            "provider, which needs neither."
+        )
     return tensorrt
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a concurrent reader sees the old file or the new one.
+
+    Several workers may build the same engine at their first start; each writes its own
+    temporary file and renames it into place.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 class TensorRTSegmentationRunner(WindowedRunner):
@@ -75,6 +117,8 @@ class TensorRTSegmentationRunner(WindowedRunner):
         if settings.precision == "bf16":
             raise RunnerConfigError("runner.engine=tensorrt supports precision fp32 or fp16")
         self.trt = _import_tensorrt()
+        import torch
+
         from runners.torch_runner import torch_device
 
         self.device = torch_device(settings.device)
@@ -88,9 +132,22 @@ class TensorRTSegmentationRunner(WindowedRunner):
         self.engine_cache_dir = engine_cache_dir
         self.profile = tile_profile(spec, settings.tile_batch_size)
         self._logger = self.trt.Logger(self.trt.Logger.WARNING)
-        self.engine = self._engine(settings.precision)
-        self.decision = PrecisionDecision(settings.precision, settings.precision)
-        if settings.precision == "fp16":
+        self._context_lock = threading.Lock()
+        self._stream = torch.cuda.Stream(device=self.device)  # type: ignore[no-untyped-call]
+        fp16_flag = getattr(self.trt.BuilderFlag, "FP16", None)
+        if settings.precision == "fp16" and fp16_flag is None:
+            # Strongly typed TensorRT builds take precision from the network's own types.
+            self.engine = self._engine("fp32")
+            self.decision = PrecisionDecision(
+                "fp16",
+                "fp32",
+                note=f"TensorRT {self.trt.__version__} has no FP16 builder flag (strongly "
+                "typed networks); export an fp16 ONNX for fp16",
+            )
+        else:
+            self.engine = self._engine(settings.precision)
+            self.decision = PrecisionDecision(settings.precision, settings.precision)
+        if settings.precision == "fp16" and fp16_flag is not None:
             self.decision = self._guard()
             if self.decision.used == "fp32":
                 self.engine = self._engine("fp32")
@@ -137,8 +194,7 @@ class TensorRTSegmentationRunner(WindowedRunner):
                 return engine
             logger.warning("cached engine %s did not load; rebuilding", engine_path.name)
         serialized = self._build(precision, self.profile, timing_path)
-        engine_path.parent.mkdir(parents=True, exist_ok=True)
-        engine_path.write_bytes(serialized)
+        _atomic_write(engine_path, serialized)
         return runtime.deserialize_cuda_engine(serialized)
 
     def _build(self, precision: str, profile: TileProfile, timing_path: Path) -> bytes:
@@ -146,13 +202,18 @@ class TensorRTSegmentationRunner(WindowedRunner):
         builder = trt.Builder(self._logger)
         network = builder.create_network(0)
         parser = trt.OnnxParser(network, self._logger)
-        if not parser.parse(self.model_path.read_bytes()):
+        # From the file, not bytes: large imported networks keep weights in external data files
+        # beside the .onnx, which only a parser that knows the path can find.
+        if not parser.parse_from_file(str(self.model_path)):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
             raise RunnerConfigError(f"TensorRT cannot parse {self.model_path.name}: {errors}")
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
         if precision == "fp16":
             config.set_flag(trt.BuilderFlag.FP16)
+        elif not self.settings.allow_tf32 and hasattr(trt.BuilderFlag, "TF32"):
+            # TF32 is on by default in TensorRT; fp32 must mean fp32 for the parity bounds.
+            config.clear_flag(trt.BuilderFlag.TF32)
         optimisation = builder.create_optimization_profile()
         optimisation.set_shape(
             profile.input_name,
@@ -168,23 +229,18 @@ class TensorRTSegmentationRunner(WindowedRunner):
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:
             raise RunnerConfigError(f"TensorRT failed to build a {precision} engine")
-        timing_path.parent.mkdir(parents=True, exist_ok=True)
-        timing_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+        _atomic_write(timing_path, bytes(config.get_timing_cache().serialize()))
         return bytes(serialized)
 
     def _guard(self) -> PrecisionDecision:
-        tile = reference_tile(self.spec)
-        session = ort.InferenceSession(str(self.model_path), providers=["CPUExecutionProvider"])
-        (reference,) = session.run([self.spec.output_name], {self.spec.input_name: tile})
         self.context = self.engine.create_execution_context()
-        candidate = self.predict_tiles(tile)
-        return compare_precisions(
-            np.asarray(reference, dtype=np.float32),
-            candidate,
+        return guard_reduced_precision(
+            self.model_path,
             self.spec,
-            requested="fp16",
-            min_agreement=self.settings.precision_guard_min_agreement,
-            max_probability_difference=self.settings.precision_guard_max_probability_difference,
+            self.predict_tiles,
+            self.settings,
+            precision="fp16",
+            engine="TensorRT engine",
         )
 
     def predict_bound_tiles(self, batch: Any) -> Any:
@@ -197,12 +253,24 @@ class TensorRTSegmentationRunner(WindowedRunner):
             dtype=torch.float32,
             device=batch.device,
         )
-        self.context.set_input_shape(self.spec.input_name, tuple(batch.shape))
-        self.context.set_tensor_address(self.spec.input_name, batch.data_ptr())
-        self.context.set_tensor_address(self.spec.output_name, output.data_ptr())
-        stream = torch.cuda.current_stream(batch.device)
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError("TensorRT execution failed")
+        caller = torch.cuda.current_stream(batch.device)
+        with self._context_lock:
+            # The engine's stream starts after the caller's work on the tiles is enqueued.
+            self._stream.wait_stream(caller)
+            if not self.context.set_input_shape(self.spec.input_name, tuple(batch.shape)):
+                raise RuntimeError(
+                    f"TensorRT refused input shape {tuple(batch.shape)} (profile "
+                    f"{self.profile.min_batch}..{self.profile.max_batch} tiles)"
+                )
+            self.context.set_tensor_address(self.spec.input_name, batch.data_ptr())
+            self.context.set_tensor_address(self.spec.output_name, output.data_ptr())
+            if not self.context.execute_async_v3(self._stream.cuda_stream):
+                raise RuntimeError("TensorRT execution failed")
+        # The caller's later reads of ``output`` wait for the engine; the allocator must not
+        # reuse the buffers while the engine's stream still uses them.
+        caller.wait_stream(self._stream)
+        batch.record_stream(self._stream)
+        output.record_stream(self._stream)
         return output
 
     def predict_tiles(self, tiles: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

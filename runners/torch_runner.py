@@ -42,7 +42,23 @@ def torch_device(name: str) -> torch.device:
             raise RunnerConfigError(
                 f"runner.device={name!r} but only {torch.cuda.device_count()} CUDA device(s)"
             )
+        # Kernels and allocations that name no device (cuDNN handles, torch.compile's
+        # generated code, current_stream()) go to the current device: make it the configured one.
+        torch.cuda.set_device(device)
     return device
+
+
+def configure_cuda_arithmetic(settings: RunnerSettings) -> None:
+    """Process-wide cuDNN/cuBLAS switches for the torch engine on CUDA, from settings.
+
+    TF32 is on by default for cuDNN convolutions in torch, so "fp32" would not be fp32 on
+    Ampere/Hopper; ``runner.allow_tf32`` decides. ``cudnn.benchmark`` follows
+    ``runner.cuda_conv_algo_search`` (EXHAUSTIVE) as the ONNX Runtime CUDA provider does, so
+    the benchmark script and serving time the same thing.
+    """
+    torch.backends.cudnn.allow_tf32 = settings.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = settings.allow_tf32
+    torch.backends.cudnn.benchmark = settings.cuda_conv_algo_search == "EXHAUSTIVE"
 
 
 class TorchSegmentationRunner(WindowedRunner):
@@ -69,6 +85,8 @@ class TorchSegmentationRunner(WindowedRunner):
         self.spec = spec
         self.settings = settings
         self.device = torch_device(settings.device)
+        if self.device.type == "cuda":
+            configure_cuda_arithmetic(settings)
         network = load_torch_network(spec.torch_network, model_folder).to(self.device)
         self.network: torch.nn.Module = network
         self.compiled = False

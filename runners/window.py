@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from runners.errors import EngineOutputError
 from runners.prediction import RunnerPrediction
 from runners.settings import RunnerSettings
 from runners.sliding_window import activate, sliding_window_predict
@@ -98,6 +99,7 @@ def predict_volume(
     Raises:
         ValueError: ``volume`` does not have one channel per modality of the network, or the
             network returned a batch of the wrong shape.
+        EngineOutputError: the network returned NaN or infinite logits.
     """
     check_volume(volume, spec)
     mirror_axes = mirror_axes_for(spec, mirror_tta)
@@ -129,6 +131,11 @@ def predict_volume(
             return_disagreement=with_disagreement,
         )
         logits, disagreement = output.logits, output.disagreement
+    if not np.isfinite(logits).all():
+        raise EngineOutputError(
+            f"the network returned {int(np.size(logits) - np.isfinite(logits).sum())} "
+            "non-finite logits (NaN or inf); refusing to turn them into labels"
+        )
     return RunnerPrediction(
         probabilities=activate(logits, spec.output_kind),
         tta_disagreement=disagreement,
@@ -152,6 +159,11 @@ class WindowedRunner(ABC):
     @abstractmethod
     def predict_tiles(self, tiles: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Logits ``(B, K, *patch)`` for a batch of host tiles ``(B, C, *patch)``."""
+
+    @property
+    def device_window(self) -> DeviceWindow | None:
+        """The engine's network call on device-resident tiles, or None (host tiles only)."""
+        return self._device_window
 
     def predict(
         self,

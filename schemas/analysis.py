@@ -57,6 +57,12 @@ class AnalyzeOptions(BaseModel):
         description="The images are already skull-stripped (POST /analyze/dicom); None: true "
         "for NIfTI uploads, false for DICOM (brain extraction runs when configured).",
     )
+    deidentify: bool | None = Field(
+        default=None,
+        description="De-identify a DICOM study (POST /analyze/dicom): PS3.15 basic profile on "
+        "the kept headers and the SEG / SR / PDF, UIDs remapped by a keyed hash; None: the "
+        "server's dicom.deidentify, which a request may turn on but not off.",
+    )
     comment: str | None = Field(
         default=None,
         description="Free text about the study (at most 1000 characters). Untrusted data: an "

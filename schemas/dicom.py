@@ -115,6 +115,19 @@ class BrainMaskSummary(BaseModel):
     reason: str = Field(description="Why it ran or not (options.skull_stripped, extractor).")
 
 
+class AtlasNormalisation(BaseModel):
+    """Segmentation in the SRI24 atlas space (``dicom.normalise_to_atlas``), as BraTS does."""
+
+    atlas: str = Field(default="SRI24", description="The atlas the study was registered to.")
+    grid: GridSummary = Field(description="The atlas grid the network segmented on.")
+    source_role: str = Field(description="The contrast registered to the atlas T1.")
+    registration_residual_mm: float = Field(
+        description="Inverse-consistency residual of the rigid registration (mm)."
+    )
+    rotation_deg: float
+    translation_mm: float
+
+
 class DicomAnalysis(BaseModel):
     """The ``dicom`` section of an analysis of a DICOM study."""
 
@@ -127,3 +140,8 @@ class DicomAnalysis(BaseModel):
     roles: dict[str, RoleOnGrid]
     brain_mask: BrainMaskSummary
     skipped_files: int = 0
+    atlas: AtlasNormalisation | None = Field(
+        default=None,
+        description="Present when the study was segmented in the SRI24 space; the labels are "
+        "still returned on the reference grid.",
+    )

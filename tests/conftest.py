@@ -154,3 +154,68 @@ def dicom_study(asgi_client, dicom_phantom) -> dict:
     )
     assert response.status_code == 200, response.text
     return response.json()
+
+
+@pytest.fixture(scope="session")
+def orthanc() -> Iterator[object]:
+    """A private Orthanc PACS with DICOMweb (tests/orthanc_server.py; `make orthanc`)."""
+    from tests.orthanc_server import orthanc_server
+
+    with orthanc_server() as server:
+        yield server
+
+
+DEIDENTIFICATION_KEY = "deid-test-secret-0123456789abcdef"
+"""The ``patient_id_key`` (the keyed-UID secret) of :func:`deidentified_atlas_study`."""
+
+
+@pytest.fixture(scope="session")
+def deidentified_atlas_study(asgi_client, dicom_phantom) -> tuple[dict, list]:
+    """:func:`dicom_phantom` analysed once with ``options.deidentify`` and
+    ``dicom.normalise_to_atlas`` on (tests/test_dicom_deid.py, tests/test_dicom_atlas.py: one
+    analysis for both), every cerebrascan / service / plugins / runners record kept at DEBUG.
+
+    The session server has no ``patient_id_key`` and the atlas setting is off: both are set on
+    the running service for this one request (setting values, not test doubles).
+    Returns ``(answer, log records)``.
+    """
+    import logging
+
+    from pydantic import SecretStr
+
+    import service
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep(level=logging.DEBUG)
+    root = logging.getLogger()
+    loggers = [logging.getLogger(n) for n in ("cerebrascan", "service", "plugins", "runners")]
+    levels = [logger.level for logger in loggers]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(service.SETTINGS, "patient_id_key", SecretStr(DEIDENTIFICATION_KEY))
+        patch.setattr(service.SETTINGS.dicom, "normalise_to_atlas", True)
+        for logger in loggers:
+            logger.setLevel(logging.DEBUG)
+        root.addHandler(handler)
+        try:
+            response = asgi_client.post(
+                "/analyze/dicom",
+                files={
+                    "archive": (
+                        "study.zip",
+                        Path(dicom_phantom.archive).read_bytes(),
+                        "application/zip",
+                    )
+                },
+                data={"options": json.dumps({"skull_stripped": True, "deidentify": True})},
+            )
+        finally:
+            root.removeHandler(handler)
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
+    assert response.status_code == 200, response.text
+    return response.json(), records

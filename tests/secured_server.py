@@ -118,18 +118,22 @@ def wait_until_in_flight(
 
 
 def wait_for_result(
-    url: str, task_id: str, headers: dict[str, str], timeout_s: float = 600
+    url: str,
+    task_id: str,
+    headers: dict[str, str],
+    timeout_s: float = 600,
+    route: str = "/analyze",
 ) -> httpx.Response:
-    """Poll ``/analyze/status`` until the task has finished, then ``GET /analyze/get`` it."""
+    """Poll ``{route}/status`` until the task has finished, then ``GET {route}/get`` it."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         status = httpx.get(
-            f"{url}/analyze/status", params={"task_id": task_id}, headers=headers, timeout=30
+            f"{url}{route}/status", params={"task_id": task_id}, headers=headers, timeout=30
         )
         status.raise_for_status()
         if status.json()["status"] != "in_progress":
             return httpx.get(
-                f"{url}/analyze/get", params={"task_id": task_id}, headers=headers, timeout=60
+                f"{url}{route}/get", params={"task_id": task_id}, headers=headers, timeout=60
             )
         time.sleep(0.5)
     raise AssertionError(f"task {task_id} still in progress after {timeout_s} s")

@@ -2,7 +2,7 @@
 TensorRT settings (profile, cache keys) and refusals of engines this machine cannot run.
 
 The GPU paths themselves (CUDA EP, TensorRT EP, native TensorRT, torch on CUDA) need a GPU;
-``benchmarks/gpu_engines.sh`` checks and times them on a lent machine.
+``benchmarks/gpu_check.sh`` checks and times them on a lent machine.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from schemas.model_spec import ModelSpec  # noqa: E402
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default"
 DEVICE = os.environ.get("CEREBRASCAN_TEST_DEVICE", "cpu")
-"""The torch engine's device in these tests; benchmarks/gpu_engines.sh sets cuda."""
+"""The torch engine's device in these tests; benchmarks/gpu_check.sh sets cuda."""
 
 
 @pytest.fixture(scope="module")
@@ -246,8 +246,9 @@ def test_tensorrt_ep_options(spec, tmp_path) -> None:
         precision="fp16",
         tile_batch_size=2,
     )
+    h100 = ("NVIDIA H100 80GB HBM3", "9.0")
     options = provider_options(
-        spec, settings, onnx_sha256="c" * 64, engine_cache_dir=tmp_path, precision="fp16"
+        spec, settings, onnx_sha256="c" * 64, engine_cache_dir=tmp_path, precision="fp16", gpu=h100
     )
     assert [name for name, _ in options] == settings.providers
     trt = options[0][1]
@@ -256,9 +257,17 @@ def test_tensorrt_ep_options(spec, tmp_path) -> None:
     assert trt["trt_engine_cache_path"].startswith(str(tmp_path / "ort-trt"))
     assert trt["trt_profile_max_shapes"] == "image:8x4x64x64x64"
     assert trt["trt_profile_min_shapes"] == "image:1x4x64x64x64"
-    assert options[1] == ("CUDAExecutionProvider", {"device_id": 1})
+    assert options[1] == (
+        "CUDAExecutionProvider",
+        {
+            "device_id": 1,
+            "cudnn_conv_algo_search": "HEURISTIC",
+            "use_tf32": 0,
+            "arena_extend_strategy": "kSameAsRequested",
+        },
+    )
     fp32 = provider_options(
-        spec, settings, onnx_sha256="c" * 64, engine_cache_dir=tmp_path, precision="fp32"
+        spec, settings, onnx_sha256="c" * 64, engine_cache_dir=tmp_path, precision="fp32", gpu=h100
     )
     assert fp32[0][1]["trt_fp16_enable"] is False
     assert fp32[0][1]["trt_engine_cache_path"] != trt["trt_engine_cache_path"]
@@ -277,7 +286,7 @@ def test_engines_this_machine_cannot_run_are_refused_by_name(spec, tmp_path) -> 
     try:
         import tensorrt  # noqa: F401
     except ImportError:
-        with pytest.raises(RunnerConfigError, match="needs the tensorrt package"):
+        with pytest.raises(RunnerConfigError, match="needs the tensorrt and torch packages"):
             build_runner(
                 DEFAULT_MODEL, spec, RunnerSettings(engine="tensorrt", device="cuda"), cache
             )

@@ -92,6 +92,20 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     ),
     # cohorts run the pipeline offline; the service submits them, never the other way round
     "cerebrascan/cohorts": ("cerebrascan.serving", "service"),
+    # a lab's datasets: checked and versioned offline, below training; nothing that serves
+    "cerebrascan/datasets": (
+        "cerebrascan.pipeline",
+        "cerebrascan.serving",
+        "cerebrascan.store",
+        "cerebrascan.registry",
+        "cerebrascan.training",
+        "plugins",
+        "runners",
+        "service",
+    ),
+    # the DICOM receiver runs the pipeline like a transport; the send route (serving) calls
+    # its senders, never the other way round
+    "cerebrascan/pacs": ("cerebrascan.serving", "service", "plugins", "runners"),
 }
 
 MAX_ROOT_MODULES = 10

@@ -100,7 +100,7 @@ def test_openapi_is_served(asgi_client) -> None:
         ("t2f", faults.nifti_bytes(np.ones((16, 16, 16, 2, 3), np.float32)), 422, "5-D"),
         ("t1c", faults.with_value(np.nan), 422, "NaN"),
         ("t1c", faults.nifti_bytes(np.zeros((32, 32, 32), np.float32)), 422, "every voxel is zero"),
-        ("t2w", faults.absurd_dimensions(), 413, "over the limit"),
+        ("t2w", faults.absurd_dimensions(), 413, "over the per-request budget"),
         ("t2f", faults.nifti_bytes(faults.brain_like()), 422, "t2f: shape"),
     ],
     ids=["not-nifti", "truncated", "2d", "5d", "nan", "all-zero", "absurd-dims", "shape-mismatch"],

@@ -77,6 +77,16 @@ def test_volume_smaller_than_patch_is_padded_and_cropped_back() -> None:
     assert out.shape == (3, 10, 20, 5)
 
 
+def test_a_volume_one_voxel_short_of_the_patch_is_padded() -> None:
+    """A one-voxel shortfall pads after only; it was once taken for no padding at all."""
+    volume = np.ones((1, 16, 15, 16), dtype=np.float32)
+    padded, unpad = pad_to_patch(volume, (16, 16, 16))
+    assert padded.shape == (1, 16, 16, 16)
+    assert padded[unpad].shape == volume.shape
+    out = sliding_window_logits(volume, _conv_like_network, patch_size=(16, 16, 16), num_classes=3)
+    assert out.shape == (3, 16, 15, 16)
+
+
 def test_mirror_tta_batches_all_flips_and_undoes_them() -> None:
     calls: list[int] = []
 

@@ -85,7 +85,8 @@ def test_save_and_get_round_trip(repo: StudyRepository) -> None:
     loaded = repo.get_study(_sid(1))
     assert loaded == saved
     assert loaded is not None
-    assert loaded.patient_id == "PAT-0001"
+    # with a patient-id key every id is stored as its keyed hash (issue 18)
+    assert loaded.patient_id == repo.patient_key("PAT-0001") != "PAT-0001"
     assert loaded.study_date == date(2024, 5, 6)
     assert loaded.created_at == T0 and loaded.created_at.tzinfo is not None
     assert (loaded.model_name, loaded.model_version) == ("cerebrascan-brats-unet", "7")

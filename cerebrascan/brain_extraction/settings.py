@@ -6,9 +6,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, field_validator
 
+from schemas.execution_providers import check_execution_providers
+
 #: Folder of the committed deepbet ONNX files (``models/brain_extraction/README.md``).
 BUNDLED_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "brain_extraction"
-ORT_PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider")
+#: TensorRT is not offered: the two small networks gain nothing from an engine build.
+PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider")
 
 
 class BrainExtractionSettings(BaseModel):
@@ -49,11 +52,4 @@ class BrainExtractionSettings(BaseModel):
     @field_validator("providers")
     @classmethod
     def _known_providers(cls, value: list[str]) -> list[str]:
-        if not value:
-            raise ValueError("providers must name at least one ONNX Runtime execution provider")
-        unknown = [p for p in value if p not in ORT_PROVIDERS]
-        if unknown:
-            raise ValueError(
-                f"unknown execution provider(s) {unknown}; choose from {ORT_PROVIDERS}"
-            )
-        return value
+        return check_execution_providers(value, PROVIDERS)

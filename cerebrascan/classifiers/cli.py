@@ -84,17 +84,64 @@ def features(params_path: Path, cohort_dir: Path, out_dir: Path, segmentation_mo
     "--out", "out_dir", type=click.Path(path_type=Path), default=Path("models/classifiers")
 )
 @SEGMENTATION_MODEL_OPTION
+@click.option(
+    "--cases",
+    "cases_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="BraTS-style case folders to train on with --labels (instead of the phantom cohort).",
+)
+@click.option(
+    "--labels",
+    "labels_csv",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Clinical table (CSV) of the --cases: IDH, MGMT, grade, histology columns as TCGA "
+    "gives them (docs/classifiers.md).",
+)
+@click.option(
+    "--work",
+    "work_dir",
+    type=click.Path(path_type=Path),
+    default=Path("data/classifiers/labelled"),
+    show_default=True,
+    help="Where --labels writes its cohort, features and summary.",
+)
 def train(
     params_path: Path,
     cohort_dir: Path,
     features_dir: Path,
     out_dir: Path,
     segmentation_model: Path,
+    cases_dir: Path | None,
+    labels_csv: Path | None,
+    work_dir: Path,
 ) -> None:
-    """Fit the four calibrated classifiers and their OOD detectors."""
+    """Fit the four calibrated classifiers and their OOD detectors (on the phantom cohort, or
+    on ``--cases`` with ``--labels``)."""
+    import json
+
     from cerebrascan.classifiers.params import load_classifier_params
     from cerebrascan.classifiers.stages import run_train_stage
 
+    if (cases_dir is None) != (labels_csv is None):
+        raise click.UsageError("--cases and --labels go together")
+    if cases_dir is not None and labels_csv is not None:
+        from cerebrascan.classifiers.labels_stage import run_labels_train_stage
+
+        try:
+            summary = run_labels_train_stage(
+                load_classifier_params(params_path),
+                cases_dir,
+                labels_csv,
+                out_dir,
+                work_dir,
+                segmentation_model=segmentation_model,
+            )
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(json.dumps(summary, indent=2))
+        return
     run_train_stage(
         load_classifier_params(params_path),
         cohort_dir,

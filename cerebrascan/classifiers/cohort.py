@@ -128,8 +128,8 @@ def task_target(record: dict[str, Any], task: str) -> Any:
     labels = record["labels"]
     if task == "tumour_type":
         return labels["tumour_type"]
-    if task == "grade":
-        return bool(labels["high_grade"])
+    if task == "grade":  # None: not recorded (a clinical table's unknown grade)
+        return None if labels["high_grade"] is None else bool(labels["high_grade"])
     if task == "idh":
         return labels["idh_mutant"]
     if task == "mgmt":

@@ -74,13 +74,7 @@ def _features_or_none(features: dict[str, float] | None) -> dict[str, float | No
 def _case_row(record: dict[str, Any], segmentation_model: Path) -> dict[str, Any]:
     """Render one case from its seed, segment it with ``segmentation_model`` and extract its
     features on both segmentations (runs in a worker process)."""
-    from cerebrascan.atlas.mapping import structure_atlas_for
-    from cerebrascan.classifiers.features import case_features
-    from cerebrascan.classifiers.segmentation_quality import segmentation_uncertainty
-    from cerebrascan.inputs.study import Study
     from cerebrascan.phantoms.generator import PhantomParams, generate_case
-    from cerebrascan.segmentation import segment_study
-    from cerebrascan.settings import Settings
 
     started = time.perf_counter()
     overrides: dict[str, Any] = {
@@ -89,11 +83,63 @@ def _case_row(record: dict[str, Any], segmentation_model: Path) -> dict[str, Any
     }
     params = PhantomParams(tumour_type=record["rendered_type"], **overrides)
     case = generate_case(int(record["seed"]), record["case_id"], params)
-    rendered = time.perf_counter()
+    logger.debug("%s: rendered in %.2f s", record["case_id"], time.perf_counter() - started)
+    return segmented_case_row(
+        record["case_id"],
+        case.images,
+        case.segmentation,
+        case.affine,
+        record["labels"]["age_years"],
+        segmentation_model,
+    )
+
+
+def segmented_case_row(
+    case_id: str,
+    images: dict[str, Any],
+    truth: Any,
+    affine: Any,
+    age_years: float | None,
+    segmentation_model: Path,
+    *,
+    predict: bool = True,
+) -> dict[str, Any]:
+    """Segment one case with ``segmentation_model`` (the serving code path) and extract its
+    features on the ground-truth labels and on the prediction: one row of a features file.
+
+    Args:
+        case_id: the case's id.
+        images: modality -> (x, y, z) intensities, on the SRI24 grid (phantoms, BraTS cases).
+        truth: the reference BraTS labels on the same grid.
+        affine: 4x4 voxel-to-RAS affine.
+        age_years: the patient's age, or None.
+        segmentation_model: model folder (``model.onnx``, ``model_spec.json``).
+        predict: False: no segmentation, features on the ground truth only (the row's
+            predicted features are then null).
+    """
+    from cerebrascan.atlas.mapping import structure_atlas_for
+    from cerebrascan.classifiers.features import case_features
+    from cerebrascan.classifiers.segmentation_quality import segmentation_uncertainty
+    from cerebrascan.inputs.study import Study
+    from cerebrascan.segmentation import segment_study
+    from cerebrascan.settings import Settings
+
+    # phantoms and BraTS cases lie on the SRI24 grid: the atlas masks by voxel index
+    atlas = structure_atlas_for(images["t1n"], affine, mode="never").atlas
+    truth_features = case_features(images, truth, affine, atlas, age_years)
+    if not predict:
+        return {
+            "case_id": case_id,
+            "features": _features_or_none(truth_features),
+            "predicted_features": None,
+            "predicted_wt_dice": None,
+            "segmentation_uncertainty": None,
+        }
+    started = time.perf_counter()
     runner = _segmentation_runner(segmentation_model)
-    images = np.stack([case.images[m] for m in runner.spec.modalities]).astype(np.float32)
+    stacked = np.stack([images[m] for m in runner.spec.modalities]).astype(np.float32)
     segmentation = segment_study(
-        Study(images=images, affine=case.affine, modalities=tuple(runner.spec.modalities)),
+        Study(images=stacked, affine=affine, modalities=tuple(runner.spec.modalities)),
         runner,
         mirror_tta=False,
         keep_probabilities=True,
@@ -102,24 +148,19 @@ def _case_row(record: dict[str, Any], segmentation_model: Path) -> dict[str, Any
     predicted = segmentation.labels
     uncertainty = segmentation_uncertainty(segmentation.probabilities, predicted)
     segmented = time.perf_counter()
-    # phantoms lie on the SRI24 grid (small warp): the atlas masks by voxel index
-    atlas = structure_atlas_for(case.images["t1n"], case.affine, mode="never").atlas
-    age = record["labels"]["age_years"]
-    truth_features = case_features(case.images, case.segmentation, case.affine, atlas, age)
     predicted_features = (
-        case_features(case.images, predicted, case.affine, atlas, age) if predicted.any() else None
+        case_features(images, predicted, affine, atlas, age_years) if predicted.any() else None
     )
-    overlap = int(((predicted > 0) & (case.segmentation > 0)).sum())
-    sizes = int((predicted > 0).sum()) + int((case.segmentation > 0).sum())
+    overlap = int(((predicted > 0) & (truth > 0)).sum())
+    sizes = int((predicted > 0).sum()) + int((truth > 0).sum())
     logger.debug(
-        "%s: rendered in %.2f s, segmented in %.2f s, features in %.2f s",
-        record["case_id"],
-        rendered - started,
-        segmented - rendered,
+        "%s: segmented in %.2f s, features in %.2f s",
+        case_id,
+        segmented - started,
         time.perf_counter() - segmented,
     )
     return {
-        "case_id": record["case_id"],
+        "case_id": case_id,
         "features": _features_or_none(truth_features),
         "predicted_features": _features_or_none(predicted_features),
         "predicted_wt_dice": 2.0 * overlap / sizes if sizes else 1.0,

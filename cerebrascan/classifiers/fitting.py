@@ -71,7 +71,9 @@ def fit_task(
     names = [n for n, keep in zip(all_names, usable, strict=True) if keep]
     x = x_all[:, usable]
     y = np.asarray(labels)
-    model = build_classifier(params.c[task], params.seed)
+    # 5 calibration folds; fewer for a small labelled cohort (each class needs one per fold)
+    smallest_class = min(int((y == c).sum()) for c in set(labels))
+    model = build_classifier(params.c[task], params.seed, folds=max(2, min(5, smallest_class)))
     model.fit(x, y)
     ood_names = ood_feature_names(names)
     ood_rows, ood_labels, _ = task_rows(task, records, ood_features)

@@ -32,12 +32,13 @@ from sklearn.preprocessing import FunctionTransformer, QuantileTransformer, Stan
 _CLIP = 8.0
 
 
-def build_classifier(c: float, seed: int) -> CalibratedClassifierCV:
+def build_classifier(c: float, seed: int, folds: int = 5) -> CalibratedClassifierCV:
     """An untrained calibrated classifier pipeline.
 
     Args:
         c: inverse L2 regularisation strength of the logistic regression.
         seed: seed of the calibration folds.
+        folds: calibration folds (stratified: each class needs as many cases).
     """
     pipeline = Pipeline(
         [
@@ -48,7 +49,7 @@ def build_classifier(c: float, seed: int) -> CalibratedClassifierCV:
         ]
     )
     return CalibratedClassifierCV(
-        pipeline, method="sigmoid", cv=StratifiedKFold(5, shuffle=True, random_state=seed)
+        pipeline, method="sigmoid", cv=StratifiedKFold(folds, shuffle=True, random_state=seed)
     )
 
 
@@ -232,7 +233,7 @@ def fit_ood_detector(
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(x))
     oof = np.empty((len(x), 3))
-    for fold in np.array_split(order, 5):
+    for fold in np.array_split(order, min(5, len(x))):  # no empty fold for a tiny cohort
         train = np.setdiff1d(order, fold)
         pipeline = _fit_transform(x[train], variance, seed)
         means, precision = _class_model(pipeline, x[train], y[train])

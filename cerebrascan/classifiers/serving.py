@@ -176,3 +176,44 @@ def assess(
         ood_threshold=round(threshold, 4),
         top_features=listed,
     )
+
+
+def calibrated_on(spec: Mapping[str, Any]) -> str:
+    """On what a classifier's probabilities were calibrated: cohort, n, segmentation model
+    (from its ``spec.json``), for every probability it answers."""
+    counts = spec.get("train_class_counts") or {}
+    n = sum(int(v) for v in counts.values()) if counts else None
+    record = spec.get("segmentation_model") or {}
+    model = (
+        f"segmentation model {record.get('folder', '?')} "
+        f"(ONNX MD5 {str(record.get('onnx_md5', '?'))[:12]})"
+        if record
+        else "segmentation model not recorded"
+    )
+    cohort = str(spec.get("training_data") or "cohort not recorded").split(";")[0]
+    size = f"n={n}" if n is not None else "n not recorded"
+    return f"calibrated on {cohort} ({size}); features from {model}"
+
+
+def calibration_mismatch(
+    spec: Mapping[str, Any], served_name: str, served_version: str, served_md5: str | None
+) -> str | None:
+    """Why a classifier's calibration does not hold for the served segmentation model, or None.
+
+    The classifier's ``spec.json`` records the segmentation model its features (and so its
+    calibration) came from (``segmentation_model.onnx_md5``). A served model with another ONNX
+    file, or one whose file cannot be read, is not the one measured on.
+    """
+    record = spec.get("segmentation_model") or {}
+    expected = record.get("onnx_md5")
+    if not expected:
+        return None  # the classifier records no model: nothing to compare (older specs)
+    if served_md5 == expected:
+        return None
+    served = f"{served_name} version {served_version}"
+    found = f"ONNX MD5 {served_md5[:12]}" if served_md5 else "its ONNX file is not readable here"
+    return (
+        f"not assessable: this classifier was calibrated on the segmentations of "
+        f"{record.get('folder', 'another model')} (ONNX MD5 {str(expected)[:12]}); the served "
+        f"segmentation model is {served} ({found}), so its probabilities would not hold"
+    )

@@ -98,6 +98,7 @@ def _training_spec(
     params: ClassifierParams,
     segmentation_record: dict[str, Any],
     run_id: str,
+    training_data: str | None = None,
 ) -> dict[str, Any]:
     """The ``spec.json`` record of a fitted task: classes, columns, OOD numbers, provenance."""
     import sklearn
@@ -116,8 +117,9 @@ def _training_spec(
         "ood": fitted.detector.to_state(),
         "domain": "glioma" if task in GLIOMA_TASKS else "all tumour types",
         "training_data": (
-            f"synthetic phantoms: {fitted.n_cases} cases of cohort seed {params.train.seed} "
-            "(cerebrascan.phantoms tumour types); classifier features on the "
+            f"{training_data or 'synthetic phantoms'}: {fitted.n_cases} cases"
+            + ("" if training_data else f" of cohort seed {params.train.seed}")
+            + " (cerebrascan.phantoms tumour types); classifier features on the "
             f"{SOURCE_NAMES[params.model.classifier_features]}, OOD check on the "
             f"{SOURCE_NAMES[params.model.ood_features]} ({fitted.n_ood_cases} cases)"
         ),
@@ -141,6 +143,8 @@ def run_train_stage(
     out_dir: Path,
     *,
     segmentation_model: Path,
+    tasks: tuple[str, ...] = TASKS,
+    training_data: str | None = None,
 ) -> None:
     """Fit and save the four classifiers (``out_dir/<task>/``), logging to MLflow.
 
@@ -150,6 +154,8 @@ def run_train_stage(
         features_dir: the features' folder (``train.jsonl`` is read).
         out_dir: one model folder per task is written under it.
         segmentation_model: the segmentation model folder behind the predicted features.
+        tasks: the tasks to fit (all four by default).
+        training_data: what the cohort is, for ``spec.json`` (default: the phantom cohort).
     """
     from cerebrascan.classifiers.model_registry import REGISTRATION_EXPERIMENT, save_skops
     from cerebrascan.registry import ensure_experiment
@@ -160,7 +166,7 @@ def run_train_stage(
     segmentation_record = _segmentation_model_record(segmentation_model)
     settings, client = _mlflow_client()
     experiment_id = ensure_experiment(client, REGISTRATION_EXPERIMENT, settings)
-    for task in TASKS:
+    for task in tasks:
         started = time.perf_counter()
         fitted = fit_task(task, records, features, ood_features, params.model)
         folder = out_dir / task
@@ -175,7 +181,7 @@ def run_train_stage(
         client.log_param(run_id, "features", len(fitted.feature_names))
         client.log_param(run_id, "train_cohort_seed", params.train.seed)
         client.set_terminated(run_id)
-        spec = _training_spec(task, fitted, params, segmentation_record, run_id)
+        spec = _training_spec(task, fitted, params, segmentation_record, run_id, training_data)
         (folder / "spec.json").write_text(json.dumps(spec, indent=2) + "\n")
         logger.info(
             "trained %s on %d cases (%d features, OOD %d components) in %.1f s",

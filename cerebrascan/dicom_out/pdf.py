@@ -9,7 +9,13 @@ import highdicom as hd
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from cerebrascan.dicom_out.seg import MANUFACTURER, REQUIRED_EMPTY, RESEARCH_USE, Algorithm
+from cerebrascan.dicom_out.seg import (
+    MANUFACTURER,
+    REQUIRED_EMPTY,
+    RESEARCH_USE,
+    Algorithm,
+    carry_deidentification,
+)
 
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 # the patient and study module, copied from the source so the PACS files it with the study
@@ -55,4 +61,4 @@ def build_encapsulated_pdf(pdf: bytes, sources: Sequence[Dataset], algorithm: Al
     meta.MediaStorageSOPInstanceUID = sop_instance_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     dataset.file_meta = meta
-    return dataset
+    return carry_deidentification(dataset, source)

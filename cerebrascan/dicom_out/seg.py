@@ -8,6 +8,7 @@ segments) and the rest are numbered from 1, as the standard requires. No I/O her
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -47,6 +48,24 @@ REQUIRED_EMPTY = (
     "StudyDate",
     "StudyTime",
 )
+
+
+DEIDENTIFICATION_KEYWORDS = (
+    "PatientIdentityRemoved",
+    "DeidentificationMethod",
+    "DeidentificationMethodCodeSequence",
+)
+"""What marks a de-identified source (``cerebrascan.inputs.dicom.deid``); an output made from
+it says so too."""
+
+
+def carry_deidentification(output: Dataset, source: Dataset) -> Dataset:
+    """``output`` marked de-identified as ``source`` is (nothing when the source is not)."""
+    if str(source.get("PatientIdentityRemoved", "")).upper() == "YES":
+        for keyword in DEIDENTIFICATION_KEYWORDS:
+            if keyword in source:
+                setattr(output, keyword, copy.deepcopy(source[keyword].value))
+    return output
 
 
 @dataclass(frozen=True)
@@ -198,4 +217,4 @@ def build_segmentation(
         omit_empty_frames=False,
         series_description=f"CerebraScan tumour SEG ({RESEARCH_USE})",
     )
-    return segmentation
+    return carry_deidentification(segmentation, sources[0])

@@ -15,7 +15,12 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from cerebrascan.dicom_out.seg import MANUFACTURER, RESEARCH_USE, Algorithm
+from cerebrascan.dicom_out.seg import (
+    MANUFACTURER,
+    RESEARCH_USE,
+    Algorithm,
+    carry_deidentification,
+)
 
 VOLUME = Code("118565006", "SCT", "Volume")
 MAX_DIAMETER = Code("103339001", "SCT", "Long axis")
@@ -102,7 +107,7 @@ def build_measurement_report(
         procedure_reported=MR_BRAIN,
         imaging_measurements=groups,
     )
-    return hd.sr.Comprehensive3DSR(
+    sr = hd.sr.Comprehensive3DSR(
         evidence=[*sources, segmentation],
         content=report,
         series_instance_uid=hd.UID(),
@@ -112,6 +117,7 @@ def build_measurement_report(
         manufacturer=MANUFACTURER,
         series_description=f"CerebraScan tumour volumes ({RESEARCH_USE})",
     )
+    return carry_deidentification(sr, sources[0])
 
 
 def _measurement(

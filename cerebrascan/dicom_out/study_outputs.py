@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +34,8 @@ from cerebrascan.store.artefacts import DICOM_SOURCE_FILE, RESULT_FILE, StudyArt
 logger = logging.getLogger(__name__)
 
 OUTPUT_FOLDER = "dicom"
+_BUILD_LOCK = threading.Lock()
+"""One SEG build at a time in this process, whichever route's instance asks (GET and send)."""
 
 
 def _dicom_bytes(dataset: Dataset) -> bytes:
@@ -45,7 +49,6 @@ class StudyDicomOutputs:
 
     def __init__(self, store: StudyArtefacts) -> None:
         self.store = store
-        self._lock = threading.Lock()  # two requests build a study's SEG once
 
     def _sources(self, study_id: str) -> list[Dataset]:
         result = self.store.artefact(study_id, RESULT_FILE)  # 404 for an unknown study
@@ -85,7 +88,7 @@ class StudyDicomOutputs:
         self, study_id: str, seg_type: SegType, sources: list[Dataset], result: dict[str, Any]
     ) -> Dataset:
         cached = self._cached(study_id, f"seg-{seg_type}.dcm")
-        with self._lock:
+        with _BUILD_LOCK:
             if cached.is_file():
                 return pydicom.dcmread(cached)
             labels, affine = self.store.load_labels(study_id)
@@ -96,9 +99,18 @@ class StudyDicomOutputs:
             except ValueError as exc:
                 raise InputError(f"no DICOM SEG for this study: {exc}", status_code=422) from None
             cached.parent.mkdir(parents=True, exist_ok=True)
-            partial = cached.with_suffix(".partial")
-            seg.save_as(partial, enforce_file_format=True)
-            partial.replace(cached)  # never a half-written SEG in the cache
+            handle, name = tempfile.mkstemp(dir=cached.parent, prefix=f".{cached.name}.")
+            os.close(handle)
+            partial = Path(name)
+            try:
+                seg.save_as(partial, enforce_file_format=True)
+                # Create-if-absent, atomically: never a half-written SEG in the cache, and
+                # when another worker process placed one first, every answer is that one.
+                os.link(partial, cached)
+            except FileExistsError:
+                return pydicom.dcmread(cached)
+            finally:
+                partial.unlink(missing_ok=True)
             logger.info("built the %s DICOM SEG of study %s", seg_type, study_id)
             return seg
 

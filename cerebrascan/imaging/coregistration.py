@@ -25,7 +25,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -82,7 +82,9 @@ class RigidRegistration:
     duration_s: float
 
 
-def _check_volume(name: str, image: npt.NDArray[Any], affine: npt.NDArray[Any]) -> None:
+def _check_volume(
+    name: str, image: npt.NDArray[Any], affine: npt.NDArray[Any], *, needs_contrast: bool = True
+) -> None:
     if np.ndim(image) != 3 or min(np.shape(image)) < 2:
         raise ValueError(f"{name} must be a 3D volume, got shape {np.shape(image)}")
     matrix = np.asarray(affine, dtype=np.float64)
@@ -93,7 +95,7 @@ def _check_volume(name: str, image: npt.NDArray[Any], affine: npt.NDArray[Any]) 
     values = np.asarray(image)
     if not np.isfinite(values).all():
         raise ValueError(f"{name} holds NaN or infinite voxels")
-    if not float(values.max()) > float(values.min()):
+    if needs_contrast and not float(values.max()) > float(values.min()):
         raise ValueError(f"{name} is constant ({float(values.min())}); nothing to register")
 
 
@@ -190,8 +192,10 @@ def resample_onto(
     moving: npt.NDArray[Any],
     moving_affine: npt.NDArray[Any],
     transform: npt.NDArray[np.float64] | None = None,
+    *,
+    interpolation: Literal["linear", "nearest"] = "linear",
 ) -> npt.NDArray[np.float32]:
-    """``moving`` on the fixed grid by geometry (and ``transform``, if given), linear, float32.
+    """``moving`` on the fixed grid by geometry (and ``transform``, if given), float32.
 
     Args:
         fixed_shape: the target grid's shape.
@@ -200,11 +204,12 @@ def resample_onto(
         moving_affine: its affine (same frame of reference as ``fixed_affine``).
         transform: 4x4 RAS matrix fixed point -> moving point (:attr:`RigidRegistration.transform`);
             None: identity (the two grids share a frame of reference).
+        interpolation: ``linear`` (images, probabilities) or ``nearest`` (label maps).
 
     Returns:
         float32 array of ``fixed_shape``; 0 outside the moving field of view.
     """
-    _check_volume("moving", moving, moving_affine)
+    _check_volume("moving", moving, moving_affine, needs_contrast=False)
     reference = to_sitk(np.zeros(fixed_shape, dtype=np.uint8), fixed_affine)
     sitk_transform = sitk.Transform()
     if transform is not None:
@@ -214,9 +219,8 @@ def resample_onto(
         affine_transform.SetTranslation(tuple(float(v) for v in lps[:3, 3]))
         sitk_transform = affine_transform
     image = to_sitk(np.asarray(moving, dtype=np.float32), moving_affine)
-    resampled = sitk.Resample(
-        image, reference, sitk_transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32
-    )
+    interpolator = sitk.sitkNearestNeighbor if interpolation == "nearest" else sitk.sitkLinear
+    resampled = sitk.Resample(image, reference, sitk_transform, interpolator, 0.0, sitk.sitkFloat32)
     result: npt.NDArray[np.float32] = from_sitk(resampled).astype(np.float32, copy=False)
     return result
 

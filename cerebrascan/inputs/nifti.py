@@ -25,7 +25,16 @@ from cerebrascan.inputs.study import Study, Volume, check_affine, check_shape, c
 logger = logging.getLogger(__name__)
 
 GZIP_MAGIC = b"\x1f\x8b"
-_READ_ERRORS = (EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError, HeaderDataError)
+# OverflowError: numpy's memmap of a plain file whose header declares a data size it cannot map
+_READ_ERRORS = (
+    EOFError,
+    OSError,
+    OverflowError,
+    zlib.error,
+    gzip.BadGzipFile,
+    ValueError,
+    HeaderDataError,
+)
 
 
 def _open_maybe_gzip(path: Path) -> io.BufferedIOBase:
@@ -150,6 +159,19 @@ def _spatial_shape(header: nib.Nifti1Header, field: str, max_voxels: int) -> tup
     return (spatial[0], spatial[1], spatial[2])
 
 
+def _data_dtype(header: nib.Nifti1Header, field: str) -> np.dtype[Any]:
+    """The voxel type the header declares (400 for a ``datatype`` code NIfTI does not define)."""
+    try:
+        dtype: np.dtype[Any] = np.dtype(header.get_data_dtype())
+    except KeyError:
+        raise InputError(
+            f"header field datatype {int(header['datatype'])} is not a NIfTI data type code",
+            status_code=400,
+            field=field,
+        ) from None
+    return dtype
+
+
 def decode_nifti(path: Path, *, field: str, max_voxels: int) -> Volume:
     """Read one NIfTI-1/2 file (plain or gzip) into a float32 volume.
 
@@ -169,7 +191,7 @@ def decode_nifti(path: Path, *, field: str, max_voxels: int) -> Volume:
     with _open_maybe_gzip(path) as stream:
         header = _read_header(stream, field)
         shape = _spatial_shape(header, field, max_voxels)
-        dtype = np.dtype(header.get_data_dtype())
+        dtype = _data_dtype(header, field)
         if not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
             raise InputError(f"voxel data type {dtype} is not a real number type", field=field)
         check_data_layout(header, dtype, field)

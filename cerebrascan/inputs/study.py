@@ -59,6 +59,20 @@ def untrusted_text_from_dicom(attributes: Mapping[str, object]) -> dict[str, str
 
 
 @dataclass(frozen=True)
+class SegmentationSpace:
+    """Another grid the network segments the study on (the SRI24 atlas, as BraTS does); the
+    results come back onto the study's grid (:func:`cerebrascan.segmentation.segment_study`).
+    """
+
+    images: npt.NDArray[np.float32]
+    """(channels, x, y, z): the study's modalities resampled onto this grid."""
+    affine: npt.NDArray[np.float64]
+    """This grid's voxel-to-RAS affine."""
+    study_to_space: npt.NDArray[np.float64]
+    """4x4 RAS matrix: a point of the study's grid -> the same anatomy in this space."""
+
+
+@dataclass(frozen=True)
 class Study:
     """Four co-registered modalities stacked channel-first in ``modalities`` order."""
 
@@ -73,6 +87,9 @@ class Study:
     a DICOM-origin study, kept in the study folder for the DICOM outputs; None otherwise."""
     dicom_report: DicomAnalysis | None = None
     """The ``dicom`` section of the answer (series chosen, grids, resampling, brain mask)."""
+    segmentation_space: SegmentationSpace | None = None
+    """Where the network segments it when not on its own grid (``dicom.normalise_to_atlas``);
+    labels always come back on this study's grid."""
 
     @property
     def shape(self) -> tuple[int, int, int]:

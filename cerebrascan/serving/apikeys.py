@@ -7,7 +7,7 @@ import hmac
 import secrets
 from collections.abc import Sequence
 
-from cerebrascan.serving.settings import ApiKeyEntry, Role
+from cerebrascan.serving.settings import DEFAULT_TENANT, ApiKeyEntry, Role
 
 KEY_PREFIX = "cs_"
 ROLE_RANK: dict[str, int] = {"reader": 1, "admin": 2}
@@ -18,18 +18,22 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
-def new_key(name: str, role: Role) -> tuple[str, ApiKeyEntry]:
+def new_key(name: str, role: Role, tenant: str = DEFAULT_TENANT) -> tuple[str, ApiKeyEntry]:
     """A fresh random key (256 bits) and the settings entry that accepts it.
 
     Args:
         name: who will hold the key; logged with each request it authorises.
         role: ``reader`` or ``admin``.
+        tenant: the site or project whose studies and patients the key reaches.
+
+    Raises:
+        pydantic.ValidationError: a tenant name outside ``[a-z0-9][a-z0-9_-]{0,63}``.
 
     Returns:
         The key (show it once, never store it) and its :class:`ApiKeyEntry`.
     """
     key = KEY_PREFIX + secrets.token_urlsafe(32)
-    return key, ApiKeyEntry(name=name, role=role, sha256=hash_key(key))
+    return key, ApiKeyEntry(name=name, role=role, sha256=hash_key(key), tenant=tenant)
 
 
 def role_allows(held: str, needed: str) -> bool:

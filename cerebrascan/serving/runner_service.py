@@ -5,7 +5,10 @@ it sends each preprocessed case here **once** (``bentoml.depends``), not tile by
 tile costs ~80 ms through the service boundary, an order of magnitude more than a GPU spends on
 it. Here, tiling, mirror TTA and the Gaussian accumulation run next to the network, and the
 batchable API lets cases that arrive together share tile batches
-(:mod:`runners.cross_case_batching`).
+(:mod:`runners.cross_case_batching`). On a GPU, with an engine that has a device window (torch
+installed beside it), the cases stay on the device: one upload per case, tiles of all cases
+cut, flipped, batched and accumulated there, logits copied back once per case
+(:mod:`runners.device_cross_case`).
 
 What crosses the boundary (pickled by BentoML between its own processes, protocol 5, so arrays
 travel as raw buffers; the runner service refuses nothing it did not get from the front):
@@ -52,6 +55,7 @@ from pydantic import (
     PlainSerializer,
     WithJsonSchema,
 )
+from starlette.exceptions import HTTPException
 
 from cerebrascan.errors import InputError, RunnerUnavailableError
 from cerebrascan.registry import (
@@ -68,6 +72,14 @@ from cerebrascan.serving.logs import (
 )
 from cerebrascan.settings import Settings
 from runners.cross_case_batching import CaseRequest, cross_case_sliding_window
+from runners.engine_check import (
+    CachedProbe,
+    EngineHealth,
+    Probe,
+    check_reference_tile,
+    exit_if_sticky,
+)
+from runners.errors import EngineCheckError
 from runners.factory import build_runner
 from runners.precision_guard import PrecisionDecision
 from runners.prediction import RunnerPrediction
@@ -246,6 +258,9 @@ class CrossCaseRunner:
         tile_step: sliding-window step as a fraction of the patch.
         tile_batch_size: most tile images per network call.
         model_version: the version this runner serves.
+        device_resident: tile on the engine's device (:mod:`runners.device_cross_case`); None:
+            when the engine has a device window on a CUDA device. Cases that ask for the
+            flips' disagreement always take the host window.
     """
 
     def __init__(
@@ -256,12 +271,17 @@ class CrossCaseRunner:
         tile_step: float,
         tile_batch_size: int,
         model_version: str,
+        device_resident: bool | None = None,
     ) -> None:
         self.tile_runner = tile_runner
         self.spec = spec
         self.tile_step = tile_step
         self.tile_batch_size = tile_batch_size
         self.model_version = model_version
+        window = tile_runner.device_window
+        if device_resident is None:
+            device_resident = window is not None and window.device.type == "cuda"
+        self.device_window = window if device_resident else None
 
     def segment(self, cases: list[RunnerCase]) -> list[RunnerResult]:
         """One result per case, in order; a failing case never raises for the others."""
@@ -292,15 +312,29 @@ class CrossCaseRunner:
                 )
             )
             indices.append(index)
-        outcome = cross_case_sliding_window(
-            requests,
-            self.tile_runner.predict_tiles,
-            patch_size=self.spec.patch_size,
-            num_classes=self.spec.num_outputs,
-            channels=len(self.spec.modalities),
-            step=self.tile_step,
-            batch_size=self.tile_batch_size,
-        )
+        window_arguments = {
+            "patch_size": self.spec.patch_size,
+            "num_classes": self.spec.num_outputs,
+            "channels": len(self.spec.modalities),
+            "step": self.tile_step,
+            "batch_size": self.tile_batch_size,
+        }
+        if self.device_window is not None and not any(r.return_disagreement for r in requests):
+            # torch is imported only where an engine has a device window
+            from runners.device_cross_case import device_cross_case_sliding_window
+
+            outcome = device_cross_case_sliding_window(
+                requests,
+                self.device_window.predict,
+                device=self.device_window.device,
+                **window_arguments,  # type: ignore[arg-type]
+            )
+        else:
+            outcome = cross_case_sliding_window(
+                requests,
+                self.tile_runner.predict_tiles,
+                **window_arguments,  # type: ignore[arg-type]
+            )
         elapsed_ms = (time.perf_counter() - clock) * 1000
         for position, index in enumerate(indices):
             output, error = outcome.outputs[position], outcome.errors[position]
@@ -394,6 +428,12 @@ class SegmentationRunnerService:
         self.model = resolve_model(settings)
         self._lock = threading.Lock()
         self._engines: OrderedDict[tuple[str, str], CrossCaseRunner] = OrderedDict()
+        # consecutive engine failures: past settings.health the process exits to be restarted
+        self.health = EngineHealth(settings.health.sticky_engine_failures)
+        self._probe = CachedProbe(
+            lambda: check_reference_tile(self.engine.tile_runner),
+            settings.health.readiness_probe_ttl_s,
+        )
         engine = self._load(self.model)
         self.providers: list[str] = list(engine.tile_runner.providers)
         logger.info(
@@ -404,9 +444,9 @@ class SegmentationRunnerService:
             settings.batching.max_batch_size,
         )
 
-    def _load(self, model: ResolvedModel) -> CrossCaseRunner:
+    def _load(self, model: ResolvedModel, tile_runner: TileRunner | None = None) -> CrossCaseRunner:
         engine = CrossCaseRunner(
-            build_tile_runner(model, self.settings),
+            tile_runner if tile_runner is not None else build_tile_runner(model, self.settings),
             model.spec,
             tile_step=self.settings.runner.tile_step,
             tile_batch_size=self.settings.runner.tile_batch_size,
@@ -437,6 +477,60 @@ class SegmentationRunnerService:
         """The engine of the most recently used version."""
         return next(reversed(self._engines.values()))
 
+    def check_version(self, model_name: str, model_version: str) -> dict[str, Any]:
+        """Load ``model_name`` version ``model_version`` and run the reference tile through its
+        engine; keep it loaded when it answers (a promotion asks this before its alias moves).
+
+        Returns:
+            ``{"ok": true, "error": null}``, or ``ok`` false and why the version cannot serve
+            (its files, its engine build, or its reference-tile logits); the versions loaded
+            before are untouched then.
+        """
+        try:
+            model = resolve_model_version(self.settings, model_name, model_version)
+            try:
+                tile_runner = build_tile_runner(model, self.settings)
+            except Exception as exc:  # a file that does not load (bad protobuf, opset, ...)
+                raise EngineCheckError(
+                    f"{model_name} version {model_version} does not load: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            check_reference_tile(tile_runner)
+        except (ModelNotAvailableError, EngineCheckError) as exc:
+            logger.warning(
+                "runner service refused %s version %s: %s", model_name, model_version, exc
+            )
+            return {"ok": False, "error": str(exc)}
+        with self._lock:
+            self._load(model, tile_runner)
+        logger.info("runner service checked and loaded %s version %s", model_name, model_version)
+        return {"ok": True, "error": None}
+
+    def readiness(self) -> Probe:
+        """Whether the engine answers: a sticky failure, else the cached reference-tile probe
+        (``health.readiness_probe_ttl_s``)."""
+        sticky = self.health.sticky_reason
+        if sticky is not None:
+            return Probe(False, sticky, 0.0)
+        return self._probe()
+
+    def __is_ready__(self) -> bool:
+        """``/readyz``: 503 with the reason while the engine cannot answer."""
+        probe = self.readiness()
+        if not probe.ready:
+            raise HTTPException(status_code=503, detail=f"runner not ready: {probe.reason}")
+        return True
+
+    def _record_engine_health(self, results: list[RunnerResult]) -> None:
+        """Count a pass's network failure once (not once per case of its batch); a pass that
+        answered resets the count. Exits the process when the engine is broken for good."""
+        if any(r.error_kind == "runner" for r in results):
+            error = next(r.error for r in results if r.error_kind == "runner")
+            self.health.record_failure(RuntimeError(error))
+            exit_if_sticky(self.health)
+        elif any(r.error is None for r in results):
+            self.health.record_success()
+
     def segment(self, cases: list[RunnerCase]) -> list[RunnerResult]:
         """Segment preprocessed cases; BentoML merges concurrent calls into one list.
 
@@ -455,7 +549,9 @@ class SegmentationRunnerService:
                     with bound_request_id(cases[index].request_id):
                         logger.warning("runner case failed: %s", exc)
                 continue
-            for index, result in zip(indices, engine.segment([cases[i] for i in indices])):
+            answered = engine.segment([cases[i] for i in indices])
+            self._record_engine_health(answered)
+            for index, result in zip(indices, answered):
                 results[index] = result
         return [result for result in results if result is not None]
 
@@ -518,6 +614,7 @@ def build_runner_service(settings: Settings, *, standalone: bool = False) -> Any
             max_latency_ms=batching.max_latency_ms,
         )(SegmentationRunnerService.segment)
         describe = bentoml.api(SegmentationRunnerService.describe)
+        check_version = bentoml.api(SegmentationRunnerService.check_version)
 
     if standalone and batching.runner_token is not None:
         # bentoml.service made the class a Service; mypy ignores class decorators
@@ -630,6 +727,27 @@ class RemoteSegmentationRunner:
             request_id=forwardable_request_id(),
         )
 
+    def check_engine(self) -> None:
+        """Have the runner service load this version and run the reference tile through it
+        (a promotion, before its alias moves); the version stays loaded there.
+
+        Raises:
+            EngineCheckError: the runner service refused the version (the reason), or cannot
+                be reached.
+        """
+        try:
+            answer = self.service.check_version(
+                model_name=self.model_name, model_version=self.model_version
+            )
+        except (aiohttp.ClientConnectionError, httpx.TransportError) as exc:
+            raise EngineCheckError(
+                f"the runner service cannot be reached to check version {self.model_version} "
+                f"({type(exc).__name__})"
+            ) from exc
+        if not isinstance(answer, dict) or answer.get("ok") is not True:
+            reason = answer.get("error") if isinstance(answer, dict) else repr(answer)[:200]
+            raise EngineCheckError(f"the runner service refused the version: {reason}")
+
     def predict(
         self,
         volume: npt.NDArray[np.float32],
@@ -736,3 +854,57 @@ def remote_runner_factory(
         )
 
     return build
+
+
+def front_readiness(
+    settings: Settings, runner: Callable[[], Any | None], runner_service: Any | None
+) -> Callable[[], Probe]:
+    """The front's ``/readyz`` probe: can the runner answer now?
+
+    - in-process engine (``batching.remote_runner`` off): the reference tile through it,
+      cached for ``health.readiness_probe_ttl_s``;
+    - the runner service beside the front: BentoML probes it (its ``/readyz`` is
+      :meth:`SegmentationRunnerService.__is_ready__`); in-process (``to_asgi``, tests) that
+      method is called directly;
+    - a runner service at ``batching.runner_url``: its ``/readyz``, cached likewise.
+
+    Args:
+        settings: the front's settings.
+        runner: returns the pipeline's runner in service (None before start-up).
+        runner_service: the runner service handle, or None with an in-process engine.
+    """
+    ttl = settings.health.readiness_probe_ttl_s
+
+    def check_in_process() -> None:
+        current = runner()
+        if current is None:
+            raise EngineCheckError("the model is not loaded yet")
+        check_reference_tile(current)
+
+    def check_remote() -> None:
+        if isinstance(runner_service, SegmentationRunnerService):
+            runner_service.__is_ready__()  # raises HTTPException with the reason
+            return
+        is_ready = getattr(runner_service, "is_ready", None)
+        if callable(is_ready) and not _sync_is_ready(is_ready):
+            raise EngineCheckError(
+                f"the runner service at {settings.batching.runner_url} is not ready"
+            )
+
+    if runner_service is None:
+        return CachedProbe(check_in_process, ttl)
+    if settings.batching.runner_url is None and not isinstance(
+        runner_service, SegmentationRunnerService
+    ):
+        # bentoml.depends under `bentoml serve`: BentoML's own readyz asks the runner's readyz
+        return lambda: Probe(True, None, time.monotonic())
+    return CachedProbe(check_remote, ttl)
+
+
+def _sync_is_ready(is_ready: Callable[..., Any]) -> bool:
+    """``is_ready(5)`` of BentoML's sync HTTP client (a ``/readyz`` GET within 5 s); a
+    connection error is a no."""
+    try:
+        return bool(is_ready(5))
+    except (httpx.TransportError, OSError):
+        return False

@@ -15,6 +15,8 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 Role = Literal["reader", "admin"]
 
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+TENANT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+DEFAULT_TENANT = "default"  # cerebrascan.store.models.DEFAULT_TENANT (checked by tests)
 
 
 class ApiKeyEntry(BaseModel):
@@ -29,6 +31,12 @@ class ApiKeyEntry(BaseModel):
     name: str = Field(min_length=1, max_length=64, description="Who holds the key (logged).")
     role: Role = Field(description="reader: analyse and read studies; admin: also /admin.")
     sha256: str = Field(description="Hex SHA-256 of the key.")
+    tenant: str = Field(
+        default=DEFAULT_TENANT,
+        pattern=TENANT_PATTERN,
+        description="The site or project the key belongs to: its studies, patients, reports, "
+        "views and jobs are its own; another tenant's ids answer 404 like unknown ones.",
+    )
 
     @field_validator("sha256")
     @classmethod
@@ -238,3 +246,64 @@ class GrpcSettings(BaseModel):
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ValueError("grpc.tls_client_ca_file needs grpc.tls_cert_file and tls_key_file")
         return self
+
+
+class HealthSettings(BaseModel):
+    """What ``/readyz`` checks, and when a broken engine restarts its process
+    (``runners.engine_check``)."""
+
+    model_config = {"extra": "forbid"}
+
+    readiness_probe_ttl_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description="/readyz runs the reference tile through the engine (in the runner service "
+        "when there is one) at most once per this many seconds and answers from that probe "
+        "in between.",
+    )
+    sticky_engine_failures: int = Field(
+        default=3,
+        ge=1,
+        le=1000,
+        description="Consecutive engine failures after which the runner service process exits "
+        "non-zero (exit code 75) so its supervisor restarts it; an unrecoverable GPU fault "
+        "(illegal memory access, lost context) exits at once.",
+    )
+
+
+class BoundSettings(BaseModel):
+    """Bounds on the work of one request and of the server as a whole
+    (``cerebrascan.serving.limits``)."""
+
+    model_config = {"extra": "forbid"}
+
+    request_deadline_s: float = Field(
+        default=540.0,
+        gt=0,
+        le=3600,
+        description="Whole-request deadline of an analysis, below the 600 s HTTP request "
+        "timeout: each analyzer's time limit is min(its own, the time left); analyzers not "
+        "started by then are skipped with the reason.",
+    )
+    max_concurrent_analyses: int = Field(
+        default=4,
+        ge=1,
+        le=256,
+        description="Analyses running at once in a worker, HTTP /analyze* and gRPC "
+        "ModelInfer sharing one limit; beyond it a request waits up to queue_wait_s, then "
+        "answers 429 (gRPC RESOURCE_EXHAUSTED) with a message.",
+    )
+    queue_wait_s: float = Field(
+        default=2.0,
+        ge=0,
+        le=600,
+        description="How long a request waits for a free analysis slot before it is refused.",
+    )
+    max_request_memory_mb: float = Field(
+        default=1024.0,
+        gt=0,
+        description="Most memory the images of one NIfTI request may declare in their headers "
+        "(voxels x max(bytes per voxel, 4) summed over the contrasts), in MiB; over it: 413 "
+        "naming the sizes, before any voxel is read.",
+    )

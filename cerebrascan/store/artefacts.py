@@ -7,10 +7,15 @@ half-written file.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +23,7 @@ import nibabel as nib
 import numpy as np
 import numpy.typing as npt
 
-from cerebrascan.errors import InputError
+from cerebrascan.errors import InputError, StorageFullError
 from cerebrascan.inputs.case_folder import load_nifti_image, write_labels
 from schemas.analyzers import ARTEFACT_NAME_PATTERN
 
@@ -40,6 +45,56 @@ RESERVED_ARTEFACT_NAMES = frozenset(
 )
 """Artefact names an analyzer may not use (the label map is served at its own route)."""
 NIFTI_DESCRIPTION_BYTES = 80
+WRITING_MARKER_PREFIX = ".writing-"
+"""A study folder holding ``.writing-<host>-<pid>`` is being written by that process."""
+STORAGE_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+"""OSError numbers meaning the data folder has no room: disk full, quota, file size limit."""
+
+logger = logging.getLogger(__name__)
+
+
+def writing_marker_name(pid: int | None = None) -> str:
+    """The writing marker of process ``pid`` (default: this one) on this host."""
+    return f"{WRITING_MARKER_PREFIX}{socket.gethostname()}-{os.getpid() if pid is None else pid}"
+
+
+def is_storage_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it was raised from) is a full disk, quota or size limit:
+    an OSError with such an errno, or a database's own "disk is full" error (SQLite's
+    SQLITE_FULL, PostgreSQL's SQLSTATE 53100)."""
+    for seen in _chain(exc):
+        if isinstance(seen, OSError) and seen.errno in STORAGE_FULL_ERRNOS:
+            return True
+        text = str(seen)
+        if "database or disk is full" in text or getattr(seen, "sqlstate", None) == "53100":
+            return True
+    return False
+
+
+def storage_full_error(study_id: str, exc: BaseException) -> StorageFullError:
+    """The 507 error for a study whose files did not fit (the OSError's text names why)."""
+    reason = next(
+        (
+            e.strerror or str(e)
+            for e in _chain(exc)
+            if isinstance(e, OSError) and e.errno in STORAGE_FULL_ERRNOS
+        ),
+        str(exc),
+    )
+    return StorageFullError(
+        f"study {study_id} could not be stored: the data folder has no room ({reason}); "
+        "nothing of it was kept; retry once space is freed"
+    )
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the errors it was raised from or during, each once."""
+    current: BaseException | None = exc
+    visited: set[int] = set()
+    while current is not None and id(current) not in visited:
+        visited.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
 
 
 class StudyArtefacts:
@@ -71,11 +126,34 @@ class StudyArtefacts:
         folder = self.folder(study_id)
         folder.mkdir(parents=True, exist_ok=True)
         staging = folder / f".{SEGMENTATION_FILE}.partial.nii.gz"
-        write_labels(labels, affine, staging)
-        os.replace(staging, folder / SEGMENTATION_FILE)
+        with _removed_on_error(staging):
+            write_labels(labels, affine, staging)
+            os.replace(staging, folder / SEGMENTATION_FILE)
         with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, suffix=".json") as handle:
-            handle.write(result_json)
-        os.replace(handle.name, folder / RESULT_FILE)
+            staged_result = Path(handle.name)
+            with _removed_on_error(staged_result):
+                handle.write(result_json)
+                handle.flush()
+        with _removed_on_error(staged_result):
+            os.replace(staged_result, folder / RESULT_FILE)
+
+    def begin_write(self, study_id: str) -> Path:
+        """Create a study's folder marked as being written by this process (until
+        :meth:`end_write`): a folder left marked by a process that died is an interrupted
+        write, which :func:`sweep_interrupted_writes` removes at the next start.
+
+        Raises:
+            InputError: 400 if the id is not 32 lowercase hex characters.
+        """
+        folder = self.folder(study_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        marker = folder / writing_marker_name()
+        marker.touch()
+        return marker
+
+    def end_write(self, study_id: str) -> None:
+        """The study's files and record are complete: drop this process's writing marker."""
+        (self.folder(study_id) / writing_marker_name()).unlink(missing_ok=True)
 
     def delete(self, study_id: str) -> bool:
         """Remove a study's folder (label map, result, artefacts, display copies, views).
@@ -217,12 +295,21 @@ class StudyArtefacts:
         """Path of an analyzer artefact ``<name>.nii.gz``.
 
         Raises:
-            InputError: 400 if the name is malformed, 404 if the study or artefact is absent.
+            InputError: 400 if the name is malformed, 403 if it is reserved
+                (:data:`RESERVED_ARTEFACT_NAMES`), 404 if the study or artefact is absent.
         """
         if not ARTEFACT_NAME_PATTERN.match(name):
             raise InputError(
                 f"artefact name {name[:80]!r} must match {ARTEFACT_NAME_PATTERN.pattern}",
                 status_code=400,
+            )
+        if name in RESERVED_ARTEFACT_NAMES:
+            # the store's own files: the registration image stays inside, the label map and
+            # display copies have their own routes
+            raise InputError(
+                f"artefact name {name!r} is reserved for the store's own files "
+                f"({', '.join(sorted(RESERVED_ARTEFACT_NAMES))}) and is not served here",
+                status_code=403,
             )
         return self.artefact(study_id, f"{name}.nii.gz")
 
@@ -268,8 +355,20 @@ def _write_nifti(
     image.set_data_dtype(data.dtype)
     image.header["descrip"] = description
     staging = path.with_name(f".{path.name}.partial.nii.gz")
-    nib.save(image, str(staging))
-    os.replace(staging, path)
+    with _removed_on_error(staging):
+        nib.save(image, str(staging))
+        os.replace(staging, path)
+
+
+@contextmanager
+def _removed_on_error(path: Path) -> Iterator[None]:
+    """Remove ``path`` (a staging file) when the block fails, so a failed write (a full disk)
+    leaves no half-written file behind."""
+    try:
+        yield
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 def _storable(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
@@ -327,3 +426,60 @@ class StudyArtefactSink:
             raise ValueError(f"artefact {name!r} has dtype {data.dtype}; it must be numeric")
         self.store.save_artefact(self.study_id, name, data, self.affine, description=description)
         return f"/studies/{self.study_id}/artefacts/{name}"
+
+
+def sweep_interrupted_writes(
+    artefacts: StudyArtefacts, is_recorded: Callable[[str], bool]
+) -> list[str]:
+    """Remove what interrupted writes left in the studies folder (run at start-up).
+
+    A study folder still marked as being written (:meth:`StudyArtefacts.begin_write`) by a
+    process of this host that no longer runs (killed mid-write) is removed when the study has no
+    record: files without a record are never served. With a record the write had finished, so
+    only the stale marker and staging files go. Markers of live processes (another server on
+    the same data folder) and of other hosts are left alone.
+
+    Args:
+        artefacts: the study files.
+        is_recorded: whether the store holds a record of a study id.
+
+    Returns:
+        The ids of the study folders removed.
+    """
+    removed: list[str] = []
+    if not artefacts.root.is_dir():
+        return removed
+    host_prefix = f"{WRITING_MARKER_PREFIX}{socket.gethostname()}-"
+    for marker in sorted(artefacts.root.glob(f"*/{WRITING_MARKER_PREFIX}*")):
+        folder = marker.parent
+        if not STUDY_ID_PATTERN.match(folder.name) or not marker.name.startswith(host_prefix):
+            continue
+        pid_text = marker.name[len(host_prefix) :]
+        if not pid_text.isdigit() or _process_runs(int(pid_text)):
+            continue
+        if is_recorded(folder.name):
+            for staging in folder.glob(".*.partial.nii.gz"):
+                staging.unlink(missing_ok=True)
+            marker.unlink(missing_ok=True)
+            continue
+        logger.warning(
+            "removing study %s: its write was interrupted (process %s is gone) and it has no "
+            "record",
+            folder.name,
+            pid_text,
+        )
+        artefacts.delete(folder.name)
+        removed.append(folder.name)
+    return removed
+
+
+def _process_runs(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from cerebrascan.store.artefacts import StudyArtefacts
+from cerebrascan.store.models import DEFAULT_TENANT
 from cerebrascan.store.records import StudyRepository
 
 if TYPE_CHECKING:
@@ -57,14 +58,25 @@ class StudyDeletion:
         self.repository = repository
         self.artefacts = artefacts
 
-    def delete_study(self, study_id: str) -> bool:
+    def delete_study(self, study_id: str, *, tenant: str | None = None) -> bool:
         """Delete one study; whether there was anything to delete.
+
+        Args:
+            study_id: the study.
+            tenant: delete it only if it is this tenant's (a study without a record only for
+                the default tenant); None: whoever's (the retention sweep).
 
         Raises:
             InputError: 400 for a malformed study id.
         """
+        self.artefacts.folder(study_id)  # 400 for a malformed id, before the store is asked
+        if tenant is not None:
+            owner = self.repository().study_owner(study_id)
+            owned = owner[0] == tenant if owner is not None else tenant == DEFAULT_TENANT
+            if not owned:
+                return False
         removed_files = self.artefacts.delete(study_id)
-        record = self.repository().delete_study(study_id)
+        record = self.repository().delete_study(study_id, tenant=tenant)
         found = removed_files or record is not None
         if found:
             logger.info(
@@ -83,18 +95,21 @@ class StudyDeletion:
             logger.info("retention: %d studies analysed before %s deleted", deleted, cutoff)
         return deleted
 
-    def delete_patient(self, patient_id: str) -> int | None:
-        """Delete a patient and all their studies; how many studies, or None if unknown.
+    def delete_patient(self, patient_id: str, *, tenant: str = DEFAULT_TENANT) -> int | None:
+        """Delete a tenant's patient and all their studies; how many studies, or None if
+        unknown (to that tenant).
 
         Raises:
             PatientIdError: the patient id is refused (the message never repeats it).
         """
         repository = self.repository()
         key = repository.patient_key(patient_id)
-        study_ids = [record.study_id for record in repository.studies_for_patient(key)]
+        study_ids = [
+            record.study_id for record in repository.studies_for_patient(key, tenant=tenant)
+        ]
         for study_id in study_ids:
             self.artefacts.delete(study_id)
-        deleted = repository.delete_patient(key)
+        deleted = repository.delete_patient(key, tenant=tenant)
         if deleted is None:
             return None
         for study_id in set(deleted) - set(study_ids):  # saved while this ran

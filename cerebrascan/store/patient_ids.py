@@ -1,10 +1,11 @@
 """Patient identifiers: pseudonymous ids only, never personal names.
 
-An id that looks like a personal name (whitespace, ``^`` or ``,`` as in DICOM ``DOE^JOHN``, a
-capitalised letters-only word such as ``Smith``, or no digit at all) is never stored as sent:
-with a key configured (``Settings.patient_id_key``) it is replaced by a keyed HMAC-SHA256 of
-its normalised form, otherwise it is refused. Other ids must be 1-64 characters of
-``[A-Za-z0-9._-]``. Error messages never repeat the id (it may be personal data).
+With a key configured (``Settings.patient_id_key``) every patient id is stored as a keyed
+HMAC-SHA256, never as sent: a name-like one of its normalised form, any other of the id itself.
+Without a key, an id that looks like a personal name (whitespace, ``^`` or ``,`` as in DICOM
+``DOE^JOHN``, a capitalised letters-only word such as ``Smith``, or no digit at all) is
+refused, and other ids (1-64 characters of ``[A-Za-z0-9._-]``) are stored as sent. Error
+messages never repeat the id (it may be personal data).
 """
 
 from __future__ import annotations
@@ -55,16 +56,26 @@ def hash_patient_id(value: str, key: bytes) -> str:
     return HASH_PREFIX + digest
 
 
+def hash_pseudonym(value: str, key: bytes) -> str:
+    """Keyed HMAC-SHA256 of a pseudonymous (not name-like) id as sent: ``hmac-<64 hex>``.
+
+    Case is kept (``PAT-1`` and ``pat-1`` stay two patients, as they are without a key).
+    """
+    digest = hmac.new(key, value.encode("utf-8"), hashlib.sha256).hexdigest()
+    return HASH_PREFIX + digest
+
+
 def normalise_patient_id(value: str, key: bytes | None) -> str:
     """The key a patient id is stored under.
 
     Args:
         value: the id sent by the client.
-        key: HMAC key for name-like ids; None refuses them.
+        key: HMAC key of patient ids; None stores pseudonymous ids as sent and refuses
+            name-like ones.
 
     Returns:
-        ``value`` itself for a pseudonymous id (or an already hashed ``hmac-...`` key), the
-        keyed hash for a name-like one.
+        An already hashed ``hmac-...`` key itself; with ``key``, the keyed hash of any other
+        id; without, a pseudonymous id itself.
 
     Raises:
         PatientIdError: empty, over ``MAX_PATIENT_ID_CHARS``, name-like without a key, or
@@ -93,4 +104,4 @@ def normalise_patient_id(value: str, key: bytes | None) -> str:
             f"patient_id must be 1-64 characters of [A-Za-z0-9._-] starting with a letter or "
             f"digit; {detail} (length {len(value)})"
         )
-    return value
+    return hash_pseudonym(value, key) if key is not None else value

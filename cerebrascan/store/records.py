@@ -5,6 +5,9 @@ transactions, a 30 s busy timeout); teams point ``Settings.store_url`` at Postgr
 (``postgresql+psycopg://user:password@host/db``). Each study is saved in one transaction; saving a
 study id that is already stored changes nothing and is not an error. Patient ids go through
 :func:`~cerebrascan.store.patient_ids.normalise_patient_id` and are never logged.
+
+Every study and patient belongs to a tenant (``DEFAULT_TENANT`` unless the caller names one);
+a patient id is looked up within its tenant only, so two tenants' ``P1`` are two patients.
 """
 
 from __future__ import annotations
@@ -17,13 +20,22 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import CursorResult, Engine, create_engine, delete, event, func, select
+from sqlalchemy import (
+    CursorResult,
+    Engine,
+    create_engine,
+    delete,
+    event,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import sessionmaker
 
 from cerebrascan.store import migrations
-from cerebrascan.store.models import Patient, Study
-from cerebrascan.store.patient_ids import normalise_patient_id
+from cerebrascan.store.models import DEFAULT_TENANT, Patient, Study
+from cerebrascan.store.patient_ids import HASH_PREFIX, normalise_patient_id
 
 if TYPE_CHECKING:
     from cerebrascan.settings import Settings
@@ -51,6 +63,7 @@ class StudyRecord:
     analyzer_versions: dict[str, str]
     findings: dict[str, Any] = field(repr=False)
     artefacts: dict[str, str]
+    tenant: str = DEFAULT_TENANT
 
 
 def normalise_url(url: str) -> URL:
@@ -101,8 +114,11 @@ class StudyRepository:
 
     Args:
         url: SQLAlchemy URL of the store (``sqlite:///path`` or ``postgresql+psycopg://...``).
-        patient_id_key: HMAC key for name-like patient ids; None refuses them.
+        patient_id_key: HMAC key of patient ids (every id is stored as its keyed hash); None
+            stores pseudonymous ids as sent and refuses name-like ones.
         migrate: run ``alembic upgrade head`` now (the default; tests of migrations turn it off).
+            With a key, ids stored as sent (before a key was set) are then replaced by their
+            hash, so their timelines still join.
     """
 
     def __init__(
@@ -114,6 +130,8 @@ class StudyRepository:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         if migrate:
             migrations.upgrade(self.engine)
+            if patient_id_key is not None:
+                self._hash_stored_patient_ids()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> StudyRepository:
@@ -148,6 +166,7 @@ class StudyRepository:
         created_at: datetime | None = None,
         analyzer_versions: Mapping[str, str] | None = None,
         artefacts: Mapping[str, str] | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> StudyRecord:
         """Store a study (and its patient, if new) in one transaction.
 
@@ -163,6 +182,7 @@ class StudyRepository:
             created_at: when the study was analysed (aware); default now.
             analyzer_versions: analyzer name -> version.
             artefacts: artefact name -> location (``file://`` URI).
+            tenant: the tenant the study and its patient belong to.
 
         Raises:
             ValueError: a malformed study id or a naive ``created_at``.
@@ -173,6 +193,7 @@ class StudyRepository:
         now = datetime.now(UTC)
         row = {
             "id": study_id,
+            "tenant": tenant,
             "patient_id": key,
             "study_date": study_date,
             "created_at": created_at or now,
@@ -186,8 +207,8 @@ class StudyRepository:
             if key is not None:
                 session.execute(
                     self._insert(Patient)
-                    .values(id=key, created_at=now)
-                    .on_conflict_do_nothing(index_elements=["id"])
+                    .values(tenant=tenant, id=key, created_at=now)
+                    .on_conflict_do_nothing(index_elements=["tenant", "id"])
                 )
             result = session.execute(
                 self._insert(Study).values(**row).on_conflict_do_nothing(index_elements=["id"])
@@ -200,8 +221,9 @@ class StudyRepository:
             raise RuntimeError(f"study {study_id} vanished right after it was saved")
         return record
 
-    def get_study(self, study_id: str) -> StudyRecord | None:
-        """The stored study ``study_id``, or None if there is none.
+    def get_study(self, study_id: str, *, tenant: str | None = None) -> StudyRecord | None:
+        """The stored study ``study_id``, or None if there is none (or, with ``tenant``, if it
+        belongs to another tenant).
 
         Raises:
             ValueError: the id is not 32 lowercase hex characters.
@@ -209,10 +231,28 @@ class StudyRepository:
         _check_study_id(study_id)
         with self._sessions() as session:
             study = session.get(Study, study_id)
-            return _record(study) if study is not None else None
+            if study is None or (tenant is not None and study.tenant != tenant):
+                return None
+            return _record(study)
 
-    def studies_for_patient(self, patient_id: str) -> list[StudyRecord]:
-        """A patient's studies, by study date (undated last), then created time, then id.
+    def study_owner(self, study_id: str) -> tuple[str, str | None] | None:
+        """The tenant and stored patient key of ``study_id``, or None if it has no record
+        (one indexed read, no findings: the tenant check of every study route).
+
+        Raises:
+            ValueError: the id is not 32 lowercase hex characters.
+        """
+        _check_study_id(study_id)
+        query = select(Study.tenant, Study.patient_id).where(Study.id == study_id)
+        with self._sessions() as session:
+            row = session.execute(query).first()
+        return (row[0], row[1]) if row is not None else None
+
+    def studies_for_patient(
+        self, patient_id: str, *, tenant: str = DEFAULT_TENANT
+    ) -> list[StudyRecord]:
+        """A tenant's patient's studies, by study date (undated last), then created time,
+        then id.
 
         Raises:
             PatientIdError: the patient id is refused.
@@ -220,6 +260,7 @@ class StudyRepository:
         key = self.patient_key(patient_id)
         query = (
             select(Study)
+            .where(Study.tenant == tenant)
             .where(Study.patient_id == key)
             .order_by(Study.study_date.asc().nulls_last(), Study.created_at, Study.id)
         )
@@ -227,9 +268,15 @@ class StudyRepository:
             return [_record(study) for study in session.scalars(query)]
 
     def prior_studies(
-        self, patient_id: str, before: date, *, limit: int, exclude_study_id: str | None = None
+        self,
+        patient_id: str,
+        before: date,
+        *,
+        limit: int,
+        exclude_study_id: str | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> list[StudyRecord]:
-        """A patient's studies dated strictly before ``before``, oldest first.
+        """A tenant's patient's studies dated strictly before ``before``, oldest first.
 
         Studies without a date, on the same date or later are left out; of the rest, the
         ``limit`` most recent are returned (ties on a date: created time, then id).
@@ -243,6 +290,7 @@ class StudyRepository:
         key = self.patient_key(patient_id)
         query = (
             select(Study)
+            .where(Study.tenant == tenant)
             .where(Study.patient_id == key)
             .where(Study.study_date.is_not(None))
             .where(Study.study_date < before)
@@ -255,21 +303,26 @@ class StudyRepository:
             found = [_record(study) for study in session.scalars(query)]
         return found[::-1]
 
-    def has_patient(self, patient_id: str) -> bool:
-        """Whether any study of the patient is stored.
+    def has_patient(self, patient_id: str, *, tenant: str = DEFAULT_TENANT) -> bool:
+        """Whether any study of the tenant's patient is stored.
 
         Raises:
             PatientIdError: the patient id is refused.
         """
         key = self.patient_key(patient_id)
         with self._sessions() as session:
-            return session.get(Patient, key) is not None
+            return session.get(Patient, (tenant, key)) is not None
 
-    def delete_study(self, study_id: str) -> StudyRecord | None:
+    def delete_study(self, study_id: str, *, tenant: str | None = None) -> StudyRecord | None:
         """Delete the study ``study_id`` (and its patient when it was the patient's last).
 
+        Args:
+            study_id: the study.
+            tenant: delete it only if it belongs to this tenant; None: whoever it belongs to
+                (the retention sweep).
+
         Returns:
-            The deleted record, or None if there was none.
+            The deleted record, or None if there was none (of ``tenant``).
 
         Raises:
             ValueError: the id is not 32 lowercase hex characters.
@@ -277,7 +330,7 @@ class StudyRepository:
         _check_study_id(study_id)
         with self._sessions.begin() as session:
             study = session.get(Study, study_id)
-            if study is None:
+            if study is None or (tenant is not None and study.tenant != tenant):
                 return None
             record = _record(study)
             session.delete(study)
@@ -286,10 +339,15 @@ class StudyRepository:
                 left = session.scalar(
                     select(func.count())
                     .select_from(Study)
+                    .where(Study.tenant == record.tenant)
                     .where(Study.patient_id == record.patient_id)
                 )
                 if not left:
-                    session.execute(delete(Patient).where(Patient.id == record.patient_id))
+                    session.execute(
+                        delete(Patient)
+                        .where(Patient.tenant == record.tenant)
+                        .where(Patient.id == record.patient_id)
+                    )
             return record
 
     def study_ids_created_before(self, cutoff: datetime) -> list[str]:
@@ -300,8 +358,8 @@ class StudyRepository:
         with self._sessions() as session:
             return list(session.scalars(query))
 
-    def delete_patient(self, patient_id: str) -> list[str] | None:
-        """Delete a patient and every study of theirs, in one transaction.
+    def delete_patient(self, patient_id: str, *, tenant: str = DEFAULT_TENANT) -> list[str] | None:
+        """Delete a tenant's patient and every study of theirs, in one transaction.
 
         Returns:
             The ids of the deleted studies, or None if the patient is not stored.
@@ -310,13 +368,36 @@ class StudyRepository:
             PatientIdError: the patient id is refused.
         """
         key = self.patient_key(patient_id)
+        theirs = (Study.tenant == tenant) & (Study.patient_id == key)
         with self._sessions.begin() as session:
-            if session.get(Patient, key) is None:
+            if session.get(Patient, (tenant, key)) is None:
                 return None
-            study_ids = list(session.scalars(select(Study.id).where(Study.patient_id == key)))
-            session.execute(delete(Study).where(Study.patient_id == key))
-            session.execute(delete(Patient).where(Patient.id == key))
+            study_ids = list(session.scalars(select(Study.id).where(theirs)))
+            session.execute(delete(Study).where(theirs))
+            session.execute(delete(Patient).where(Patient.tenant == tenant, Patient.id == key))
             return study_ids
+
+    def _hash_stored_patient_ids(self) -> None:
+        """Replace patient ids stored as sent (before ``patient_id_key`` was set) by their
+        keyed hash, patient and studies in one transaction; a no-op once all are hashed."""
+        unhashed = select(Patient).where(Patient.id.not_like(f"{HASH_PREFIX}%"))
+        with self._sessions.begin() as session:
+            patients = list(session.scalars(unhashed))
+            for patient in patients:
+                key = self.patient_key(patient.id)
+                session.execute(
+                    self._insert(Patient)
+                    .values(tenant=patient.tenant, id=key, created_at=patient.created_at)
+                    .on_conflict_do_nothing(index_elements=["tenant", "id"])
+                )
+                session.execute(
+                    update(Study)
+                    .where(Study.tenant == patient.tenant, Study.patient_id == patient.id)
+                    .values(patient_id=key)
+                )
+                session.delete(patient)
+        if patients:
+            logger.info("%d stored patient ids replaced by their keyed hash", len(patients))
 
     def _insert(self, model: type[Patient] | type[Study]) -> Any:
         if self.dialect == "postgresql":
@@ -344,4 +425,5 @@ def _record(study: Study) -> StudyRecord:
         analyzer_versions=dict(study.analyzer_versions),
         findings=dict(study.findings),
         artefacts=dict(study.artefacts),
+        tenant=study.tenant,
     )

@@ -94,7 +94,7 @@ def map_modalities(channel_names: dict[str, str], override: list[str] | None) ->
     return names
 
 
-def _load_checkpoint(path: Path) -> dict[str, Any]:
+def load_checkpoint(path: Path) -> dict[str, Any]:
     """``torch.load`` with ``weights_only=True``; numpy scalars in nnU-Net's logging allowed."""
     import torch
 
@@ -178,7 +178,6 @@ def _build(
     from importlib.metadata import version as package_version
 
     import torch
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -191,7 +190,7 @@ def _build(
 
     plans = json.loads((source / "plans.json").read_text())
     dataset = json.loads((source / "dataset.json").read_text())
-    checkpoints = [_load_checkpoint(source / f"fold_{f}" / checkpoint_name) for f in folds]
+    checkpoints = [load_checkpoint(source / f"fold_{f}" / checkpoint_name) for f in folds]
     first = checkpoints[0]
     configuration = first["init_args"].get("configuration")
     trainer_name = first["trainer_name"]
@@ -270,9 +269,12 @@ def _build(
         except ValueError as exc:
             raise NnunetImportError(f"channel {c} normalisation {scheme!r}: {exc}") from exc
     num_outputs = label_manager.num_segmentation_heads
-    trainer_class = recursive_find_trainer_class_by_name(trainer_name)
-    if trainer_class is None:
-        raise NnunetImportError(f"trainer class {trainer_name!r} not found in nnunetv2")
+    from cerebrascan.training.nnunet_trainers import find_trainer_class
+
+    try:  # nnU-Net's own trainers, and this project's (nnunet_trainers.py)
+        trainer_class = find_trainer_class(trainer_name)
+    except ValueError as exc:
+        raise NnunetImportError(f"trainer class {trainer_name!r} not found: {exc}") from exc
     networks = []
     for fold, checkpoint in zip(folds, checkpoints):
         if (

@@ -59,6 +59,15 @@ class EvaluateParams(BaseModel):
     tile_step: float = 0.5
     mirror_tta: bool = False
     min_component_ml: float = Field(default=0.05, ge=0)
+    official_metrics: bool = Field(
+        default=True,
+        description="Also score with the official brats-evaluation package (lesion-wise).",
+    )
+    official_metrics_python: str = Field(
+        default=".venv-brats/bin/python",
+        description="Interpreter of the venv holding brats-evaluation (`make brats-metrics`); "
+        "relative to the project root.",
+    )
 
 
 class PipelineParams(BaseModel):

@@ -19,7 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cerebrascan.classifiers.model_registry import ClassifierNotAvailableError, LoadedClassifier
 from cerebrascan.classifiers.segmentation_quality import UNCERTAIN_BAND, segmentation_uncertainty
-from cerebrascan.classifiers.serving import RESEARCH_NOTICE, Assessment, assess, study_features
+from cerebrascan.classifiers.serving import (
+    RESEARCH_NOTICE,
+    Assessment,
+    assess,
+    calibrated_on,
+    calibration_mismatch,
+    study_features,
+)
 from cerebrascan.classifiers.settings import ClassifierSettings
 from plugins.analyzer import AnalysisContext, Analyzer, Need
 from plugins.builtin._support import channel, segmentation_of, voxel_volume_ml
@@ -77,6 +84,11 @@ class TaskPrediction(BaseModel):
     )
     model_name: str | None = Field(description="Registered model name.")
     model_version: str | None = Field(description="Registry version used; null if none.")
+    calibrated_on: str | None = Field(
+        default=None,
+        description="On what the probabilities were calibrated: cohort, n and the "
+        "segmentation model the features came from (null when no model was loaded).",
+    )
 
 
 class ClassifierResult(BaseModel):
@@ -113,7 +125,11 @@ def _rounded(value: float | None) -> float | None:
 
 
 def _not_assessable_prediction(
-    task: str, reason: str, name: str | None = None, version: str | None = None
+    task: str,
+    reason: str,
+    name: str | None = None,
+    version: str | None = None,
+    calibration: str | None = None,
 ) -> TaskPrediction:
     return TaskPrediction(
         task=task,
@@ -127,6 +143,7 @@ def _not_assessable_prediction(
         ood_threshold=None,
         model_name=name,
         model_version=version,
+        calibrated_on=calibration,
     )
 
 
@@ -146,6 +163,7 @@ def prediction_of(task: str, model: LoadedClassifier, answer: Assessment) -> Tas
         ood_threshold=answer.ood_threshold,
         model_name=model.name,
         model_version=model.version,
+        calibrated_on=calibrated_on(model.spec),
     )
 
 
@@ -262,6 +280,23 @@ def run_tasks(
     except ClassifierNotAvailableError as exc:
         logger.warning("classifiers %s unavailable: %s", list(tasks), exc)
         return nothing(f"not assessable: model not installed ({exc})")
+    # a calibration holds only for the segmentation model its features were measured on
+    served = context.segmentation_model
+    mismatched: dict[str, str] = {}
+    for task, model in models.items():
+        if served is not None:
+            reason = calibration_mismatch(model.spec, served.name, served.version, served.onnx_md5)
+            if reason is not None:
+                mismatched[task] = reason
+    if mismatched and len(mismatched) == len(tasks):
+        run = nothing(next(iter(mismatched.values())), {m.name: m.version for m in models.values()})
+        run.result.predictions = [
+            _not_assessable_prediction(
+                t, mismatched[t], models[t].name, models[t].version, calibrated_on(models[t].spec)
+            )
+            for t in tasks
+        ]
+        return run
     started = time.perf_counter()
     mapping = map_atlas(context, options)
     images = context.images
@@ -284,6 +319,14 @@ def run_tasks(
     features_ms = (time.perf_counter() - started) * 1000.0
     predictions, assessments = [], {}
     for task in tasks:
+        if task in mismatched:
+            model = models[task]
+            predictions.append(
+                _not_assessable_prediction(
+                    task, mismatched[task], model.name, model.version, calibrated_on(model.spec)
+                )
+            )
+            continue
         answer = assess(
             models[task],
             features,

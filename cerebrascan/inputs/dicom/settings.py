@@ -60,6 +60,26 @@ class DicomSettings(BaseModel):
         description="A step between slice positions over this multiple of the median step is "
         "reported as a missing slice.",
     )
+    normalise_to_atlas: bool = Field(
+        default=False,
+        description="Register the study rigidly to the SRI24 T1 and segment it there, as "
+        "BraTS does; labels are still returned on the reference series' grid and the answer "
+        "reports the registration residual.",
+    )
+    deidentify: bool = Field(
+        default=False,
+        description="De-identify every DICOM study (PS3.15 basic profile, keyed UIDs; needs "
+        "patient_id_key): the kept headers, the SEG / SR / PDF and the answer's UIDs. Off: "
+        "results are filed back under the patient's own study in the hospital's PACS; a "
+        "request may still ask for it (options.deidentify), and may not turn it off when on.",
+    )
+    deidentify_uid_root: str = Field(
+        default="2.25",
+        pattern=r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$",
+        max_length=44,
+        description="UID root of de-identified UIDs: 2.25 (UUID-derived) or the organisation's "
+        "registered root.",
+    )
     spacing_tolerance_mm: float = Field(
         default=0.01,
         gt=0,

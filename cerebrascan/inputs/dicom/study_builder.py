@@ -19,9 +19,12 @@ from typing import Any, Protocol
 import nibabel as nib
 import numpy as np
 import numpy.typing as npt
+from pydicom.datadict import tag_for_keyword
 
 from cerebrascan.errors import InputError
+from cerebrascan.imaging.coregistration import resample_onto
 from cerebrascan.imaging.geometry import spacing_from_affine
+from cerebrascan.inputs.dicom.deid import Deidentifier
 from cerebrascan.inputs.dicom.grid import (
     field_of_view_overlap,
     reorient,
@@ -34,12 +37,19 @@ from cerebrascan.inputs.dicom.settings import DicomSettings
 from cerebrascan.inputs.dicom.volumes import SeriesVolume, build_volume, series_label
 from cerebrascan.inputs.study import (
     DICOM_UNTRUSTED_TEXT_TAGS,
+    SegmentationSpace,
     Study,
     check_grid,
     check_voxel_values,
     untrusted_text_from_dicom,
 )
-from schemas.dicom import BrainMaskSummary, DicomAnalysis, GridSummary, RoleOnGrid
+from schemas.dicom import (
+    AtlasNormalisation,
+    BrainMaskSummary,
+    DicomAnalysis,
+    GridSummary,
+    RoleOnGrid,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +83,25 @@ onto the fixed grid)."""
 
 
 @dataclass(frozen=True)
+class AtlasRegistration:
+    """The reference grid's rigid registration to an atlas (``normalise_to_atlas``)."""
+
+    shape: tuple[int, int, int]
+    """The atlas grid's shape."""
+    affine: npt.NDArray[np.float64]
+    """The atlas grid's voxel-to-RAS affine."""
+    transform: npt.NDArray[np.float64]
+    """4x4 RAS matrix: an atlas point -> the same anatomy on the reference grid."""
+    residual_mm: float
+    rotation_deg: float
+    translation_mm: float
+
+
+NormaliseToAtlas = Callable[[npt.NDArray[np.float32], npt.NDArray[np.float64]], AtlasRegistration]
+"""``(brain image, affine) -> AtlasRegistration`` (the SRI24 T1, composed by ``service.py``)."""
+
+
+@dataclass(frozen=True)
 class DicomStudy:
     """What the builder hands the transport: the study and the timings of its stages."""
 
@@ -89,14 +118,19 @@ def _grid_summary(shape: tuple[int, ...], affine: npt.NDArray[np.float64]) -> Gr
     )
 
 
-def source_headers(series: IndexedSeries) -> tuple[dict[str, Any], ...]:
-    """Every instance's header as DICOM JSON (``to_json_dict``), pixel data removed."""
+def source_headers(
+    series: IndexedSeries, deidentify: Deidentifier | None = None
+) -> tuple[dict[str, Any], ...]:
+    """Every instance's header as DICOM JSON (``to_json_dict``), pixel data removed, and
+    de-identified (:mod:`.deid`) when ``deidentify`` is given."""
     headers = []
     for instance in series.instances:
         header = instance.header.copy()
         for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
             if keyword in header:
                 del header[keyword]
+        if deidentify is not None:
+            header = deidentify.dataset(header)
         headers.append(header.to_json_dict(suppress_invalid_tags=True))
     return tuple(headers)
 
@@ -131,6 +165,8 @@ def build_study(
     skull_stripped: bool,
     strip_skull: StripSkull | None = None,
     register: Register | None = None,
+    deidentify: Deidentifier | None = None,
+    normalise_to_atlas: NormaliseToAtlas | None = None,
 ) -> DicomStudy:
     """Decode the chosen series, put them on the reference grid and build the study.
 
@@ -143,6 +179,12 @@ def build_study(
         skull_stripped: the study is already skull-stripped (no brain extraction).
         strip_skull: brain extraction, or None when none is configured.
         register: rigid registration, or None when none is configured.
+        deidentify: the basic-profile de-identification of the kept headers, the answer's
+            UIDs and the untrusted text taken from them; None keeps them as sent.
+        normalise_to_atlas: rigid registration of the (brain-extracted) t1n, or the
+            reference, to an atlas; the study is then segmented on the atlas grid
+            (:class:`~cerebrascan.inputs.study.SegmentationSpace`), its labels still returned
+            on the reference grid. None: segmented on the reference grid.
 
     Raises:
         InputError: 422 naming the series and the problem (see :func:`.volumes.build_volume`),
@@ -251,6 +293,37 @@ def build_study(
             reason=f"brain extracted from {source_role} on the reference grid",
         )
         timings["brain_extraction"] = (time.perf_counter() - clock) * 1000
+    space, atlas = None, None
+    if normalise_to_atlas is not None:
+        clock = time.perf_counter()
+        source_role = "t1n" if "t1n" in modalities else reference_role
+        channel = modalities.index(source_role)
+        to_atlas = normalise_to_atlas(stack[channel], ref_affine)
+        on_atlas = np.stack(
+            [
+                resample_onto(
+                    to_atlas.shape,
+                    to_atlas.affine,
+                    image,
+                    ref_affine,
+                    to_atlas.transform,
+                )
+                for image in stack
+            ]
+        )
+        space = SegmentationSpace(
+            images=on_atlas,
+            affine=to_atlas.affine,
+            study_to_space=np.linalg.inv(to_atlas.transform).astype(np.float64),
+        )
+        atlas = AtlasNormalisation(
+            grid=_grid_summary(to_atlas.shape, to_atlas.affine),
+            source_role=source_role,
+            registration_residual_mm=round(to_atlas.residual_mm, 3),
+            rotation_deg=round(to_atlas.rotation_deg, 3),
+            translation_mm=round(to_atlas.translation_mm, 3),
+        )
+        timings["atlas_normalisation"] = (time.perf_counter() - clock) * 1000
     report = DicomAnalysis(
         study_uid=reference_series.study_uid,
         reference_role=reference_role,
@@ -259,16 +332,22 @@ def build_study(
         roles=roles,
         brain_mask=brain,
         skipped_files=len(index.skipped),
+        atlas=atlas,
     )
+    headers = source_headers(reference_series, deidentify)
+    text_source = {k: reference_series.attribute(k) for k in DICOM_UNTRUSTED_TEXT_TAGS}
+    if deidentify is not None:
+        report = deidentify.report(report)
+        # the free text left after the profile (it removes the descriptions)
+        text_source = {k: _json_text(headers[0], k) for k in DICOM_UNTRUSTED_TEXT_TAGS}
     study = Study(
         images=np.ascontiguousarray(stack, dtype=np.float32),
         affine=ref_affine,
         modalities=tuple(modalities),
-        supplied_text=untrusted_text_from_dicom(
-            {k: reference_series.attribute(k) for k in DICOM_UNTRUSTED_TEXT_TAGS}
-        ),
-        dicom_source=source_headers(reference_series),
+        supplied_text=untrusted_text_from_dicom(text_source),
+        dicom_source=headers,
         dicom_report=report,
+        segmentation_space=space,
     )
     logger.info(
         "DICOM study built on a %s grid from %d series", "x".join(map(str, ref_shape)), len(roles)
@@ -308,6 +387,12 @@ def _check_frames_of_reference(
                 f"coordinates cannot be related without a rigid registration, which is {why}",
                 field="series",
             )
+
+
+def _json_text(header: Mapping[str, Any], keyword: str) -> str | None:
+    """A text attribute of a DICOM JSON header, or None."""
+    values = (header.get(f"{tag_for_keyword(keyword):08X}") or {}).get("Value") or []
+    return str(values[0]) if values else None
 
 
 def _series_number(series: IndexedSeries) -> int | None:

@@ -15,12 +15,14 @@ from pathlib import Path
 
 from cerebrascan.errors import InputError
 from cerebrascan.inputs.dicom.archive import StudyFiles, collect_uploads, unpack_archive
+from cerebrascan.inputs.dicom.deid import Deidentifier
 from cerebrascan.inputs.dicom.index import StudyIndex, index_files
 from cerebrascan.inputs.dicom.inventory import inventory
 from cerebrascan.inputs.dicom.selection import SelectionRule, load_rules, select_series
 from cerebrascan.inputs.dicom.settings import DicomSettings
 from cerebrascan.inputs.dicom.study_builder import (
     DicomStudy,
+    NormaliseToAtlas,
     Register,
     StripSkull,
     build_study,
@@ -144,8 +146,11 @@ def read_dicom_study(
     series_map: Mapping[str, str] | None = None,
     strip_skull: StripSkull | None = None,
     register: Register | None = None,
+    deidentify: Deidentifier | None = None,
+    normalise_to_atlas: NormaliseToAtlas | None = None,
 ) -> DicomStudy:
-    """An upload to a checked study on the reference series' grid (``POST /analyze/dicom``).
+    """An upload to a checked study on the reference series' grid (``POST /analyze/dicom``);
+    with ``deidentify``, what it keeps of the headers is de-identified (:mod:`.deid`).
 
     Raises:
         InputError: 4xx naming the member, series or contrast at fault (archive, selection,
@@ -171,5 +176,7 @@ def read_dicom_study(
             skull_stripped=skull_stripped,
             strip_skull=strip_skull,
             register=register,
+            deidentify=deidentify,
+            normalise_to_atlas=normalise_to_atlas,
         )
     return DicomStudy(study=built.study, timings_ms={"dicom_index": index_ms, **built.timings_ms})

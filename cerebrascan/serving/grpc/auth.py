@@ -13,6 +13,7 @@ low: ``PERMISSION_DENIED``; the message names what is missing, never the key.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -20,8 +21,8 @@ from typing import Any
 import grpc
 
 from cerebrascan.serving.apikeys import KeyRing, role_allows
-from cerebrascan.serving.http.auth import presented_key
-from cerebrascan.serving.settings import AuthSettings, Role
+from cerebrascan.serving.http.auth import Caller, presented_key
+from cerebrascan.serving.settings import DEFAULT_TENANT, ApiKeyEntry, AuthSettings, Role
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,18 @@ METHOD_ROLES: Mapping[str, Role | None] = {
     "RepositoryIndex": "reader",
 }
 """Role each OIP method needs (None: open). A method not listed needs ``admin``."""
+
+_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar(
+    "cerebrascan_grpc_caller", default=None
+)
+
+
+def grpc_caller() -> Caller:
+    """The caller of the gRPC call this thread serves: its key's name, role and tenant (the
+    default tenant's admin when auth is off, as over HTTP)."""
+    caller = _caller.get()
+    return caller if caller is not None else Caller(None, "admin", DEFAULT_TENANT)
+
 
 MISSING_KEY = "missing API key: send metadata 'authorization: Bearer <key>' or 'x-api-key: <key>'"
 
@@ -103,13 +116,21 @@ def wrap_behaviour(
     return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary), **serialisers)
 
 
-def _logged(handler: grpc.RpcMethodHandler, log: Callable[[], None]) -> grpc.RpcMethodHandler:
-    """``handler`` that calls ``log()`` first, in the thread (and request context) of the call."""
+def _logged(
+    handler: grpc.RpcMethodHandler, log: Callable[[], None], entry: ApiKeyEntry | None = None
+) -> grpc.RpcMethodHandler:
+    """``handler`` that calls ``log()`` first, in the thread (and request context) of the call,
+    and runs as ``entry``'s caller (:func:`grpc_caller`)."""
+    caller = Caller(entry.name, entry.role, entry.tenant) if entry is not None else None
 
     def wrap(behaviour: Callable[..., Any]) -> Callable[..., Any]:
         def logged(request: Any, context: grpc.ServicerContext) -> Any:
             log()
-            return behaviour(request, context)
+            token = _caller.set(caller)
+            try:
+                return behaviour(request, context)
+            finally:
+                _caller.reset(token)
 
         return logged
 
@@ -168,4 +189,5 @@ class ApiKeyInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         return _logged(
             handler,
             lambda: logger.debug("gRPC %s authorised by API key %r", name, entry.name),
+            entry,
         )

@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent import futures
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import anyio.to_thread
@@ -40,7 +41,13 @@ from cerebrascan.inputs.oip import (
     decode_infer_request,
     serialize_bytes_elements,
 )
-from cerebrascan.serving.grpc.auth import ApiKeyInterceptor, metadata_headers, wrap_behaviour
+from cerebrascan.serving.grpc.auth import (
+    ApiKeyInterceptor,
+    grpc_caller,
+    metadata_headers,
+    wrap_behaviour,
+)
+from cerebrascan.serving.limits import AnalysisLimiter, ServerBusyError
 from cerebrascan.serving.logs import (
     REQUEST_ID_HEADER,
     bound_request_id,
@@ -48,6 +55,7 @@ from cerebrascan.serving.logs import (
 )
 from cerebrascan.serving.settings import GrpcSettings
 from cerebrascan.settings import Settings
+from cerebrascan.store.audit import AuditEntry, AuditTrail, patient_pseudonym
 from schemas.analysis import RESEARCH_USE_NOTICE, AnalyzeOptions, research_notice_for
 
 if TYPE_CHECKING:
@@ -65,7 +73,7 @@ def _status_of(error: InputError) -> grpc.StatusCode:
     """The gRPC status of an :class:`InputError` (its HTTP status, mapped)."""
     if error.status_code == 404:
         return grpc.StatusCode.NOT_FOUND
-    if error.status_code == 413:
+    if error.status_code in (413, 429):  # too large, or every analysis slot taken
         return grpc.StatusCode.RESOURCE_EXHAUSTED
     return grpc.StatusCode.INVALID_ARGUMENT
 
@@ -131,6 +139,9 @@ class OipServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignor
         loop: the BentoML service's event loop, when there is one: studies then run in its
             AnyIO worker threads, where BentoML's dependency clients (the runner service) work.
         max_voxels: the largest grid a request may send (``limits.max_voxels``).
+        limiter: the analysis slots shared with HTTP ``/analyze*`` (``bounds``); default:
+            one of its own, ``bounds`` defaults.
+        request_deadline_s: a study's whole-request deadline (``bounds.request_deadline_s``).
     """
 
     def __init__(
@@ -140,7 +151,11 @@ class OipServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignor
         loop: asyncio.AbstractEventLoop | None = None,
         *,
         max_voxels: int,
+        limiter: AnalysisLimiter | None = None,
+        request_deadline_s: float = 540.0,
     ) -> None:
+        self.limiter = limiter if limiter is not None else AnalysisLimiter(4, 2.0)
+        self.request_deadline_s = request_deadline_s
         self.pipeline = pipeline
         self.model_name = model_name
         self.max_voxels = max_voxels
@@ -202,6 +217,32 @@ class OipServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignor
     @override
     def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:
         pipeline = self._pipeline_for(request.model_name, request.model_version, context)
+        deadline = time.monotonic() + self.request_deadline_s
+        made: list[tuple[str, str | None]] = []
+        code = grpc.StatusCode.UNKNOWN
+        try:
+            # one count of analyses with HTTP /analyze*: beyond it RESOURCE_EXHAUSTED
+            with self.limiter.slot("gRPC ModelInfer"):
+                answer = self._infer(pipeline, request, context, deadline, made)
+            code = grpc.StatusCode.OK
+            return answer
+        except ServerBusyError as exc:
+            _abort(context, _status_of(exc), str(exc))
+        finally:
+            if code is not grpc.StatusCode.OK:
+                code = _aborted_code(context)
+            audit_grpc_infer(pipeline, made[0] if made else None, code)
+
+    def _infer(
+        self,
+        pipeline: AnalysisPipeline,
+        request: Any,
+        context: grpc.ServicerContext,
+        deadline: float,
+        made: list[tuple[str, str | None]],
+    ) -> Any:
+        """One ``ModelInfer`` holding an analysis slot; the study it made (and its stored
+        patient key) is appended to ``made`` for the audit trail."""
         # the model this study is decoded for serves all of it, even if a promotion lands now
         with pipeline.serving_for_study() as serving:
             spec = serving[0].spec
@@ -221,7 +262,11 @@ class OipServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignor
             try:
                 analysis = self._in_service_thread(
                     functools.partial(
-                        pipeline.run, serving=serving, input_timings_ms={"decode": decode_ms}
+                        pipeline.run,
+                        serving=serving,
+                        input_timings_ms={"decode": decode_ms},
+                        deadline=deadline,
+                        tenant=grpc_caller().tenant,
                     ),
                     decoded.study,
                     options,
@@ -231,6 +276,10 @@ class OipServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignor
             except RunnerUnavailableError as exc:
                 _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
         response = analysis.response
+        patient_id = options.patient_id
+        made.append(
+            (response.study_id, pipeline.records.patient_key(patient_id) if patient_id else None)
+        )
         outputs = []
         raw_outputs = []
         output_tensor = service_pb2.ModelInferResponse.InferOutputTensor
@@ -275,7 +324,39 @@ class OipServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignor
         return pipeline
 
 
-def start_oip_server(settings: Settings, pipeline: PipelineGetter) -> grpc.Server | None:
+def _aborted_code(context: grpc.ServicerContext) -> grpc.StatusCode:
+    """The status a call ended with (``context.abort`` set it; UNKNOWN for an exception)."""
+    code = context.code() if hasattr(context, "code") else None
+    return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+
+
+def audit_grpc_infer(
+    pipeline: AnalysisPipeline,
+    made: tuple[str, str | None] | None,
+    code: grpc.StatusCode,
+) -> None:
+    """One audit record of a ``ModelInfer`` (an analysis: patient-linked) in the study store;
+    ``status`` holds the gRPC code's number. A failed write is logged, never raised."""
+    caller = grpc_caller()
+    entry = AuditEntry(
+        at=datetime.now(UTC),
+        tenant=caller.tenant,
+        key_name=caller.key_name,
+        action="analyze",
+        route="gRPC ModelInfer",
+        study_id=made[0] if made else None,
+        patient=patient_pseudonym(made[1]) if made else None,
+        status=int(code.value[0]),
+    )
+    try:
+        AuditTrail(pipeline.records.engine).append(entry)
+    except Exception:  # the answer is decided: a failed audit write is logged loudly instead
+        logger.exception("audit record of gRPC ModelInfer could not be written")
+
+
+def start_oip_server(
+    settings: Settings, pipeline: PipelineGetter, *, limiter: AnalysisLimiter | None = None
+) -> grpc.Server | None:
     """Start the OIP gRPC server on ``settings.grpc.port`` in its own threads.
 
     Calls need an API key when ``settings.auth.enabled`` (:mod:`cerebrascan.serving.grpc.auth`) and
@@ -283,6 +364,12 @@ def start_oip_server(settings: Settings, pipeline: PipelineGetter) -> grpc.Serve
     may share the port (SO_REUSEPORT, gRPC's default on Linux). Port 0 disables the server.
     Called from the service's ``__init__`` (inside its event loop), studies run in that loop's
     worker threads, as HTTP requests do.
+
+    Args:
+        settings: the process's settings.
+        pipeline: returns the pipeline in service (None while it is loading).
+        limiter: the analysis slots shared with HTTP ``/analyze*`` (one per worker); default:
+            a limiter of this server's own from ``settings.bounds``.
 
     Returns:
         The started server (stopped at interpreter exit), or None when disabled or the port
@@ -311,7 +398,18 @@ def start_oip_server(settings: Settings, pipeline: PipelineGetter) -> grpc.Serve
     except RuntimeError:  # not inside an event loop: run studies in the gRPC threads
         loop = None
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        OipServicer(pipeline, config.model_name, loop, max_voxels=settings.limits.max_voxels),
+        OipServicer(
+            pipeline,
+            config.model_name,
+            loop,
+            max_voxels=settings.limits.max_voxels,
+            limiter=limiter
+            if limiter is not None
+            else AnalysisLimiter(
+                settings.bounds.max_concurrent_analyses, settings.bounds.queue_wait_s
+            ),
+            request_deadline_s=settings.bounds.request_deadline_s,
+        ),
         server,
     )
     address = f"{config.host}:{config.port}"

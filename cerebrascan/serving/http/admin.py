@@ -1,8 +1,10 @@
 """Admin routes, mounted at ``/admin`` (role ``admin`` in :mod:`cerebrascan.serving.http.auth`).
 
 ``POST /admin/models/promote`` ``{"version": "3"}`` (optionally ``"name"``: the served model by
-default) points the served alias (``champion``) at that registry version and hot-swaps the
-model: studies already running finish on the old one. With ``"name"`` one of the classifier
+default) loads that registry version in the runner, runs the reference tile through its engine
+and only then points the served alias (``champion``) at it and hot-swaps the model: studies
+already running finish on the old one; a version that does not load or answers wrongly is a
+409 with the reason, the alias unmoved. With ``"name"`` one of the classifier
 models (``classifiers.model_names``) it moves ``classifiers.alias`` instead, checks that the
 version loads, and rebuilds the analyzers so ``classification`` / ``radiogenomics`` serve it.
 ``POST /admin/plugins/reload`` reloads the analyzer plugins (and so re-resolves the classifier
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from mlflow.exceptions import MlflowException
@@ -29,9 +32,15 @@ from cerebrascan.classifiers.model_registry import ClassifierNotAvailableError, 
 from cerebrascan.errors import InputError
 from cerebrascan.observability import record_serving_model
 from cerebrascan.pipeline import AnalysisPipeline
-from cerebrascan.registry import ModelNotAvailableError, client_for, resolve_model
+from cerebrascan.registry import (
+    ModelNotAvailableError,
+    client_for,
+    record_last_good,
+    resolve_model_version,
+)
 from cerebrascan.settings import Settings
 from plugins.host import AnalyzerHost
+from runners.errors import EngineCheckError
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +86,10 @@ def promote(
     Raises:
         InputError: ``name`` is neither the served model nor a classifier (400) or has no such
             version (404).
-        ModelNotAvailableError: the version's files are bad; the alias is moved back.
+        ModelNotAvailableError: the version's files are bad (checksum, spec); the alias is not
+            moved.
+        EngineCheckError: the version's engine does not build or answers the reference tile
+            wrongly; the alias is not moved and the old version keeps serving.
         ClassifierNotAvailableError: a classifier version's files are bad; the alias is moved
             back.
     """
@@ -95,13 +107,13 @@ def promote(
     except MlflowException:
         raise InputError(f"model {name!r} has no version {version!r}", status_code=404) from None
     previous = pipeline.serving[0]
+    # the version is downloaded, built and run on the reference tile (in the runner service
+    # when there is one) before the alias moves: a version that cannot serve never does
+    model = replace(resolve_model_version(settings, name, version), alias=settings.model_alias)
+    runner = pipeline.load_checked_runner(model)
     client.set_registered_model_alias(name, settings.model_alias, version)
-    try:
-        model = resolve_model(settings)
-        pipeline.swap_model(model)
-    except Exception:  # any load failure: put the alias back, then re-raise
-        client.set_registered_model_alias(name, settings.model_alias, previous.version)
-        raise
+    pipeline.swap_model(model, runner)
+    record_last_good(settings, model)
     record_serving_model(model.name, model.version, model.alias)
     return {
         "name": name,
@@ -179,7 +191,7 @@ def admin_app(
             result = await run_in_threadpool(promote, settings, serving, name, str(version))
         except InputError as exc:
             return _error(str(exc), exc.status_code)
-        except (ModelNotAvailableError, ClassifierNotAvailableError) as exc:
+        except (ModelNotAvailableError, ClassifierNotAvailableError, EngineCheckError) as exc:
             return _error(f"version not promoted, the old one still serves: {exc}", 409)
         logger.info("promoted %s version %s to %s", name, result["version"], result["alias"])
         return JSONResponse(result)

@@ -14,17 +14,13 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from cerebrascan.serving.apikeys import KeyRing, role_allows
-from cerebrascan.serving.settings import AuthSettings
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+from cerebrascan.serving.asgi import ASGIApp, Receive, Scope, Send
+from cerebrascan.serving.settings import DEFAULT_TENANT, AuthSettings
 
 Need = Literal["public", "metrics", "reader", "admin"]
 
@@ -33,6 +29,31 @@ logger = logging.getLogger(__name__)
 ROLE_STATE_KEY = "api_key_role"
 """``scope["state"]`` key holding the caller's role: the key's, or admin when auth is off (every
 route, ``/admin`` included, is open then)."""
+TENANT_STATE_KEY = "api_key_tenant"
+"""``scope["state"]`` key holding the caller's tenant: the key's, or ``default`` when auth is
+off (every request is then the default tenant's)."""
+NAME_STATE_KEY = "api_key_name"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request: the key's name (None with auth off), role and tenant."""
+
+    key_name: str | None
+    role: str
+    tenant: str
+
+
+def caller_of(scope: Mapping[str, Any]) -> Caller:
+    """The caller :class:`ApiKeyMiddleware` recorded in ``scope["state"]`` (the default
+    tenant's admin when no check ran: auth off)."""
+    state = scope.get("state") or {}
+    return Caller(
+        key_name=state.get(NAME_STATE_KEY),
+        role=state.get(ROLE_STATE_KEY, "admin"),
+        tenant=state.get(TENANT_STATE_KEY, DEFAULT_TENANT),
+    )
+
 
 # (path regex, role). First match wins. "metrics" is public or reader by auth.public_metrics.
 ROUTE_ROLES: tuple[tuple[str, Need], ...] = (
@@ -44,6 +65,8 @@ ROUTE_ROLES: tuple[tuple[str, Need], ...] = (
     (r"/dicom/inspect", "reader"),
     (r"/studies/[^/]+(/segmentation|/artefacts/[^/]+|/report|/report/overlay\.png)?", "reader"),
     (r"/studies/[^/]+/dicom/(seg|sr|pdf)", "reader"),
+    # sending results to a PACS writes to another system: admin only
+    (r"/studies/[^/]+/dicom/send", "admin"),
     # the viewer page and NiiVue hold no study data; the page's fetches send the key
     (r"/studies/viewer/niivue-[0-9.]+\.umd\.js|/studies/[0-9a-f]{32}/viewer", "public"),
     (r"/studies/[^/]+/views/[^/]+(/[^/]+)?", "reader"),
@@ -52,6 +75,8 @@ ROUTE_ROLES: tuple[tuple[str, Need], ...] = (
     (r"/plugins", "reader"),
     (r"/|/docs\.json|/schema\.json|/static_content/.*", "reader"),
     (r"/admin/.*", "admin"),
+    # the audit trail of patient-linked reads and writes (pseudonyms only): admin only
+    (r"/audit", "admin"),
     # cohorts submit work to a Ray cluster and read a whole cohort's table: admin only
     (r"/cohorts/?|/cohorts/[^/]+(/results\.parquet)?", "admin"),
 )
@@ -131,7 +156,9 @@ class ApiKeyMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.settings.enabled:
             if scope["type"] == "http":  # an enclosing, enabled check has set it already
-                scope.setdefault("state", {}).setdefault(ROLE_STATE_KEY, "admin")
+                state = scope.setdefault("state", {})
+                state.setdefault(ROLE_STATE_KEY, "admin")
+                state.setdefault(TENANT_STATE_KEY, DEFAULT_TENANT)
             await self.app(scope, receive, send)
             return
         path = scope["path"]
@@ -156,6 +183,7 @@ class ApiKeyMiddleware:
                 f"API key {entry.name!r} has role {entry.role!r}; {path} needs role {needed!r}",
             )
             return
-        scope.setdefault("state", {})["api_key_name"] = entry.name
+        scope.setdefault("state", {})[NAME_STATE_KEY] = entry.name
         scope["state"][ROLE_STATE_KEY] = entry.role
+        scope["state"][TENANT_STATE_KEY] = entry.tenant
         await self.app(scope, receive, send)

@@ -173,7 +173,7 @@ SERVED_BY_BENTOML: dict[tuple[str, str], str] = {
 BENTOML_SUMMARIES: dict[tuple[str, str], str] = {
     ("GET", "/healthz"): "200 while the process lives (BentoML's older name of /livez)",
     ("GET", "/livez"): "200 while the process lives",
-    ("GET", "/readyz"): "200 once the model is loaded",
+    ("GET", "/readyz"): "200 while the runner answers (cached probe), else 503 with the reason",
     ("GET", "/metrics"): "Prometheus metrics",
     ("POST", "/analyze"): "Segmentation, volumes and analyzer outcomes of a 4-modality study "
     "(multipart NIfTI fields t1n, t1c, t2w, t2f and optional JSON options)",

@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 from cerebrascan.longitudinal.plot import timeline_png
 from cerebrascan.longitudinal.timeline import build_timeline
+from cerebrascan.serving.http.auth import caller_of
 from cerebrascan.serving.http.openapi import Operation, describes
 from cerebrascan.settings import Settings
 from cerebrascan.store import PatientIdError, StudyRepository
@@ -34,6 +35,8 @@ FORMATS = ("json", "png")
 ACCESS_LOGGERS = ("bentoml.access",)
 """Loggers that print request paths; patient ids in them are masked."""
 _PATIENT_PATH = re.compile(r"(/patients/)[^/\s,)?]+")
+AUDIT_PATIENT_KEY = "audit_patient_key"
+"""``scope["state"]`` key: the stored key of the request's patient, for the audit trail."""
 
 
 class PatientIdRedactor(logging.Filter):
@@ -73,13 +76,15 @@ def patients_app(settings: Settings, repository: StudyRepository | None = None) 
                 opened.append(StudyRepository.from_settings(settings))
             return opened[0]
 
-    def answer(raw_id: str, output: str) -> Response:
+    def answer(raw_id: str, output: str, tenant: str, state: dict[str, object]) -> Response:
         repo = store()
         try:
             key = repo.patient_key(raw_id)
         except PatientIdError as exc:
             return JSONResponse({"error": str(exc)}, status_code=422)
-        records = repo.studies_for_patient(key)
+        state[AUDIT_PATIENT_KEY] = key
+        # a patient id names a patient of the caller's tenant only: another's is unknown here
+        records = repo.studies_for_patient(key, tenant=tenant)
         if not records:
             return JSONResponse({"error": "no stored study for this patient id"}, status_code=404)
         timeline = build_timeline(key, records, settings.longitudinal)
@@ -96,7 +101,13 @@ def patients_app(settings: Settings, repository: StudyRepository | None = None) 
                 status_code=400,
             )
         # database reads and plotting block: keep them off the event loop
-        return await asyncio.to_thread(answer, request.path_params["patient_id"], output)
+        return await asyncio.to_thread(
+            answer,
+            request.path_params["patient_id"],
+            output,
+            caller_of(request.scope).tenant,
+            request.scope.setdefault("state", {}),
+        )
 
     deletion = StudyDeletion(store, StudyArtefacts(settings.studies_dir))
 
@@ -109,10 +120,15 @@ def patients_app(settings: Settings, repository: StudyRepository | None = None) 
     )
     async def remove(request: Request) -> Response:
         """Delete a patient and every study of theirs (admin)."""
+        state = request.scope.setdefault("state", {})
+        tenant = caller_of(request.scope).tenant
+
+        def delete(patient_id: str) -> int | None:
+            state[AUDIT_PATIENT_KEY] = store().patient_key(patient_id)
+            return deletion.delete_patient(patient_id, tenant=tenant)
+
         try:
-            deleted = await asyncio.to_thread(
-                deletion.delete_patient, request.path_params["patient_id"]
-            )
+            deleted = await asyncio.to_thread(delete, request.path_params["patient_id"])
         except PatientIdError as exc:
             return JSONResponse({"error": str(exc)}, status_code=422)
         if deleted is None:

@@ -14,16 +14,11 @@ outermost middleware, gives the routes back the real path.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from starlette.routing import BaseRoute, Mount, Route, compile_path
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+from cerebrascan.serving.asgi import ASGIApp, Receive, Scope, Send
 
 RAW_PATH_KEY = "cerebrascan.raw_path"
 """Scope key holding the real path while the outer BentoML middlewares see the template."""

@@ -14,7 +14,7 @@ from starlette.routing import Route
 from cerebrascan.errors import InputError
 from cerebrascan.report.settings import ReportSettings
 from cerebrascan.report.study_reports import StudyReports
-from cerebrascan.serving.http.auth import ROLE_STATE_KEY
+from cerebrascan.serving.http.auth import ROLE_STATE_KEY, caller_of
 from cerebrascan.serving.http.dicom_outputs import dicom_output_routes
 from cerebrascan.serving.http.openapi import Operation, describes
 from cerebrascan.serving.http.views import view_routes
@@ -144,7 +144,11 @@ def studies_app(
         if deletion is None:
             return JSONResponse({"error": "deletion is not configured here"}, status_code=501)
         try:
-            found = await run_in_threadpool(deletion.delete_study, request.path_params["study_id"])
+            found = await run_in_threadpool(
+                deletion.delete_study,
+                request.path_params["study_id"],
+                tenant=caller_of(request.scope).tenant,
+            )
         except InputError as exc:
             return _error(exc)
         if not found:
