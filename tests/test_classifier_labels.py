@@ -73,13 +73,15 @@ def test_bad_tables_are_refused_with_the_reason() -> None:
         parse_clinical_csv("case_id,IDH status\nA,Mutant\nA,WT\n")
 
 
-@pytest.fixture(scope="module")
-def labelled_cases(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Four glioma phantoms and their TCGA-style clinical table."""
+def _labelled_cohort(
+    root: Path, seed: int, n_cases: int, *, orphan_row: bool, prefix: str = "PHANTOM"
+) -> Path:
+    """Glioma phantoms under ``root/cases`` and their TCGA-style table ``root/clinical.csv``."""
     from cerebrascan.phantoms.writer import write_cohort
 
-    root = tmp_path_factory.mktemp("labelled")
-    folders = write_cohort(root / "cases", seed=8021, n_cases=4, type_probs={"glioma": 1.0})
+    folders = write_cohort(
+        root / "cases", seed=seed, n_cases=n_cases, prefix=prefix, type_probs={"glioma": 1.0}
+    )
     table = root / "clinical.csv"
     with table.open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -96,13 +98,28 @@ def labelled_cases(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
                     diagnosis["age_years"],
                 ]
             )
-        writer.writerow(["TCGA-NO-FOLDER", "[Not Available]", "", "", "glioblastoma", ""])
-    return root / "cases", table
+        if orphan_row:
+            writer.writerow(["TCGA-NO-FOLDER", "[Not Available]", "", "", "glioblastoma", ""])
+    return table
+
+
+@pytest.fixture(scope="module")
+def labelled_cases(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Four glioma phantoms and their TCGA-style clinical table (plus a row without a case)."""
+    root = tmp_path_factory.mktemp("labelled")
+    return root / "cases", _labelled_cohort(root, 8021, 4, orphan_row=True)
+
+
+@pytest.fixture(scope="module")
+def held_out_cases(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two other glioma phantoms (another seed) as the held-out table."""
+    root = tmp_path_factory.mktemp("held_out")
+    return root / "cases", _labelled_cohort(root, 9031, 2, orphan_row=False, prefix="HELDOUT")
 
 
 @pytest.mark.slow
 def test_classifiers_train_on_cases_with_labels(
-    labelled_cases: tuple[Path, Path], tmp_path: Path
+    labelled_cases: tuple[Path, Path], held_out_cases: tuple[Path, Path], tmp_path: Path
 ) -> None:
     from cerebrascan.classifiers.model_registry import load_skops
     from cerebrascan.cli import main
@@ -119,6 +136,7 @@ def test_classifiers_train_on_cases_with_labels(
             "--cases", str(cases), "--labels", str(table),
             "--out", str(tmp_path / "models"), "--work", str(tmp_path / "work"),
             "--segmentation-model", str(REPO_ROOT / "models" / "default"),
+            "--test-cases", str(held_out_cases[0]), "--test-labels", str(held_out_cases[1]),
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -138,4 +156,46 @@ def test_classifiers_train_on_cases_with_labels(
         model = load_skops(folder / "model.skops")
         assert list(model.classes_) == spec["classes"]
         assert (folder / "ood.skops").is_file()
+        # held out: the two cases of the other table, scored by the fitted model
+        held_out = summary["held_out"][task]
+        assert held_out["n_cases"] == 2.0 and 0.0 <= held_out["accuracy"] <= 1.0
+        assert 0.0 <= held_out["ood_flagged"] <= 1.0
+        assert json.loads((folder / "metrics.json").read_text())["held_out"] == held_out
+        card = (folder / "model_card.md").read_text()
+        assert "trained on clinical labels" in card and "Research use only" in card
+        assert "| cases | 2 |" in card
     assert not (tmp_path / "models" / "mgmt").exists()
+
+
+def test_held_out_cases_must_not_be_training_cases(
+    labelled_cases: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from cerebrascan.classifiers.labels_stage import run_labels_train_stage
+    from cerebrascan.classifiers.params import load_classifier_params
+
+    cases, table = labelled_cases
+    with pytest.raises(ValueError, match="both --test-cases and --test-labels"):
+        run_labels_train_stage(
+            load_classifier_params(REPO_ROOT / "params.yaml"),
+            cases,
+            table,
+            tmp_path / "models",
+            tmp_path / "work",
+            segmentation_model=REPO_ROOT / "models" / "default",
+            test_cases_dir=cases,
+        )
+    params = load_classifier_params(REPO_ROOT / "params.yaml")
+    params.model.classifier_features = "truth"
+    params.model.ood_features = "truth"
+    with pytest.raises(ValueError, match="are also training cases"):
+        run_labels_train_stage(
+            params,
+            cases,
+            table,
+            tmp_path / "models",
+            tmp_path / "work",
+            segmentation_model=REPO_ROOT / "models" / "default",
+            test_cases_dir=cases,
+            test_labels_csv=table,
+        )
+    assert not (tmp_path / "models").exists()  # refused before anything was fitted

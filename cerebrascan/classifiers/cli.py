@@ -107,6 +107,21 @@ def features(params_path: Path, cohort_dir: Path, out_dir: Path, segmentation_mo
     show_default=True,
     help="Where --labels writes its cohort, features and summary.",
 )
+@click.option(
+    "--test-cases",
+    "test_cases_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Held-out case folders (not trained on) evaluated with --test-labels: each model "
+    "folder gets metrics.json and a model card with the held-out figures.",
+)
+@click.option(
+    "--test-labels",
+    "test_labels_csv",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="The clinical table of --test-cases.",
+)
 def train(
     params_path: Path,
     cohort_dir: Path,
@@ -116,6 +131,8 @@ def train(
     cases_dir: Path | None,
     labels_csv: Path | None,
     work_dir: Path,
+    test_cases_dir: Path | None,
+    test_labels_csv: Path | None,
 ) -> None:
     """Fit the four calibrated classifiers and their OOD detectors (on the phantom cohort, or
     on ``--cases`` with ``--labels``)."""
@@ -137,6 +154,8 @@ def train(
                 out_dir,
                 work_dir,
                 segmentation_model=segmentation_model,
+                test_cases_dir=test_cases_dir,
+                test_labels_csv=test_labels_csv,
             )
         except ValueError as exc:
             raise click.ClickException(str(exc)) from exc

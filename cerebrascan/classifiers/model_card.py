@@ -250,3 +250,60 @@ def model_card(
             "make it look better.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def labels_model_card(task: str, spec: dict[str, Any], metrics: dict[str, float] | None) -> str:
+    """The model card of a classifier trained on a lab's clinical labels (``--labels``).
+
+    Args:
+        task: ``tumour_type``, ``grade``, ``idh`` or ``mgmt``.
+        spec: the classifier's ``spec.json`` (training data, class counts, segmentation model).
+        metrics: held-out metrics on the ``--test-cases`` / ``--test-labels`` table
+            (:func:`cerebrascan.classifiers.metrics.classification_metrics` plus the OOD flag
+            rate), or None when no held-out table was given.
+
+    Returns:
+        The card's markdown text.
+    """
+    segmentation = spec.get("segmentation_model") or {}
+    lines = [
+        f"# CerebraScan classifier: {task} (trained on clinical labels)",
+        "",
+        "**Research use only: not validated for clinical use; never a clinical diagnosis.**",
+        "",
+        "## Model",
+        "",
+        "scikit-learn pipeline (median imputation with missing-value indicators, standard "
+        f"scaling, L2 logistic regression, C = {spec['params']['c'][task]}) inside sigmoid "
+        f"probability calibration (scikit-learn {spec['sklearn_version']}), saved with skops; "
+        f"out-of-distribution check on {len(spec['ood_feature_names'])} phenotype columns "
+        f"({spec['ood']['components']} PCA components). Classes: {', '.join(spec['classes'])}.",
+        "",
+        "## Training data",
+        "",
+        f"{spec['training_data']}. Class counts: {spec['train_class_counts']}. Calibrated on "
+        f"features of the segmentation model in {segmentation.get('folder', '?')} "
+        f"(ONNX MD5 {segmentation.get('onnx_md5', '?')}): served with another segmentation model "
+        "the classifier answers 'not assessable'.",
+        "",
+        "## Held-out metrics",
+        "",
+    ]
+    if not metrics:
+        lines.append(
+            "None: no held-out table was given (`--test-cases` / `--test-labels`). Do not use "
+            "its probabilities before it has been evaluated on cases it was not trained on."
+        )
+    else:
+        n = metrics["n_cases"]
+        rows = [
+            ("cases", f"{n:.0f}"),
+            ("accuracy", share_with_interval(metrics["accuracy"], n)),
+            ("macro F1", f"{metrics['macro_f1']:.3f}"),
+        ]
+        for key, name in (("roc_auc", "ROC AUC"), ("brier", "Brier score")):
+            if key in metrics:
+                rows.append((name, f"{metrics[key]:.3f}"))
+        rows.append(("flagged out-of-distribution", share_with_interval(metrics["ood_flagged"], n)))
+        lines += ["| metric | value |", "|---|---|", *(f"| {a} | {b} |" for a, b in rows)]
+    return "\n".join(lines) + "\n"
