@@ -176,6 +176,8 @@ def _build_model(root: Path, phantom_cases: list[Path], *, regions: bool) -> Pat
     (out / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
     channels = determine_num_input_channels(plans_manager, config, dataset_json)
     for fold in (0, 1):
+        # the initial weights too come from the seed, not from whatever tests ran before
+        torch.manual_seed(fold)
         network = nnUNetTrainer.build_network_architecture(
             plans_manager,
             config,

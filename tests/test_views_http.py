@@ -288,7 +288,10 @@ def test_a_long_view_renders_as_a_job_then_serves_from_the_cache(asgi_client, re
     )
     _refused(asgi_client.get(f"/studies/{study_id}/views/jobs/{'f' * 32}"), 404, "no render job")
     _refused(
-        asgi_client.get(f"/studies/{'0' * 32}/views/jobs/{job['job_id']}"), 404, "no render job"
+        # another study's id (here: none stored) never reaches the job: the study is unknown
+        asgi_client.get(f"/studies/{'0' * 32}/views/jobs/{job['job_id']}"),
+        404,
+        "no segmentation or record for study",
     )
 
     # a stored study whose label map is empty: the job fails with the GET route's 409
