@@ -8,6 +8,11 @@ stage timings (preprocess / inference / postprocess ...) and the peak RSS of its
 
     .venv/bin/python benchmarks/bench_analyze.py --runs 5 --engines onnxruntime openvino \
         [--out benchmarks/results/analyze.json]
+
+``--baseline-tree PATH`` also serves another source tree (e.g. an older commit unpacked with
+``git archive 99ff0a0 | tar -x -C /tmp/cs_old``) with its own default settings, from this
+environment (the tree first on ``PYTHONPATH``), as one more server taking its turn; each
+engine's latency is then also given as a ratio to that baseline's.
 """
 
 from __future__ import annotations
@@ -16,13 +21,17 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -31,7 +40,13 @@ from cerebrascan.inputs.case_folder import modality_path
 from cerebrascan.phantoms.writer import write_cohort
 from cerebrascan.registry import ensure_default_model
 from cerebrascan.settings import Settings
-from cerebrascan.testing.server_process import bentoml_server
+from cerebrascan.testing.server_process import (
+    RunningServer,
+    bentoml_server,
+    free_port,
+    stop_process,
+    wait_until_ready,
+)
 from runners.engine_cache import cpu_features
 
 logger = logging.getLogger("bench_analyze")
@@ -66,7 +81,7 @@ class PeakRss:
         self._thread.join()
 
 
-def post_case(url: str, case: Path) -> tuple[float, dict]:
+def post_case(url: str, case: Path) -> tuple[float, dict[str, Any]]:
     files = {
         m: (f"{m}.nii.gz", modality_path(case, m).read_bytes(), "application/gzip")
         for m in ("t1n", "t1c", "t2w", "t2f")
@@ -78,13 +93,13 @@ def post_case(url: str, case: Path) -> tuple[float, dict]:
     return elapsed, response.json()
 
 
-def measure(servers: dict[str, tuple[str, int | None]], case: Path, runs: int) -> dict:
+def measure(servers: dict[str, tuple[str, int | None]], case: Path, runs: int) -> dict[str, Any]:
     """Per server (name -> url, pid): latency, stage timings and peak RSS, in turns."""
     for url, _ in servers.values():
         post_case(url, case)  # warm-up: first-call allocations, ORT arena, OpenVINO compile
     latencies: dict[str, list[float]] = {name: [] for name in servers}
-    stage_timings: dict[str, list[dict]] = {name: [] for name in servers}
-    runner: dict[str, dict] = {}
+    stage_timings: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
+    runner: dict[str, dict[str, Any]] = {}
     with contextlib.ExitStack() as stack:
         monitors = {
             name: stack.enter_context(PeakRss(pid)) for name, (_, pid) in servers.items() if pid
@@ -122,12 +137,64 @@ def measure(servers: dict[str, tuple[str, int | None]], case: Path, runs: int) -
     }
 
 
+BASELINE = "baseline"
+
+
+@contextlib.contextmanager
+def baseline_server(tree: Path, workdir: Path) -> Iterator[RunningServer]:
+    """``bentoml serve service:CerebraScan`` of another source tree, with its default model.
+
+    The tree is run from this environment: its folder is the working directory and first on
+    ``PYTHONPATH``, so its packages shadow the installed (editable) ones. Its own registry code
+    registers its bundled model into a data folder of its own.
+    """
+    data_dir = workdir / "state-baseline"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(tree),
+        "CEREBRASCAN_DATA_DIR": str(data_dir),
+        "BENTOML_HOME": str(workdir / "bentoml-home-baseline"),
+    }
+    register = (
+        "from cerebrascan.registry import ensure_default_model; "
+        "from cerebrascan.settings import Settings; ensure_default_model(Settings())"
+    )
+    subprocess.run([sys.executable, "-c", register], cwd=tree, env=env, check=True)
+    port = free_port()
+    log_path = workdir / "serve-baseline.log"
+    command = [str(Path(sys.executable).with_name("bentoml")), "serve", "service:CerebraScan"]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_until_ready(process, f"{url}/readyz", log_path, timeout_s=180)
+            yield RunningServer(url=url, process=process, log_path=log_path)
+        finally:
+            stop_process(process)
+
+
+def ratios_to_baseline(engines: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Each engine's median latency over the baseline's (``BASELINE`` in ``engines``)."""
+    reference = engines[BASELINE]["latency_s_median"]
+    return {
+        name: result["latency_s_median"] / reference
+        for name, result in engines.items()
+        if name != BASELINE
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="a running server; default: start one")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--seed", type=int, default=777, help="phantom seed")
     parser.add_argument("--out", type=Path, help="write the results as JSON")
+    parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        help="also serve this source tree (its default settings) and give ratios to it",
+    )
     parser.add_argument(
         "--engines",
         nargs="+",
@@ -143,7 +210,7 @@ def main() -> None:
         results = measure({"url": (args.url, None)}, case, args.runs)
     else:
         with contextlib.ExitStack() as stack:
-            servers = {}
+            servers: dict[str, tuple[str, int | None]] = {}
             for engine in args.engines:
                 data_dir = workdir / f"state-{engine}"  # one store and registry per server
                 ensure_default_model(Settings(data_dir=data_dir))
@@ -157,7 +224,13 @@ def main() -> None:
                     )
                 )
                 servers[engine] = (server.url, server.process.pid)
+            if args.baseline_tree:
+                server = stack.enter_context(baseline_server(args.baseline_tree, workdir))
+                servers[BASELINE] = (server.url, server.process.pid)
             results = measure(servers, case, args.runs)
+            if args.baseline_tree:
+                results["baseline_tree"] = str(args.baseline_tree)
+                results["latency_vs_baseline"] = ratios_to_baseline(results["engines"])
     sys.stdout.write(json.dumps(results, indent=2) + "\n")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -19,11 +19,24 @@ Networks:
            965 GFLOP per patch): the network of ../shared/bench (GPU).
     small  5 stages, 16-256 features, patch 96^3: the same family, sized so a CPU run takes
            minutes, not hours (a 128^3 patch of the BraTS net takes ~16-19 s on 2 cores).
+    default-trained
+           TRAINED weights: the bundled model (models/default, PlainConvUNet 12-96, patch 64^3
+           at 1.5 mm, trained on phantoms as its model card records) loaded into the network
+           nnU-Net builds from the plans and saved as an nnU-Net checkpoint (kept in
+           benchmarks/.cache). Random weights give near-tied logits that any reduced precision
+           flips; trained ones make label agreement and the precision guard mean something.
+           Use it with ``--case phantom``: a held-out phantom of the model's test cohort
+           (seed 2000), resampled to 1.5 mm and cropped to the head before timing, with its
+           true labels (Dice per BraTS region printed); ``--held-out N`` segments N more
+           phantoms untimed and runs the guard's held-out check on each reduced precision.
 
 Usage:
     python benchmarks/bench_nnunet.py --device cpu --network small
     python benchmarks/bench_nnunet.py --device cpu --network small --case tiny --tta off \
         --repeats 5 --engines onnxruntime openvino-fp32 openvino-bf16
+    python benchmarks/bench_nnunet.py --device cpu --network default-trained --case phantom \
+        --tta off --repeats 5 --engines onnxruntime openvino-fp32 openvino-bf16 \
+        --guard-max-dp 0.5 --held-out 3
     python benchmarks/bench_nnunet.py --device cuda --network brats --engines torch-fp16 \
         torch-fp16-compile
 Prints a table; with ``--json PATH`` (or $OUT set) also writes the figures as JSON.
@@ -53,8 +66,23 @@ logger = logging.getLogger("bench_nnunet")
 NETWORKS: dict[str, dict[str, Any]] = {
     "brats": {"features": [32, 64, 128, 256, 320, 320], "patch": [128, 128, 128]},
     "small": {"features": [16, 32, 64, 128, 256], "patch": [96, 96, 96]},
+    # The bundled model's TRAINED weights (models/default: nnU-Net's PlainConvUNet 12-96, trained
+    # on phantoms, see its model card) in nnU-Net's checkpoint format: labels, not regions.
+    "default-trained": {
+        "features": [12, 24, 48, 96],
+        "patch": [64, 64, 64],
+        "spacing": [1.5, 1.5, 1.5],
+        "weights": "models/default/network.safetensors",
+    },
 }
 CASES = {"crop": (4, 140, 172, 140), "full": (4, 155, 240, 240), "tiny": (4, 112, 112, 104)}
+PHANTOM_CASE = "phantom"
+"""Case name of a held-out phantom (seed :data:`HELD_OUT_SEED`, case 0) resampled to the
+network's spacing and cropped to the head outside the timing (no resampling in either contender)."""
+HELD_OUT_SEED = 2000
+"""The default model's held-out phantom cohort (its model card): never trained on."""
+CACHE = REPO / "benchmarks" / ".cache"
+BRATS_LABELS = {"background": 0, "NETC": 1, "SNFH": 2, "ET": 3}
 ENGINES = (
     "onnxruntime",
     "openvino-fp32",
@@ -99,7 +127,7 @@ def _plans(network: str) -> dict[str, Any]:
     shape = NETWORKS[network]
     stages = len(shape["features"])
     config["patch_size"] = shape["patch"]
-    config["spacing"] = [1.0, 1.0, 1.0]
+    config["spacing"] = shape.get("spacing", [1.0, 1.0, 1.0])
     config["architecture"]["arch_kwargs"].update(
         n_stages=stages,
         features_per_stage=shape["features"],
@@ -112,25 +140,38 @@ def _plans(network: str) -> dict[str, Any]:
 
 
 def write_nnunet_folder(root: Path, network: str) -> Path:
-    """An nnU-Net v2 results folder (plans, dataset, fold_0 checkpoint) with random weights."""
+    """An nnU-Net v2 results folder (plans, dataset, fold_0 checkpoint).
+
+    Random weights (seed 0, BraTS regions) for the architecture-only networks; for a network
+    with ``weights`` the trained safetensors are loaded (strictly) into the network nnU-Net
+    builds from the plans, with BraTS labels as classes.
+    """
     import torch
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     plans = _plans(network)
-    dataset = {
+    trained = NETWORKS[network].get("weights")
+    dataset: dict[str, Any] = {
         "channel_names": {"0": "T1", "1": "T1ce", "2": "T2", "3": "FLAIR"},
         "labels": {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [1, 3], "ET": [3]},
         "regions_class_order": [2, 1, 3],
         "numTraining": 1,
         "file_ending": ".nii.gz",
     }
+    if trained:
+        dataset["labels"] = dict(BRATS_LABELS)
+        del dataset["regions_class_order"]
     manager = PlansManager(plans)
     config = manager.get_configuration("3d_fullres")
     torch.manual_seed(0)
     net = nnUNetTrainer.build_network_architecture(
-        manager, config, 4, 3, enable_deep_supervision=False
+        manager, config, 4, len(BRATS_LABELS) if trained else 3, enable_deep_supervision=False
     )
+    if trained:
+        from safetensors.torch import load_model
+
+        load_model(net, str(REPO / trained), strict=True)
     folder = root / "nnUNetTrainer__nnUNetPlans__3d_fullres"
     (folder / "fold_0").mkdir(parents=True)
     (folder / "plans.json").write_text(json.dumps(plans))
@@ -171,6 +212,37 @@ def brain_case(shape: tuple[int, ...]) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+def phantom_case(index: int, spacing: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out phantom ``index`` (seed :data:`HELD_OUT_SEED`) at ``spacing``, cropped to the head.
+
+    Images ``(4, x, y, z)`` float32 (t1n, t1c, t2w, t2f; cubic resampling) and the true labels
+    (nearest neighbour), cached in ``benchmarks/.cache`` (generating one takes ~25 s).
+    """
+    from scipy.ndimage import zoom
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    cached = CACHE / f"phantom-{HELD_OUT_SEED}-{index}-{'x'.join(map(str, spacing))}mm.npz"
+    if cached.exists():
+        with np.load(cached, allow_pickle=False) as data:
+            return data["images"], data["labels"]
+    from cerebrascan.phantoms.contrasts import MODALITIES
+    from cerebrascan.phantoms.generator import case_seed, generate_case
+
+    case = generate_case(case_seed(HELD_OUT_SEED, index), f"BENCH-{index:05d}")
+    factors = [abs(case.affine[a, a]) / spacing[a] for a in range(3)]
+    images = np.stack(
+        [zoom(case.images[m].astype(np.float32), factors, order=3) for m in MODALITIES]
+    )
+    labels = zoom(case.segmentation, factors, order=0)
+    # The head mask at 1 mm, resampled by nearest neighbour: cubic ringing stays outside.
+    head = zoom(sum(np.abs(case.images[m]) for m in MODALITIES) > 0, factors, order=0)
+    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(head))
+    images = np.ascontiguousarray(images[(slice(None), *box)] * head[box])
+    labels = np.ascontiguousarray(labels[box])
+    np.savez(cached, images=images, labels=labels)
+    return images, labels
+
+
 def _interleaved(
     contenders: dict[str, Any], repeats: int, sync: Any, warmup: int, memory: PeakRss
 ) -> dict[str, tuple[float, list[float], Any]]:
@@ -195,7 +267,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--network", choices=tuple(NETWORKS), default="small")
-    parser.add_argument("--case", choices=tuple(CASES), default="crop")
+    parser.add_argument("--case", choices=(*CASES, PHANTOM_CASE), default="crop")
     parser.add_argument("--tta", choices=("off", "on", "both"), default="both")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs first")
@@ -207,6 +279,21 @@ def main() -> None:
         action="store_true",
         help="also compare with nnUNetPredictor accumulating in fp32 (untimed; nnU-Net's stock "
         "fp16 accumulator flips near-tied voxels, many with random weights)",
+    )
+    parser.add_argument(
+        "--guard-max-dp",
+        type=float,
+        default=None,
+        help="runner.precision_guard_max_probability_difference for every engine (default: the "
+        "setting's default); the guard's agreement bound stays the default",
+    )
+    parser.add_argument(
+        "--held-out",
+        type=int,
+        default=0,
+        help="with a trained network: segment this many more held-out phantoms (untimed) with "
+        "every engine and check each reduced precision's labels against the first fp32 "
+        "engine's (the guard's Dice bound per region)",
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -233,14 +320,28 @@ def main() -> None:
     # benchmark times the configuration serving can use and says so in its rows.
     conv_search = "EXHAUSTIVE" if args.device == "cuda" else "HEURISTIC"
     rows: list[dict[str, Any]] = []
+    load_at_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
-        source = write_nnunet_folder(root / "nnunet", args.network)
+        trained = "weights" in NETWORKS[args.network]
+        if trained:
+            # Trained weights: the nnU-Net folder is kept, so reruns time the same checkpoint.
+            source = CACHE / f"nnunet-{args.network}" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+            if not (source / "fold_0" / "checkpoint_final.pth").exists():
+                write_nnunet_folder(source.parent, args.network)
+        else:
+            source = write_nnunet_folder(root / "nnunet", args.network)
         imported = build_nnunet_model_folder(source, root / "imported")
         spec = ModelSpec.model_validate_json((imported.folder / "model_spec.json").read_text())
-        image = brain_case(CASES[args.case])
-        spacing = (1.0, 1.0, 1.0)
-        study = Study(images=image, affine=np.eye(4), modalities=tuple(spec.modalities))
+        spacing = tuple(float(v) for v in NETWORKS[args.network].get("spacing", [1.0] * 3))
+        truth = None
+        if args.case == PHANTOM_CASE:
+            image, truth = phantom_case(0, spacing)  # type: ignore[arg-type]
+        else:
+            image = brain_case(CASES[args.case])
+        study = Study(
+            images=image, affine=np.diag([*spacing, 1.0]), modalities=tuple(spec.modalities)
+        )
         memory = PeakRss()
         runners = {}
         for engine in engines:
@@ -254,6 +355,11 @@ def main() -> None:
                 tile_batch_size=tile_batch,
                 min_component_ml=0.0,
                 cuda_conv_algo_search=conv_search,  # type: ignore[arg-type]
+                **(
+                    {}
+                    if args.guard_max_dp is None
+                    else {"precision_guard_max_probability_difference": args.guard_max_dp}
+                ),
             )
             runners[engine] = build_runner(imported.folder, spec, settings, root / "engine-cache")
         for tta in {"off": [False], "on": [True], "both": [False, True]}[args.tta]:
@@ -294,6 +400,7 @@ def main() -> None:
                     "runs_s": reference_all,
                     "speedup": 1.0,
                     "agreement": 1.0,
+                    "dice_vs_truth": _dices(truth, reference_labels),
                     "peak_rss_mb": memory.peaks.get("nnUNetPredictor", 0) / 2**20,
                 }
             )
@@ -313,19 +420,24 @@ def main() -> None:
                         "agreement_fp32_reference": None
                         if fp32_labels is None
                         else float((result.labels == fp32_labels).mean()),
+                        "dice_vs_truth": _dices(truth, result.labels),
                         "stages_ms": result.timings_ms,
                         "peak_rss_mb": memory.peaks.get(engine, 0) / 2**20,
                     }
                 )
         memory.close()
+        held_out = _held_out_check(args.held_out, runners, spacing, spec, guard_bound=0.005)
         del runners
     device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else _cpu_name()
     from runners.engine_cache import cpu_features
 
     header = (
-        f"network {args.network} {NETWORKS[args.network]}, case {CASES[args.case]}, "
+        f"network {args.network} {NETWORKS[args.network]}, case {args.case} "
+        f"{(image.shape, spacing)}, "
         f"device {device_name}, CPU flags {' '.join(cpu_features())}, torch {torch.__version__}, "
-        f"{args.repeats} interleaved runs"
+        f"{args.repeats} interleaved runs, guard max |dp| "
+        f"{args.guard_max_dp or RunnerSettings().precision_guard_max_probability_difference}, "
+        f"load average at start / end {load_at_start} / {os.getloadavg()}"
     )
     print(header)
     print(
@@ -342,11 +454,77 @@ def main() -> None:
         )
         if row.get("precision_note"):
             print(f"    note: {row['precision_note']}")
+        if row.get("dice_vs_truth"):
+            print(f"    Dice vs the phantom's truth: {row['dice_vs_truth']}")
     target = args.json
     if target is None and "OUT" in os.environ:
         target = Path(os.environ["OUT"]) / "bench_nnunet.json"
+    for engine, check in held_out.items():
+        print(f"held-out phantoms, {engine}: {json.dumps(check)}")
     if target is not None:
-        target.write_text(json.dumps({"setup": header, "rows": rows}, indent=2))
+        target.write_text(
+            json.dumps({"setup": header, "rows": rows, "held_out": held_out}, indent=2)
+        )
+
+
+def _dices(truth: np.ndarray | None, labels: np.ndarray) -> dict[str, float] | None:
+    """BraTS region Dice of ``labels`` against the phantom's true labels (None without one)."""
+    from runners.precision_guard import BRATS_REGIONS, region_dice
+
+    if truth is None:
+        return None
+    return {name: region_dice(truth, labels, r) for name, r in BRATS_REGIONS.items()}
+
+
+def _held_out_check(
+    cases: int, runners: dict[str, Any], spacing: Any, spec: Any, *, guard_bound: float
+) -> dict[str, Any]:
+    """Every engine on ``cases`` held-out phantoms (indices 1..cases; untimed): mean Dice vs the
+    truth and, for a reduced precision, the guard's held-out check against the first fp32
+    engine (:func:`runners.precision_guard.compare_held_out_labels`)."""
+    from cerebrascan.inputs.study import Study
+    from cerebrascan.segmentation import segment_study
+    from runners.precision_guard import compare_held_out_labels
+
+    if cases <= 0 or not runners:
+        return {}
+    truths: list[np.ndarray] = []
+    labels: dict[str, list[np.ndarray]] = {engine: [] for engine in runners}
+    for index in range(1, cases + 1):
+        image, truth = phantom_case(index, spacing)
+        study = Study(
+            images=image, affine=np.diag([*spacing, 1.0]), modalities=tuple(spec.modalities)
+        )
+        truths.append(truth)
+        for engine, runner in runners.items():
+            labels[engine].append(segment_study(study, runner, mirror_tta=False).labels)
+    fp32 = next(e for e in runners if not e.endswith(("bf16", "fp16")))
+    report: dict[str, Any] = {}
+    for engine, runner in runners.items():
+        dices = [_dices(t, x) for t, x in zip(truths, labels[engine])]
+        entry: dict[str, Any] = {
+            "precision_used": runner.precision,
+            "mean_dice_vs_truth": {
+                region: float(np.mean([d[region] for d in dices if d])) for region in dices[0] or {}
+            },
+        }
+        if engine != fp32 and runner.decision.requested != "fp32":
+            check = compare_held_out_labels(
+                labels[fp32],
+                labels[engine],
+                requested=runner.decision.requested,
+                max_dice_change=guard_bound,
+            )
+            entry.update(
+                reference=fp32,
+                reference_tile_agreement=runner.decision.argmax_agreement,
+                reference_tile_max_dp=runner.decision.max_probability_difference,
+                held_out_dice_change=check.dice_changes,
+                held_out_passed=check.passed,
+                note=check.note,
+            )
+        report[engine] = entry
+    return report
 
 
 def _cpu_name() -> str:

@@ -12,9 +12,7 @@ import numpy.typing as npt
 from cerebrascan.imaging.coregistration import resample_onto
 from cerebrascan.imaging.nnunet_preprocess import NnunetCase, nnunet_export, nnunet_preprocess
 from cerebrascan.imaging.postprocess import (
-    labels_on_input_grid,
-    probabilities_on_input_grid,
-    probabilities_to_input_grid,
+    labels_and_probabilities_on_input_grid,
     remove_small_components,
     scalar_map_on_input_grid,
 )
@@ -214,15 +212,13 @@ def finish_case(
             keep_probabilities=keep_probabilities,
             min_component_ml=min_component_ml,
         )
-    cropped = probabilities_to_input_grid(prediction.probabilities, case)
-    labels = labels_on_input_grid(cropped, case, spec.output_labels)
-    labels, removed = remove_small_components(labels, study.spacing, min_component_ml)
-    probabilities = (
-        probabilities_on_input_grid(cropped, case, spec.output_labels)
-        if keep_probabilities
-        else None
+    labels, probabilities = labels_and_probabilities_on_input_grid(
+        prediction.probabilities,
+        case,
+        spec.output_labels,
+        keep_probabilities=keep_probabilities,
     )
-    del cropped
+    labels, removed = remove_small_components(labels, study.spacing, min_component_ml)
     disagreement = (
         scalar_map_on_input_grid(prediction.tta_disagreement, case)
         if prediction.tta_disagreement is not None

@@ -1,10 +1,11 @@
 """Write the pinned requirement files of the bentos from this (constraints-pinned) environment.
 
 ``requirements/bento.txt``: every package the server imports at run time (the core dependencies
-and the ``radiomics`` and ``pacs`` extras), with its transitive
+and the ``radiomics``, ``pacs`` and ``openvino`` extras), with its transitive
 dependencies, at the version installed here (``make install`` installs with ``-c
 constraints.txt``, so these are the constraints' pins). ``requirements/bento-gpu.txt``: the same
-with ``onnxruntime-gpu`` in place of ``onnxruntime`` and the TensorRT wheels added.
+without ``openvino``, with ``onnxruntime-gpu`` in place of ``onnxruntime`` and the TensorRT
+wheels added.
 ``bentoml build`` then needs no network to lock anything.
 
 Usage: ``python requirements/lock_bento.py`` (write) or ``--check`` (exit 1 if out of date).
@@ -82,8 +83,11 @@ def lock() -> dict[Path, str]:
     # and pacs: the send route's DIMSE target and `cerebrascan dicom-listen` need pynetdicom.
     extras = project["optional-dependencies"]
     lines = project["dependencies"] + extras["radiomics"] + extras["pacs"]
-    cpu = closure([Requirement(line) for line in lines])
-    gpu = {GPU_REPLACES.get(name, name): version for name, version in cpu.items()}
+    serving = closure([Requirement(line) for line in lines])
+    # The CPU bento also serves with OpenVINO (its bentofile sets runner.engine auto, which
+    # picks OpenVINO on a CPU when installed); the GPU bento runs TensorRT / ORT's CUDA one.
+    cpu = {**serving, **closure([Requirement(line) for line in extras["openvino"]])}
+    gpu = {GPU_REPLACES.get(name, name): version for name, version in serving.items()}
     gpu.update(GPU_PINS)
     return {
         ROOT / "requirements" / "bento.txt": render(cpu),

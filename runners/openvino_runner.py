@@ -1,10 +1,14 @@
 """OpenVINO runner: the registry's ONNX compiled for the CPU by OpenVINO's CPU plugin.
 
 OpenVINO runs 3-D convolutions with direct (JIT) kernels for the CPU's instruction set rather
-than ONNX Runtime's im2col + GEMM, and keeps the ONNX file's dynamic tile batch. The compiled
-model is cached under ``engine_cache_dir/openvino/<key>``, the key covering the ONNX SHA-256, the
-precision, the tile shape, the CPU's name and instruction sets and the OpenVINO version
-(:func:`runners.engine_cache.cpu_model_cache_key`), so a restart loads it instead of compiling.
+than ONNX Runtime's im2col + GEMM. The ONNX file's dynamic tile batch is compiled as static
+shapes, one per batch size met (``runner.tile_batch_size`` at start; a smaller last batch, the
+guard's single tile or mirror flips on first use): a static shape lets the plugin plan memory
+once instead of at every call. The compiled models are cached under
+``engine_cache_dir/openvino/<key>``, the key covering the ONNX SHA-256, the precision, the tile
+shape, the CPU's name and instruction sets and the OpenVINO version
+(:func:`runners.engine_cache.cpu_model_cache_key`; OpenVINO keys each batch size inside it), so a
+restart loads them instead of compiling.
 
 Precision: fp32 is asked for explicitly (OpenVINO's CPU plugin otherwise picks bf16 by itself
 on AMX / AVX-512 BF16 CPUs). bf16 or fp16 are compiled only where the CPU lists them among its
@@ -17,6 +21,7 @@ says why.
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -113,12 +118,25 @@ class OpenVINOSegmentationRunner(WindowedRunner):
         self.engine_cache_dir = engine_cache_dir
         self._digest = file_digest(model_path)
         self._device_window = None
-        self.compiled, self.cache_dir = self._compile(settings.precision)
+        self._lock = threading.Lock()
+        self._idle_lock = threading.Lock()
+        self._idle: dict[int, list[Any]] = {}
+        """Idle infer requests per batch size: as many as calls ever ran at once, not one per
+        thread (a server's thread pool would keep one per thread alive)."""
+        self.network = self.core.read_model(str(model_path))
+        self.precision: str = settings.precision
+        self._by_batch: dict[int, Any] = {}
+        self.cache_dir = self._cache_dir(settings.precision)
+        self.compiled = self._compiled_for(settings.tile_batch_size)
         self.decision = PrecisionDecision(settings.precision, settings.precision)
         if settings.precision != "fp32":
             self.decision = self._guard(settings.precision)
             if self.decision.used == "fp32":
-                self.compiled, self.cache_dir = self._compile("fp32")
+                self.precision = "fp32"
+                self._by_batch = {}
+                self._idle = {}
+                self.cache_dir = self._cache_dir("fp32")
+                self.compiled = self._compiled_for(settings.tile_batch_size)
         self.precision = self.decision.used
         self.providers = [f"openvino-{self.ov.__version__.split('-')[0]}:{OPENVINO_DEVICE}"]
         logger.info(
@@ -169,14 +187,33 @@ class OpenVINOSegmentationRunner(WindowedRunner):
             config[self.ov.properties.inference_num_threads] = self.settings.openvino_threads
         return config
 
-    def _compile(self, precision: str) -> tuple[Any, Path]:
-        """The compiled model for ``precision`` (from the keyed cache when it is there)."""
+    def _cache_dir(self, precision: str) -> Path:
         cache_dir = self.engine_cache_dir / "openvino" / self.cache_key(precision)
         cache_dir.mkdir(parents=True, exist_ok=True)
-        compiled = self.core.compile_model(
-            str(self.model_path), OPENVINO_DEVICE, self._config(precision, cache_dir)
-        )
-        return compiled, cache_dir
+        return cache_dir
+
+    def _compiled_for(self, batch: int) -> Any:
+        """The model compiled for a static batch of ``batch`` tiles at the current precision
+        (compiled on first use, from the keyed cache when it is there)."""
+        compiled = self._by_batch.get(batch)
+        if compiled is not None:
+            return compiled
+        with self._lock:
+            if batch not in self._by_batch:
+                network = self.network.clone()
+                network.reshape(
+                    {
+                        self.spec.input_name: [
+                            batch,
+                            len(self.spec.modalities),
+                            *self.spec.patch_size,
+                        ]
+                    }
+                )
+                self._by_batch[batch] = self.core.compile_model(
+                    network, OPENVINO_DEVICE, self._config(self.precision, self.cache_dir)
+                )
+            return self._by_batch[batch]
 
     def _guard(self, precision: str) -> PrecisionDecision:
         """Compare the reduced-precision model with ONNX Runtime fp32 on the reference tile."""
@@ -192,10 +229,18 @@ class OpenVINOSegmentationRunner(WindowedRunner):
     def predict_tiles(self, tiles: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Logits ``(B, K, *patch)`` for a batch of tiles ``(B, C, *patch)``.
 
-        A fresh infer request per call: the runner service calls from several threads, and a
-        request's output buffer is reused by its next inference.
+        Infer requests are reused (one per concurrent call and batch size; several threads may
+        call at once); a request's output buffer is overwritten by its next inference, so the
+        logits are copied out before it is handed back.
         """
-        request = self.compiled.create_infer_request()
+        batch = len(tiles)
+        compiled = self._compiled_for(batch)
+        with self._idle_lock:
+            idle = self._idle.setdefault(batch, [])
+            request = idle.pop() if idle else compiled.create_infer_request()
         request.infer({self.spec.input_name: np.ascontiguousarray(tiles, dtype=np.float32)})
-        logits = request.get_tensor(self.spec.output_name).data
-        return np.array(logits, dtype=np.float32, copy=True)
+        logits = np.array(request.get_tensor(self.spec.output_name).data, dtype=np.float32)
+        with self._idle_lock:
+            if self._by_batch.get(batch) is compiled:  # not after a switch of precision
+                self._idle.setdefault(batch, []).append(request)
+        return logits

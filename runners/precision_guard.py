@@ -9,6 +9,7 @@ the runner rebuilds the engine in fp32 and says so in every response.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,8 @@ from runners.sliding_window import activate
 from schemas.model_spec import ModelSpec
 
 REFERENCE_TILE_SEED = 20231
+BRATS_REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
+"""BraTS 2023 evaluation regions as sets of labels (NETC 1, SNFH 2, ET 3)."""
 
 
 @dataclass(frozen=True)
@@ -127,3 +130,73 @@ def compare_precisions(
             f"({'; '.join(failures)}); serving fp32",
         )
     return PrecisionDecision(requested, requested, agreement, difference)
+
+
+@dataclass(frozen=True)
+class HeldOutCheck:
+    """The second half of the guard: labels of held-out cases, reduced precision vs fp32."""
+
+    requested: str
+    passed: bool
+    dice_changes: dict[str, float]
+    """Per region, the worst ``1 - Dice(candidate, fp32)`` over the cases."""
+    cases: int
+    note: str | None = None
+    """Why the requested precision was refused (None when it passed)."""
+
+
+def region_dice(
+    reference: npt.NDArray[np.integer], candidate: npt.NDArray[np.integer], labels: Sequence[int]
+) -> float:
+    """Dice of the region ``labels`` between two label maps (1 when both are empty)."""
+    a = np.isin(reference, labels)
+    b = np.isin(candidate, labels)
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+def compare_held_out_labels(
+    reference_labels: Sequence[npt.NDArray[np.integer]],
+    candidate_labels: Sequence[npt.NDArray[np.integer]],
+    *,
+    requested: str,
+    max_dice_change: float,
+    regions: Mapping[str, Sequence[int]] = BRATS_REGIONS,
+) -> HeldOutCheck:
+    """Whether a reduced precision keeps held-out cases' labels: ``1 - Dice`` against fp32 at
+    most ``max_dice_change`` in every region of every case (issue 21's bound: 0.005).
+
+    Args:
+        reference_labels: fp32 label maps, one per held-out case.
+        candidate_labels: the reduced precision's label maps of the same cases.
+        requested: the precision asked for (for the note).
+        max_dice_change: largest ``1 - Dice`` allowed per region and case.
+        regions: region name to the labels it covers (BraTS WT / TC / ET by default).
+
+    Raises:
+        ValueError: no cases, a different number of cases, or a case whose shapes differ.
+    """
+    if not reference_labels or len(reference_labels) != len(candidate_labels):
+        raise ValueError(
+            f"need the same non-zero number of fp32 and {requested} label maps, got "
+            f"{len(reference_labels)} and {len(candidate_labels)}"
+        )
+    changes = dict.fromkeys(regions, 0.0)
+    for index, (reference, candidate) in enumerate(zip(reference_labels, candidate_labels)):
+        if reference.shape != candidate.shape:
+            raise ValueError(
+                f"held-out case {index}: fp32 labels {reference.shape}, {requested} "
+                f"labels {candidate.shape}"
+            )
+        for name, labels in regions.items():
+            change = 1.0 - region_dice(reference, candidate, labels)
+            changes[name] = max(changes[name], change)
+    failed = {name: change for name, change in changes.items() if change > max_dice_change}
+    note = None
+    if failed:
+        worst = ", ".join(f"{name} {change:.4f}" for name, change in failed.items())
+        note = (
+            f"{requested} changed held-out labels beyond Dice {max_dice_change} "
+            f"({worst} over {len(reference_labels)} cases); serving fp32"
+        )
+    return HeldOutCheck(requested, not failed, changes, len(reference_labels), note)

@@ -111,18 +111,25 @@ def test_bento_source_imports_without_the_repository(
         "sys.meta_path = [f for f in sys.meta_path if 'editable' not in repr(f)]; "
         "import service, cerebrascan; "
         "assert cerebrascan.__file__.startswith(sys.path[0]), cerebrascan.__file__; "
-        "print(sorted(service.CerebraScan.apis))"
+        "print(sorted(service.CerebraScan.apis)); "
+        "from runners.factory import resolve_engine; "
+        "from cerebrascan.settings import Settings; "
+        "print('engine', resolve_engine(Settings().runner))"
     )
+    # the bento's own environment (bentofile envs), data folder aside
+    info = yaml.safe_load((bentos["cpu"] / "bento.yaml").read_text())
+    bento_env = {env["name"]: str(env["value"]) for env in info["envs"]}
     result = subprocess.run(
         [sys.executable, "-c", probe],
         cwd=tmp_path,
-        env={**os.environ, "CEREBRASCAN_DATA_DIR": str(tmp_path / "data")},
+        env={**os.environ, **bento_env, "CEREBRASCAN_DATA_DIR": str(tmp_path / "data")},
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "analyze" in result.stdout
+    assert "engine openvino" in result.stdout  # the CPU bento serves with OpenVINO
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -136,8 +143,13 @@ def test_requirements_are_all_pinned_to_the_constraints(
     differing = {n: (v, constraints.get(n)) for n, v in packed.items() if constraints.get(n) != v}
     assert not differing, "bento pin != constraints.txt pin"
     assert packed["bentoml"] and packed["mlflow"] and packed["boto3"]
+    assert "torch" not in packed  # serving is torch-free
     if variant == "cpu":
         assert "onnxruntime" in packed and "onnxruntime-gpu" not in packed
+        assert "openvino" in packed  # what runner.engine auto serves with on a CPU
+        info = yaml.safe_load((bentos[variant] / "bento.yaml").read_text())
+        envs = {env["name"]: env["value"] for env in info["envs"]}
+        assert envs["CEREBRASCAN_RUNNER__ENGINE"] == "auto"
     else:
         assert "onnxruntime-gpu" in packed and "onnxruntime" not in packed
         assert "tensorrt-cu12" in packed and "tensorrt-cu12-libs" in packed

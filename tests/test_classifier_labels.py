@@ -187,15 +187,21 @@ def test_held_out_cases_must_not_be_training_cases(
     params = load_classifier_params(REPO_ROOT / "params.yaml")
     params.model.classifier_features = "truth"
     params.model.ood_features = "truth"
-    with pytest.raises(ValueError, match="are also training cases"):
+    # one case of the table as both cohorts: the stage reads every case's features before it
+    # compares the cohorts, and one shared case must be refused as well as four
+    one_case = tmp_path / "one-case"
+    one_case.mkdir()
+    shared = sorted(cases.iterdir())[0]
+    (one_case / shared.name).symlink_to(shared, target_is_directory=True)
+    with pytest.raises(ValueError, match=rf"held-out cases \['{shared.name}'\] are also training"):
         run_labels_train_stage(
             params,
-            cases,
+            one_case,
             table,
             tmp_path / "models",
             tmp_path / "work",
             segmentation_model=REPO_ROOT / "models" / "default",
-            test_cases_dir=cases,
+            test_cases_dir=one_case,
             test_labels_csv=table,
         )
     assert not (tmp_path / "models").exists()  # refused before anything was fitted

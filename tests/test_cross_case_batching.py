@@ -4,6 +4,7 @@ one case at a time gives; a bad case fails alone."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -173,7 +174,7 @@ def test_real_network_mixed_cases_match_one_case_at_a_time(onnx_runner) -> None:
     engine = CrossCaseRunner(
         onnx_runner, onnx_runner.spec, tile_step=0.5, tile_batch_size=4, model_version="1"
     )
-    volumes = [volume((64, 72, 64), 10)[:1].repeat(4, 0), volume((70, 64, 66), 11)[:1].repeat(4, 0)]
+    volumes = [volume((64, 72, 64), 10)[:1].repeat(4, 0), volume((66, 64, 64), 11)[:1].repeat(4, 0)]
     bad = volumes[0][:3]
     cases = [
         RunnerCase(volume=volumes[0]),
@@ -198,17 +199,32 @@ def test_real_network_mixed_cases_match_one_case_at_a_time(onnx_runner) -> None:
     assert results[2].tta_disagreement is not None
 
 
+@pytest.fixture(scope="module")
+def study_alone(onnx_runner, phantom_case: Path) -> tuple[Any, np.ndarray]:
+    """The session phantom as a Study and its labels from the in-process runner (computed once
+    for both wire dtypes)."""
+    from cerebrascan.inputs.case_folder import modality_path
+    from cerebrascan.inputs.nifti import assemble_study, decode_nifti
+    from cerebrascan.segmentation import segment_study
+
+    spec = onnx_runner.spec
+    volumes = {
+        m: decode_nifti(modality_path(phantom_case, m), field=m, max_voxels=400**3)
+        for m in spec.modalities
+    }
+    study = assemble_study(volumes, tuple(spec.modalities))
+    return study, segment_study(study, onnx_runner, mirror_tta=False).labels
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("probability_dtype", ["float32", "float16"])
 def test_runner_service_path_keeps_the_in_process_labels(
-    onnx_runner, phantom_case: Path, probability_dtype: str
+    onnx_runner, study_alone: tuple[Any, np.ndarray], probability_dtype: str
 ) -> None:
     """A phantom study through :class:`RemoteSegmentationRunner` and the runner service's
     engine (the transport between them pickles losslessly, so it is left out) against the
     in-process runner: float32 on the wire gives the same labels; float16 probabilities flip
     at most a handful of near-tie voxels."""
-    from cerebrascan.inputs.case_folder import modality_path
-    from cerebrascan.inputs.nifti import assemble_study, decode_nifti
     from cerebrascan.segmentation import segment_study
     from cerebrascan.serving.runner_service import RemoteSegmentationRunner
 
@@ -225,16 +241,11 @@ def test_runner_service_path_keeps_the_in_process_labels(
         providers=list(onnx_runner.providers),
         precision="fp32",
     )
-    volumes = {
-        m: decode_nifti(modality_path(phantom_case, m), field=m, max_voxels=400**3)
-        for m in spec.modalities
-    }
-    study = assemble_study(volumes, tuple(spec.modalities))
-    alone = segment_study(study, onnx_runner, mirror_tta=False)
+    study, alone_labels = study_alone
     served = segment_study(study, remote, mirror_tta=False)
-    differing = int(np.count_nonzero(alone.labels != served.labels))
+    differing = int(np.count_nonzero(alone_labels != served.labels))
     if probability_dtype == "float32":
         assert differing == 0
     else:
-        assert differing <= 1e-4 * np.count_nonzero(alone.labels), differing
+        assert differing <= 1e-4 * np.count_nonzero(alone_labels), differing
     assert remote.name == "onnxruntime (runner service)"

@@ -28,6 +28,36 @@ def test_hd95_of_concentric_spheres_is_the_radius_gap() -> None:
     assert hd95(inner, outer, (2.0, 2.0, 2.0)) == pytest.approx(10.0, abs=2.0)
 
 
+def _whole_grid_hd95(prediction, reference, spacing) -> float:
+    """HD95 with the distance transforms over the whole grid (what the cropped one must equal)."""
+    from scipy import ndimage
+
+    structure = ndimage.generate_binary_structure(3, 1)
+
+    def surface(mask):
+        return mask & ~ndimage.binary_erosion(mask, structure=structure, border_value=0)
+
+    sp, sr = surface(prediction), surface(reference)
+    pooled = np.concatenate(
+        (
+            ndimage.distance_transform_edt(~sr, sampling=spacing)[sp],
+            ndimage.distance_transform_edt(~sp, sampling=spacing)[sr],
+        )
+    )
+    return float(np.percentile(pooled, 95))
+
+
+@pytest.mark.parametrize(
+    "prediction_centre, reference_centre",
+    [((20, 22, 18), (26, 20, 21)), ((3, 30, 20), (6, 27, 37))],  # the second touches two borders
+)
+def test_hd95_on_the_bounding_box_equals_the_whole_grid(prediction_centre, reference_centre):
+    shape, spacing = (48, 56, 40), (1.2, 0.9, 2.5)
+    prediction = _sphere(shape, prediction_centre, 7) | _sphere(shape, (40, 45, 30), 3)
+    reference = _sphere(shape, reference_centre, 9)
+    assert hd95(prediction, reference, spacing) == _whole_grid_hd95(prediction, reference, spacing)
+
+
 def test_hd95_brats_conventions_for_empty_masks() -> None:
     empty = np.zeros((10, 10, 10), bool)
     full = _sphere((10, 10, 10), (5, 5, 5), 3)

@@ -1,12 +1,17 @@
 """Imported nnU-Net v2 models: parity with nnunetv2's own ``nnUNetPredictor`` and refusals.
 
-A real tiny nnU-Net model is built once per session with nnunetv2 itself: two phantom cases
+Real tiny nnU-Net models are built once per session with nnunetv2 itself: two phantom cases
 downsampled to 3 mm are written in nnU-Net's raw format, nnunetv2 extracts the fingerprint and
 plans the experiment (its ``ExperimentPlanner``), the 3d_fullres configuration is shrunk (patch
 32^3, 3 stages, 4-16 features), and two folds are briefly fitted on cases run through nnunetv2's
 ``DefaultPreprocessor`` and saved in nnU-Net's checkpoint format. Both a label-based (softmax
 NETC/SNFH/ET) and a region-based (sigmoid WT/TC/ET with ``regions_class_order``) model are
-built.
+built; they share the fingerprint, the plans and the preprocessed cases (the same images and
+foreground), and differ in dataset.json, output heads and weights.
+
+The unseen test images are a 144 mm cube of the other phantom around its tumour (two 32^3 tiles
+per axis at 3 mm, overlapping): every behaviour of a whole head (crop to non-zero, resampling,
+tiling with Gaussian weights, mirroring) at a quarter of its sliding-window cost.
 
 nnU-Net 2.8 accumulates sliding-window logits in float16 even on CPU. The parity checks run
 its predictor with that accumulator (and the Gaussian) switched to float32, which is what
@@ -22,6 +27,7 @@ import importlib.util
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +56,8 @@ LABELS = {"background": 0, "NETC": 1, "SNFH": 2, "ET": 3}
 REGION_LABELS = {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [1, 3], "ET": [3]}
 DICE_MIN = 0.99
 PROB_MAX = 1e-3
+TEST_CUBE_MM = 144
+"""Edge of the test images' cube around the tumour: 48 voxels at 3 mm, two overlapping tiles."""
 
 
 def _nnunet_env(root: Path) -> None:
@@ -96,10 +104,73 @@ def _shrink_plans(plans: dict[str, Any]) -> dict[str, Any]:
     return plans
 
 
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """torch on one thread for a block: a 4-16 feature network on 32^3 crops gains nothing from
+    more, and on a busy machine torch's waiting threads cost more than the work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def _fingerprint_workers_in_threads() -> Iterator[None]:
+    """nnU-Net's fingerprint extractor runs ``analyze_case`` in a thread pool for a block.
+
+    Its own pool spawns a fresh interpreter that imports torch and nnunetv2 again before it runs
+    the same function on the same files: on a busy 2-core machine that start took minutes."""
+    from multiprocessing.pool import ThreadPool
+    from types import SimpleNamespace
+
+    from nnunetv2.experiment_planning.dataset_fingerprint import fingerprint_extractor
+
+    saved = fingerprint_extractor.multiprocessing
+    fingerprint_extractor.multiprocessing = SimpleNamespace(  # type: ignore[assignment]
+        get_context=lambda method: SimpleNamespace(Pool=ThreadPool)
+    )
+    try:
+        yield
+    finally:
+        fingerprint_extractor.multiprocessing = saved
+
+
+def _extract_fingerprint(dataset_id: int) -> None:
+    """nnunetv2's dataset fingerprint, its worker in a thread (see
+    :func:`_fingerprint_workers_in_threads`), with 1e5 instead of 1e8 foreground intensities
+    sampled (with replacement) for the intensity statistics: only CT normalisation reads those,
+    these models normalise by z-score (``test_spec_records_nnunet_contract``), and 1e8 samples
+    took a minute."""
+    from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import (
+        DatasetFingerprintExtractor,
+    )
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprint_dataset
+
+    class FewerIntensitySamples(DatasetFingerprintExtractor):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.num_foreground_voxels_for_intensitystats = 1e5
+
+    with _fingerprint_workers_in_threads():
+        extract_fingerprint_dataset(
+            dataset_id, FewerIntensitySamples, num_processes=1, check_dataset_integrity=False
+        )
+
+
 def _fit_fold(
     network: Any, cases: list[tuple[np.ndarray, np.ndarray]], regions: bool, seed: int
 ) -> None:
     """A few Adam steps on random 32^3 crops so the network's output is not noise."""
+    with _one_torch_thread():
+        _fit_steps(network, cases, regions, seed)
+    network.eval()
+
+
+def _fit_steps(
+    network: Any, cases: list[tuple[np.ndarray, np.ndarray]], regions: bool, seed: int
+) -> None:
     generator = np.random.default_rng(seed)
     torch.manual_seed(seed)
     optimiser = torch.optim.Adam(network.parameters(), lr=3e-3)
@@ -122,23 +193,10 @@ def _fit_fold(
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-    network.eval()
 
 
-def _build_model(root: Path, phantom_cases: list[Path], *, regions: bool) -> Path:
-    """An nnU-Net v2 training output folder with folds 0 and 1 (see the module docstring)."""
-    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
-        extract_fingerprints,
-        plan_experiments,
-    )
-    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    dataset_id = 991 if regions else 990
-    name = f"Dataset{dataset_id}_CerebraTiny{'Regions' if regions else 'Labels'}"
-    raw = root / "nnUNet_raw" / name
+def _write_raw_dataset(raw: Path, phantom_cases: list[Path], dataset_json: dict[str, Any]) -> None:
+    """The phantom cases at 3 mm in nnU-Net's raw format (``imagesTr``, ``labelsTr``)."""
     (raw / "imagesTr").mkdir(parents=True)
     (raw / "labelsTr").mkdir()
     for index, folder in enumerate(phantom_cases):
@@ -146,31 +204,37 @@ def _build_model(root: Path, phantom_cases: list[Path], *, regions: bool) -> Pat
         for c in range(images.shape[0]):
             _write_nifti(images[c], (3.0, 3.0, 3.0), raw / "imagesTr" / f"c{index}_{c:04d}.nii.gz")
         _write_nifti(seg, (3.0, 3.0, 3.0), raw / "labelsTr" / f"c{index}.nii.gz")
+    (raw / "dataset.json").write_text(json.dumps(dataset_json))
+
+
+def _dataset_json(n_cases: int, *, regions: bool) -> dict[str, Any]:
     dataset_json: dict[str, Any] = {
         "channel_names": CHANNEL_NAMES,
         "labels": REGION_LABELS if regions else LABELS,
-        "numTraining": len(phantom_cases),
+        "numTraining": n_cases,
         "file_ending": ".nii.gz",
     }
     if regions:
         dataset_json["regions_class_order"] = [2, 1, 3]
-    (raw / "dataset.json").write_text(json.dumps(dataset_json))
-    extract_fingerprints([dataset_id], num_processes=1, check_dataset_integrity=False)
-    plan_experiments([dataset_id])
-    plans_path = root / "nnUNet_preprocessed" / name / "nnUNetPlans.json"
-    plans = _shrink_plans(json.loads(plans_path.read_text()))
+    return dataset_json
+
+
+def _save_model(
+    out: Path,
+    plans: dict[str, Any],
+    dataset_json: dict[str, Any],
+    cases: list[tuple[np.ndarray, np.ndarray]],
+    *,
+    regions: bool,
+) -> Path:
+    """Folds 0 and 1 of one model fitted on ``cases``, in nnU-Net's results layout."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
     plans_manager = PlansManager(plans)
     config = plans_manager.get_configuration("3d_fullres")
-    preprocessor = DefaultPreprocessor(verbose=False)
-    cases = []
-    for index in range(len(phantom_cases)):
-        images = [str(raw / "imagesTr" / f"c{index}_{c:04d}.nii.gz") for c in range(4)]
-        data, seg, _ = preprocessor.run_case(
-            images, str(raw / "labelsTr" / f"c{index}.nii.gz"), plans_manager, config, dataset_json
-        )
-        cases.append((data.astype(np.float32), seg))
     label_manager = plans_manager.get_label_manager(dataset_json)
-    out = root / "nnUNet_results" / name / "nnUNetTrainer__nnUNetPlans__3d_fullres"
     out.mkdir(parents=True)
     (out / "plans.json").write_text(json.dumps(plans, indent=2))
     (out / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
@@ -210,6 +274,53 @@ def _build_model(root: Path, phantom_cases: list[Path], *, regions: bool) -> Pat
     return out
 
 
+def _build_models(root: Path, phantom_cases: list[Path]) -> dict[str, Path]:
+    """The label and the region nnU-Net v2 training output folders (see the module docstring).
+
+    nnunetv2 fingerprints and plans the label dataset once (a spawned worker and the planner):
+    the region dataset has the same images and the same foreground (label > 0), and the shrunk
+    configuration replaces all that its label definitions could change (patch and batch size from
+    the memory estimate). The cases are preprocessed once too: nnU-Net keeps labels, not regions,
+    in the preprocessed segmentation."""
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import plan_experiments
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    names = {"labels": "Dataset990_CerebraTinyLabels", "regions": "Dataset991_CerebraTinyRegions"}
+    datasets = {
+        kind: _dataset_json(len(phantom_cases), regions=kind == "regions") for kind in names
+    }
+    raw = root / "nnUNet_raw" / names["labels"]
+    _write_raw_dataset(raw, phantom_cases, datasets["labels"])
+    _extract_fingerprint(990)
+    plan_experiments([990])
+    plans_path = root / "nnUNet_preprocessed" / names["labels"] / "nnUNetPlans.json"
+    plans = _shrink_plans(json.loads(plans_path.read_text()))
+    plans_manager = PlansManager(plans)
+    config = plans_manager.get_configuration("3d_fullres")
+    preprocessor = DefaultPreprocessor(verbose=False)
+    cases = []
+    for index in range(len(phantom_cases)):
+        images = [str(raw / "imagesTr" / f"c{index}_{c:04d}.nii.gz") for c in range(4)]
+        data, seg, _ = preprocessor.run_case(
+            images,
+            str(raw / "labelsTr" / f"c{index}.nii.gz"),
+            plans_manager,
+            config,
+            datasets["labels"],
+        )
+        cases.append((data.astype(np.float32), seg))
+    models = {}
+    for kind, name in names.items():
+        model_plans = copy.deepcopy(plans)
+        model_plans["dataset_name"] = name
+        out = root / "nnUNet_results" / name / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+        models[kind] = _save_model(
+            out, model_plans, datasets[kind], cases, regions=kind == "regions"
+        )
+    return models
+
+
 @pytest.fixture(scope="session")
 def nnunet_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("nnunet")
@@ -218,20 +329,33 @@ def nnunet_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def label_model(nnunet_root: Path, phantom_cases: list[Path]) -> Path:
-    return _build_model(nnunet_root, phantom_cases, regions=False)
+def nnunet_models(nnunet_root: Path, phantom_cases: list[Path]) -> dict[str, Path]:
+    return _build_models(nnunet_root, phantom_cases)
 
 
 @pytest.fixture(scope="session")
-def region_model(nnunet_root: Path, phantom_cases: list[Path]) -> Path:
-    return _build_model(nnunet_root, phantom_cases, regions=True)
+def label_model(nnunet_models: dict[str, Path]) -> Path:
+    return nnunet_models["labels"]
+
+
+@pytest.fixture(scope="session")
+def region_model(nnunet_models: dict[str, Path]) -> Path:
+    return nnunet_models["regions"]
 
 
 @pytest.fixture(scope="session")
 def test_cases(phantom_case: Path) -> dict[str, tuple[np.ndarray, tuple[float, float, float]]]:
     """Cases unseen by planning: isotropic 3 mm (crop only), 2.5 x 3 x 4 mm (resampling) and
-    3 x 3 x 10 mm (anisotropic: nnU-Net resamples z separately, order 0)."""
-    images, _ = _load_case(phantom_case, (1, 1, 1))
+    3 x 3 x 10 mm (anisotropic: nnU-Net resamples z separately, order 0), each cut from the
+    :data:`TEST_CUBE_MM` cube around the phantom's tumour and padded with zeros."""
+    images, seg = _load_case(phantom_case, (1, 1, 1))
+    centre = np.argwhere(seg > 0).mean(axis=0)  # 1 mm voxels
+    box = []
+    for c, n in zip(centre, seg.shape, strict=True):
+        size = min(TEST_CUBE_MM, n)
+        start = int(np.clip(round(c - size / 2), 0, n - size))
+        box.append(slice(start, start + size))
+    images = images[(slice(None), *box)]
     cases = {"iso3_crop": ((3, 3, 3), (3.0, 3.0, 3.0))}
     cases["aniso_2p5x3x4"] = ((2, 3, 4), (2.0, 3.0, 4.0))
     cases["aniso_3x3x10_sepz"] = ((3, 3, 10), (3.0, 3.0, 10.0))
@@ -259,7 +383,7 @@ def _reference(
         allow_tqdm=False,
     )
     predictor.initialize_from_trained_model_folder(str(model), use_folds=(0, 1))
-    with fp32_accumulation() if fp32 else contextlib.nullcontext():
+    with _one_torch_thread(), fp32_accumulation() if fp32 else contextlib.nullcontext():
         seg, probs = predictor.predict_single_npy_array(
             image.transpose(0, 3, 2, 1).copy(), {"spacing": list(spacing[::-1])}, None, None, True
         )

@@ -8,6 +8,7 @@ runs both CPU engines against one reference).
 from __future__ import annotations
 
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from runners.errors import RunnerConfigError
 from runners.factory import build_runner, resolve_engine
 from runners.onnx_runner import OnnxSegmentationRunner
 from runners.openvino_runner import OpenVINOSegmentationRunner
+from runners.precision_guard import compare_held_out_labels
 from runners.settings import RunnerSettings
 from schemas.model_spec import ModelSpec
 
@@ -54,16 +56,6 @@ def _segment(runner: object, case: Path) -> SegmentationResult:
 def onnxruntime_results(spec: ModelSpec, phantom_cases: list[Path]) -> list[SegmentationResult]:
     runner = OnnxSegmentationRunner(DEFAULT_MODEL / "model.onnx", spec, RunnerSettings())
     return [_segment(runner, case) for case in phantom_cases]
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
-
-
-def _region_dices(labels: np.ndarray) -> dict[str, np.ndarray]:
-    """BraTS regions of a NETC/SNFH/ET label map: whole tumour, tumour core, enhancing."""
-    return {"WT": labels > 0, "TC": (labels == 1) | (labels == 3), "ET": labels == 3}
 
 
 def test_fp32_matches_onnxruntime_on_phantoms(
@@ -104,6 +96,26 @@ def test_mirror_tta_and_batch_sizes_match_onnxruntime(spec, cache_dir) -> None:
     assert a.shape == b.shape == (spec.num_outputs, *volume.shape[1:])
     assert float(np.abs(a - b).max()) <= PROBABILITY_DIFFERENCE_MAX
     assert (a.argmax(0) == b.argmax(0)).mean() >= LABEL_AGREEMENT_MIN
+    # Without TTA: the 2 tiles in one partial call (batch 2 of the configured 3).
+    c = ours.predict(volume, mirror_tta=False).probabilities
+    d = reference.predict(volume, mirror_tta=False).probabilities
+    assert float(np.abs(c - d).max()) <= PROBABILITY_DIFFERENCE_MAX
+    # One static shape per batch size met: the configured 3, the 8 flips of one tile, the
+    # 2-tile partial call; each compiled with a static input shape.
+    assert set(ours._by_batch) == {3, 8, 2}
+    for batch, compiled in ours._by_batch.items():
+        shape = compiled.inputs[0].get_partial_shape()
+        assert shape.is_static and shape[0].get_length() == batch
+    # Reused infer requests: two threads at once each get their own logits (different tiles:
+    # a shared output buffer would hand one thread the other's).
+    tiles = [volume[None, :, :64].copy(), volume[None, :, 16:].copy()]
+    expected = [ours.predict_tiles(t) for t in tiles]
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(2):
+            got = list(pool.map(ours.predict_tiles, tiles))
+            for g, e in zip(got, expected):
+                np.testing.assert_array_equal(g, e)
+    assert 1 <= len(ours._idle[1]) <= 2
 
 
 def test_compiled_model_is_cached_under_its_key(spec, tmp_path) -> None:
@@ -212,9 +224,34 @@ def test_bf16_admitted_with_looser_bound_keeps_held_out_dice(
     assert runner.decision.argmax_agreement is not None
     assert runner.decision.argmax_agreement >= LABEL_AGREEMENT_MIN
     assert runner.compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16
-    for case, reference in zip(phantom_cases, onnxruntime_results):
-        ours = _segment(runner, case).labels
-        for region, mask in _region_dices(reference.labels).items():
-            change = 1.0 - _dice(_region_dices(ours)[region], mask)
-            print(f"{case.name} {region}: bf16 Dice change {change:.4f}")
-            assert change <= DICE_CHANGE_MAX, (case.name, region, change)
+    check = compare_held_out_labels(
+        [reference.labels for reference in onnxruntime_results],
+        [_segment(runner, case).labels for case in phantom_cases],
+        requested="bf16",
+        max_dice_change=DICE_CHANGE_MAX,
+    )
+    print(f"bf16 held-out Dice change per region: {check.dice_changes}")
+    assert check.passed and check.note is None, check.note
+    assert check.cases == len(phantom_cases)
+
+
+def test_held_out_check_refuses_a_changed_region_naming_it() -> None:
+    """The guard's held-out half on label maps: one ET voxel of 100 lost fails 0.005."""
+    reference = np.zeros((10, 10, 10), dtype=np.uint8)
+    reference[:5] = 2  # SNFH
+    reference[5:6] = 3  # 100 ET voxels
+    candidate = reference.copy()
+    candidate[5, 0, 0] = 2
+    same = compare_held_out_labels(
+        [reference], [reference.copy()], requested="bf16", max_dice_change=DICE_CHANGE_MAX
+    )
+    assert same.passed and same.dice_changes == {"WT": 0.0, "TC": 0.0, "ET": 0.0}
+    changed = compare_held_out_labels(
+        [reference, reference], [reference, candidate], requested="bf16", max_dice_change=0.005
+    )
+    assert not changed.passed
+    assert changed.dice_changes["WT"] == 0.0  # the voxel stays tumour
+    assert changed.dice_changes["ET"] == pytest.approx(1 - 2 * 99 / 199)
+    assert changed.note is not None and "ET 0.0050" in changed.note and "bf16" in changed.note
+    with pytest.raises(ValueError, match="same non-zero number"):
+        compare_held_out_labels([reference], [], requested="bf16", max_dice_change=0.005)

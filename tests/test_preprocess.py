@@ -172,4 +172,47 @@ def test_float16_conversion_is_bitwise_numpy_cast() -> None:
     with np.errstate(over="ignore"):
         expected = values.astype(np.float16).view(np.uint16)
         ours = to_float16(values).view(np.uint16)
+        # written into a strided window of a larger volume, as the probabilities are pasted
+        volume = np.full((3, values.size), 7.0, dtype=np.float16)
+        to_float16(values, out=volume[1])
+        window = np.zeros((values.size, 2), dtype=np.float16)
+        to_float16(values, out=window[:, 1])
     assert np.array_equal(ours, expected)
+    assert np.array_equal(volume[1].view(np.uint16), expected)
+    assert np.all(volume[[0, 2]] == 7.0)
+    assert np.array_equal(window[:, 1].view(np.uint16), expected) and not window[:, 0].any()
+    with pytest.raises(ValueError, match="float16"):
+        to_float16(values, out=np.empty(values.size, dtype=np.float32))  # type: ignore[arg-type]
+
+
+def test_channel_by_channel_postprocess_equals_the_whole_array_path() -> None:
+    """Labels and float16 probabilities streamed per channel are the three-step path's, bit
+    for bit (ties to the first channel included)."""
+    from cerebrascan.imaging.postprocess import (
+        labels_and_probabilities_on_input_grid,
+        probabilities_on_input_grid,
+    )
+
+    shape = (40, 44, 36)
+    images = np.stack([_head(shape) * 100.0] * 4).astype(np.float32)
+    case = preprocess_images(images, (1.0, 1.0, 1.0), (1.5, 1.5, 1.5))
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0, 4, (4, *case.data.shape[1:])).astype(np.float32)
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=0)
+    probabilities[2, :3] = probabilities[1, :3]  # exact ties
+    output_labels = [0, 2, 1, 3]
+    labels, kept = labels_and_probabilities_on_input_grid(
+        probabilities, case, output_labels, keep_probabilities=True
+    )
+    cropped = probabilities_to_input_grid(probabilities, case)
+    assert np.array_equal(labels, labels_on_input_grid(cropped, case, output_labels))
+    expected = probabilities_on_input_grid(cropped, case, output_labels)
+    assert kept is not None and np.array_equal(kept.view(np.uint16), expected.view(np.uint16))
+    alone, none = labels_and_probabilities_on_input_grid(
+        probabilities, case, output_labels, keep_probabilities=False
+    )
+    assert none is None and np.array_equal(alone, labels)
+    with pytest.raises(ValueError, match="output labels"):
+        labels_and_probabilities_on_input_grid(
+            probabilities, case, [0, 1], keep_probabilities=False
+        )

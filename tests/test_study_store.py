@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from cerebrascan.settings import Settings
 from cerebrascan.store import PatientIdError, StudyRepository, create_store_engine, migrations
+from tests.atlas_options import atlas_by_voxel_index
 from tests.postgres_server import postgres_server
 
 KEY = b"test-key-0123456789abcdef"
@@ -243,12 +244,17 @@ def test_store_url_secrets_are_masked(tmp_path: Path) -> None:
 def test_analyze_with_patient_and_date_is_recorded(asgi_client, phantom_case: Path) -> None:
     from tests.test_service_asgi import _files
 
-    options = {"patient_id": "PAT-ASGI-0001", "study_date": "2024-05-06"}
+    options = {
+        "patient_id": "PAT-ASGI-0001",
+        "study_date": "2024-05-06",
+        "analyzers": atlas_by_voxel_index(asgi_client),
+    }
     response = asgi_client.post(
         "/analyze", files=_files(phantom_case), data={"options": json.dumps(options)}
     )
     assert response.status_code == 200, response.text
     answer = response.json()
+    assert answer["analyzers"]["nogo"]["status"] == "ok", answer["analyzers"]["nogo"]["error"]
     repository = StudyRepository.from_settings(Settings())
     try:
         record = repository.get_study(answer["study_id"])

@@ -21,6 +21,7 @@ from cerebrascan.longitudinal.timeline import build_timeline
 from cerebrascan.phantoms.series import PhantomVisit, SeriesPlan, generate_series
 from cerebrascan.settings import Settings
 from cerebrascan.store import StudyRepository, create_store_engine
+from tests.atlas_options import atlas_by_voxel_index
 from tests.postgres_server import postgres_server
 
 KEY = b"timeline-test-key-0123456789"
@@ -168,13 +169,21 @@ def posted_series(asgi_client: Any, tmp_path_factory: pytest.TempPathFactory) ->
     visits = generate_series(plan, series_id="E2E")
     folder = tmp_path_factory.mktemp("series")
     paths = [_write_visit(v, folder / f"v{i}") for i, v in enumerate(visits)]
+    analyzers = atlas_by_voxel_index(asgi_client)  # the delta analyzer registers visits itself
+    options = [
+        {
+            "patient_id": "PAT-E2E-0001",
+            "study_date": visit.study_date.isoformat(),
+            "analyzers": analyzers,
+        }
+        for visit in visits
+    ]
     answers = []
-    for visit, visit_paths in zip(visits, paths, strict=True):
-        options = {"patient_id": "PAT-E2E-0001", "study_date": visit.study_date.isoformat()}
-        response = _post(asgi_client, visit_paths, options)
+    for visit_paths, visit_options in zip(paths, options, strict=True):
+        response = _post(asgi_client, visit_paths, visit_options)
         assert response.status_code == 200, response.text
         answers.append(response.json())
-    return {"visits": visits, "paths": paths, "answers": answers}
+    return {"visits": visits, "paths": paths, "options": options, "answers": answers}
 
 
 @pytest.mark.slow
@@ -237,13 +246,8 @@ def test_three_visit_series_timeline_json_and_png(
 def test_posting_a_study_again_is_idempotent(
     asgi_client: Any, posted_series: dict[str, Any]
 ) -> None:
-    visits, paths, answers = (
-        posted_series["visits"],
-        posted_series["paths"],
-        posted_series["answers"],
-    )
-    options = {"patient_id": "PAT-E2E-0001", "study_date": visits[1].study_date.isoformat()}
-    again = _post(asgi_client, paths[1], options)
+    paths, answers = posted_series["paths"], posted_series["answers"]
+    again = _post(asgi_client, paths[1], posted_series["options"][1])
     assert again.status_code == 200, again.text
     assert again.json()["study_id"] == answers[1]["study_id"]
     assert again.json()["analyzers"] == answers[1]["analyzers"]

@@ -28,6 +28,7 @@ import SimpleITK as sitk  # noqa: N813 (the name SimpleITK documents)
 from scipy import ndimage
 
 from cerebrascan.imaging.sitk_images import downsample, itk_threads, single_transform, to_sitk
+from cerebrascan.longitudinal.response import near_mask
 
 logger = logging.getLogger(__name__)
 
@@ -76,10 +77,7 @@ def metric_mask(
     head = np.asarray(image) > 0
     if not tumour.any():
         return head
-    near_tumour = ndimage.distance_transform_edt(~tumour, sampling=spacing_mm) <= (
-        TUMOUR_EXCLUSION_MM
-    )
-    mask: npt.NDArray[np.bool_] = head & ~near_tumour
+    mask: npt.NDArray[np.bool_] = head & ~near_mask(tumour, spacing_mm, TUMOUR_EXCLUSION_MM)
     return mask
 
 

@@ -9,6 +9,8 @@
   previous visit alone and the overall one (baseline and nadir of every earlier visit).
 * :func:`change_map` and :func:`new_lesions`: voxel-wise new / resolved / stable tumour
   between a registered prior label map and the current one.
+* :func:`near_mask`: the voxels within a distance of a mask (distance transform of the mask's
+  padded bounding box only, not of the whole grid).
 """
 
 from __future__ import annotations
@@ -268,10 +270,7 @@ def new_lesions(
     if not current_tumour.any():
         return []
     components, count = ndimage.label(current_tumour, structure=np.ones((3, 3, 3), bool))
-    if prior_tumour.any():
-        near = ndimage.distance_transform_edt(~prior_tumour, sampling=spacing_mm) <= margin_mm
-    else:
-        near = np.zeros_like(current_tumour)
+    near = near_mask(prior_tumour, spacing_mm, margin_mm)
     voxel_ml = float(np.prod(spacing_mm)) / 1000.0
     sizes = np.bincount(components.ravel(), minlength=count + 1)
     touching = np.unique(components[near & (components > 0)])
@@ -281,3 +280,47 @@ def new_lesions(
         if k not in set(touching.tolist()) and sizes[k] * voxel_ml >= min_ml
     ]
     return sorted(volumes, reverse=True)
+
+
+def near_mask(
+    mask: npt.NDArray[np.bool_], spacing_mm: Sequence[float], distance_mm: float
+) -> npt.NDArray[np.bool_]:
+    """Voxels whose centre lies within ``distance_mm`` of a voxel of ``mask`` (the mask too).
+
+    The same as ``distance_transform_edt(~mask, sampling=spacing_mm) <= distance_mm``, but the
+    distance transform runs on the mask's bounding box padded by ``distance_mm`` (plus a
+    voxel) only: a tumour fills a few percent of a head's grid, and every voxel outside that
+    box is farther than ``distance_mm`` from the mask along one axis alone.
+
+    Args:
+        mask: 3D boolean mask.
+        spacing_mm: voxel size per axis (mm).
+        distance_mm: the distance (>= 0).
+
+    Returns:
+        A boolean array of the mask's shape; all False for an empty mask.
+
+    Raises:
+        ValueError: a negative distance or a spacing that does not match the mask's dimensions.
+    """
+    if distance_mm < 0 or not math.isfinite(distance_mm):
+        raise ValueError(f"distance_mm must be a finite number >= 0, got {distance_mm}")
+    if len(spacing_mm) != mask.ndim or any(s <= 0 for s in spacing_mm):
+        raise ValueError(f"spacing_mm {tuple(spacing_mm)} must be {mask.ndim} positive numbers")
+    near = np.zeros(mask.shape, dtype=bool)
+    found = np.nonzero(mask)
+    if found[0].size == 0:
+        return near
+    box = tuple(
+        slice(
+            max(int(axis.min()) - pad, 0),
+            min(int(axis.max()) + pad + 1, size),
+        )
+        for axis, size, pad in (
+            (axis, size, math.ceil(distance_mm / spacing) + 1)
+            for axis, size, spacing in zip(found, mask.shape, spacing_mm, strict=True)
+        )
+    )
+    distance = ndimage.distance_transform_edt(~mask[box], sampling=tuple(spacing_mm))
+    near[box] = distance <= distance_mm
+    return near

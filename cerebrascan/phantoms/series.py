@@ -317,8 +317,16 @@ def _downsample_case(case: PhantomCase) -> PhantomCase:
         name: blocks(image).mean(axis=(1, 3, 5), dtype=np.float32)
         for name, image in case.images.items()
     }
-    labelled = blocks(case.segmentation)
-    counts = np.stack([(labelled == k).sum(axis=(1, 3, 5)) for k in range(4)])
+    # label counts of each block, summed over its 8 voxels (one strided view each): the same
+    # counts as summing a 6-D block view per label, at a fraction of the time
+    counts = np.zeros((4, *small), dtype=np.uint8)
+    for offset in itertools.product((0, 1), repeat=3):
+        voxels = case.segmentation[
+            tuple(slice(o, n, 2) for o, n in zip(offset, shape, strict=True))
+        ]
+        for k in range(1, 4):
+            counts[k] += voxels == k
+    counts[0] = 8 - counts[1:].sum(axis=0, dtype=np.uint8)
     # majority of the block; ties go to the higher label (tumour over background)
     labels = (3 - np.argmax(counts[::-1], axis=0)).astype(np.uint8)
     half_voxel = np.eye(4)

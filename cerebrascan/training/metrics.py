@@ -40,6 +40,15 @@ def _surface(mask: BoolArray) -> BoolArray:
     return np.asarray(mask & ~ndimage.binary_erosion(mask, structure=structure, border_value=0))
 
 
+def _padded_box(mask: BoolArray) -> tuple[slice, ...]:
+    """The bounding box of a non-empty ``mask``, one voxel wider on each side within the grid."""
+    (box,) = ndimage.find_objects(mask.astype(np.uint8))
+    return tuple(
+        slice(max(axis.start - 1, 0), min(axis.stop + 1, size))
+        for axis, size in zip(box, mask.shape, strict=True)
+    )
+
+
 def hd95(
     prediction: BoolArray, reference: BoolArray, spacing_mm: tuple[float, float, float]
 ) -> float:
@@ -53,6 +62,11 @@ def hd95(
         return 0.0
     if has_prediction != has_reference:
         return EMPTY_HD95_MM
+    # both surfaces lie in the masks' joint bounding box (padded by a voxel so that erosion sees
+    # the same neighbours): distances computed there equal the whole grid's, at a fraction of
+    # the cost on a 240 x 240 x 155 study
+    box = _padded_box(prediction | reference)
+    prediction, reference = prediction[box], reference[box]
     surface_p, surface_r = _surface(prediction), _surface(reference)
     to_reference = ndimage.distance_transform_edt(~surface_r, sampling=spacing_mm)
     to_prediction = ndimage.distance_transform_edt(~surface_p, sampling=spacing_mm)

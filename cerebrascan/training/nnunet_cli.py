@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -38,6 +40,15 @@ def _stage_errors() -> tuple[type[Exception], ...]:
     return (NnunetPipelineError, NnunetImportError)
 
 
+@contextmanager
+def _stage_refusals(prefix: str = "") -> Iterator[None]:
+    """A stage's own errors (bad params, a refused import) as a one-line CLI error."""
+    try:
+        yield
+    except _stage_errors() as exc:
+        raise click.ClickException(f"{prefix}{exc}") from exc
+
+
 root_option = click.option(
     "--root", type=click.Path(path_type=Path), default=_ROOT, show_default=True,
     help="Folder holding nnUNet_raw, nnUNet_preprocessed, nnUNet_results and the logs.",
@@ -62,10 +73,8 @@ def convert(ctx: click.Context, root: Path) -> None:
     from cerebrascan.training.nnunet_pipeline import NnunetFolders, convert_dataset
 
     _, p = _params(ctx)
-    try:
+    with _stage_refusals():
         click.echo(str(convert_dataset(p.nnunet, NnunetFolders(root))))
-    except _stage_errors() as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 @nnunet.command("plan")
@@ -76,10 +85,8 @@ def plan(ctx: click.Context, root: Path) -> None:
     from cerebrascan.training.nnunet_pipeline import NnunetFolders, plan_and_preprocess
 
     _, p = _params(ctx)
-    try:
+    with _stage_refusals():
         click.echo(str(plan_and_preprocess(p.nnunet, NnunetFolders(root))))
-    except _stage_errors() as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 @nnunet.command("train")
@@ -90,10 +97,8 @@ def train(ctx: click.Context, root: Path) -> None:
     from cerebrascan.training.nnunet_pipeline import NnunetFolders, train_folds
 
     _, p = _params(ctx)
-    try:
+    with _stage_refusals():
         summary = train_folds(p.nnunet, NnunetFolders(root), Settings())
-    except _stage_errors() as exc:
-        raise click.ClickException(str(exc)) from exc
     click.echo(json.dumps(summary, indent=2))
 
 
@@ -106,10 +111,8 @@ def import_(ctx: click.Context, root: Path, model_dir: Path) -> None:
     from cerebrascan.training.nnunet_pipeline import NnunetFolders, import_model
 
     _, p = _params(ctx)
-    try:
+    with _stage_refusals("refused: "):
         click.echo(str(import_model(p.nnunet, NnunetFolders(root), model_dir)))
-    except _stage_errors() as exc:
-        raise click.ClickException(f"refused: {exc}") from exc
 
 
 @nnunet.command("evaluate")
