@@ -185,6 +185,30 @@ def test_float16_conversion_is_bitwise_numpy_cast() -> None:
         to_float16(values, out=np.empty(values.size, dtype=np.float32))  # type: ignore[arg-type]
 
 
+def test_float16_conversion_of_a_volume_goes_slab_by_slab_bit_for_bit() -> None:
+    """A probability-like volume larger than one slab (several slabs and a partial last one),
+    written into a crop of a larger volume from another thread: the numpy cast, bit for bit."""
+    import threading
+
+    from cerebrascan.imaging.postprocess import SLAB_ELEMENTS, to_float16
+
+    rng = np.random.default_rng(11)
+    shape = (70, 90, 101)  # 9090 voxels a plane: 28 planes a slab, 2 slabs and a partial one
+    assert np.prod(shape) > 2 * SLAB_ELEMENTS
+    values = (10.0 ** rng.uniform(-12, 0, shape)).astype(np.float32)
+    values[rng.random(shape) < 0.3] *= -1e-3
+    expected = values.astype(np.float16).view(np.uint16)
+    volume = np.zeros((2, 72, 96, 110), dtype=np.float16)
+    crop = (1, slice(1, 71), slice(3, 93), slice(4, 105))
+    worker = threading.Thread(target=to_float16, args=(values,), kwargs={"out": volume[crop]})
+    worker.start()
+    worker.join()
+    assert np.array_equal(volume[crop].view(np.uint16), expected)
+    volume[crop] = 0
+    assert not volume.any()  # nothing written outside the crop
+    assert np.array_equal(to_float16(values).view(np.uint16), expected)
+
+
 def test_channel_by_channel_postprocess_equals_the_whole_array_path() -> None:
     """Labels and float16 probabilities streamed per channel are the three-step path's, bit
     for bit (ties to the first channel included)."""
