@@ -469,7 +469,8 @@ def main() -> None:
 
 def _dices(truth: np.ndarray | None, labels: np.ndarray) -> dict[str, float] | None:
     """BraTS region Dice of ``labels`` against the phantom's true labels (None without one)."""
-    from runners.precision_guard import BRATS_REGIONS, region_dice
+    from runners.precision_guard import region_dice
+    from schemas.model_spec import BRATS_REGIONS
 
     if truth is None:
         return None

@@ -124,20 +124,12 @@ class OpenVINOSegmentationRunner(WindowedRunner):
         """Idle infer requests per batch size: as many as calls ever ran at once, not one per
         thread (a server's thread pool would keep one per thread alive)."""
         self.network = self.core.read_model(str(model_path))
-        self.precision: str = settings.precision
-        self._by_batch: dict[int, Any] = {}
-        self.cache_dir = self._cache_dir(settings.precision)
-        self.compiled = self._compiled_for(settings.tile_batch_size)
+        self._use_precision(settings.precision)
         self.decision = PrecisionDecision(settings.precision, settings.precision)
         if settings.precision != "fp32":
             self.decision = self._guard(settings.precision)
             if self.decision.used == "fp32":
-                self.precision = "fp32"
-                self._by_batch = {}
-                self._idle = {}
-                self.cache_dir = self._cache_dir("fp32")
-                self.compiled = self._compiled_for(settings.tile_batch_size)
-        self.precision = self.decision.used
+                self._use_precision("fp32")
         self.providers = [f"openvino-{self.ov.__version__.split('-')[0]}:{OPENVINO_DEVICE}"]
         logger.info(
             "OpenVINO model ready on %s (%s), precision %s, %s threads, %s stream(s)%s",
@@ -186,6 +178,15 @@ class OpenVINOSegmentationRunner(WindowedRunner):
         if self.settings.openvino_threads:
             config[self.ov.properties.inference_num_threads] = self.settings.openvino_threads
         return config
+
+    def _use_precision(self, precision: str) -> None:
+        """Serve ``precision``: compiled models and idle requests of another one are dropped,
+        the configured tile batch is compiled (or loaded from the keyed cache) now."""
+        self.precision = precision
+        self._by_batch: dict[int, Any] = {}
+        self._idle = {}
+        self.cache_dir = self._cache_dir(precision)
+        self.compiled = self._compiled_for(self.settings.tile_batch_size)
 
     def _cache_dir(self, precision: str) -> Path:
         cache_dir = self.engine_cache_dir / "openvino" / self.cache_key(precision)

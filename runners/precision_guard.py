@@ -17,11 +17,9 @@ import numpy.typing as npt
 from scipy.ndimage import gaussian_filter
 
 from runners.sliding_window import activate
-from schemas.model_spec import ModelSpec
+from schemas.model_spec import BRATS_REGIONS, ModelSpec
 
 REFERENCE_TILE_SEED = 20231
-BRATS_REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
-"""BraTS 2023 evaluation regions as sets of labels (NETC 1, SNFH 2, ET 3)."""
 
 
 @dataclass(frozen=True)

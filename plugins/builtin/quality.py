@@ -65,12 +65,12 @@ from plugins.builtin._support import (
     voxel_volume_ml,
 )
 from plugins.hookspecs import hookimpl
+from schemas.model_spec import BRATS_REGIONS
 
 logger = logging.getLogger(__name__)
 
 Severity = Literal["info", "warning", "error"]
 _STRIDE = 2
-_REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
 _SEVERITY_ORDER: dict[Severity, int] = {"error": 0, "warning": 1, "info": 2}
 
 
@@ -668,7 +668,7 @@ def check_uncertainty(
         return UncertaintyCheck((), means)
     seg = segmentation[box]
     values = np.asarray(disagreement[box], dtype=np.float32)
-    for region, labels in _REGIONS.items():
+    for region, labels in BRATS_REGIONS.items():
         mask = np.isin(seg, labels)
         if mask.any():
             means[region] = round(float(values[mask].mean()), 4)
