@@ -29,7 +29,7 @@ $(VENV)/.serve-installed: $(BIN)/python pyproject.toml $(CONSTRAINTS) requiremen
 
 # report-llm builds llama-cpp-python from its sdist (~10 min on 2 cores, once: pip caches the wheel).
 $(VENV)/.dev-installed: $(VENV)/.serve-installed $(DEEPBET_WHEEL)
-	$(PIP) install -q -c $(CONSTRAINTS) --build-constraint $(CONSTRAINTS) -e '.[train,test,radiomics,nnunet,report-llm,cohort,openvino,pacs]'
+	$(PIP) install -q -c $(CONSTRAINTS) --build-constraint $(CONSTRAINTS) -e '.[train,test,radiomics,nnunet,report-llm,cohort,openvino,quantize,pacs]'
 	touch $@
 
 # Brain extraction (docs/brain_extraction.md): the ONNX files in models/brain_extraction are

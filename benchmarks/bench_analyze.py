@@ -184,6 +184,10 @@ def ratios_to_baseline(engines: dict[str, dict[str, Any]]) -> dict[str, float]:
     }
 
 
+ENGINES = ("onnxruntime", "openvino", "auto")
+PRECISIONS = ("fp32", "bf16", "int8", "auto")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="a running server; default: start one")
@@ -199,10 +203,14 @@ def main() -> None:
         "--engines",
         nargs="+",
         default=["onnxruntime"],
-        choices=("onnxruntime", "openvino", "auto"),
-        help="runner.engine of each server (one server per engine)",
+        help="runner.engine of each server (one server per entry): onnxruntime, openvino or "
+        "auto, optionally with :PRECISION (runner.precision, e.g. auto:auto, openvino:bf16)",
     )
     args = parser.parse_args()
+    for entry in args.engines:
+        engine, _, precision = entry.partition(":")
+        if engine not in ENGINES or (precision and precision not in PRECISIONS):
+            parser.error(f"--engines {entry!r}: engine one of {ENGINES}, precision {PRECISIONS}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     workdir = Path(tempfile.mkdtemp(prefix="bench-analyze-"))
     (case,) = write_cohort(workdir / "cases", seed=args.seed, n_cases=1, prefix="BENCH")
@@ -211,19 +219,21 @@ def main() -> None:
     else:
         with contextlib.ExitStack() as stack:
             servers: dict[str, tuple[str, int | None]] = {}
-            for engine in args.engines:
-                data_dir = workdir / f"state-{engine}"  # one store and registry per server
+            for entry in args.engines:
+                engine, _, precision = entry.partition(":")
+                label = entry.replace(":", "-")
+                data_dir = workdir / f"state-{label}"  # one store and registry per server
                 ensure_default_model(Settings(data_dir=data_dir))
+                environment = {
+                    "CEREBRASCAN_DATA_DIR": str(data_dir),
+                    "CEREBRASCAN_RUNNER__ENGINE": engine,
+                }
+                if precision:
+                    environment["CEREBRASCAN_RUNNER__PRECISION"] = precision
                 server = stack.enter_context(
-                    bentoml_server(
-                        {
-                            "CEREBRASCAN_DATA_DIR": str(data_dir),
-                            "CEREBRASCAN_RUNNER__ENGINE": engine,
-                        },
-                        workdir / f"serve-{engine}.log",
-                    )
+                    bentoml_server(environment, workdir / f"serve-{label}.log")
                 )
-                servers[engine] = (server.url, server.process.pid)
+                servers[entry] = (server.url, server.process.pid)
             if args.baseline_tree:
                 server = stack.enter_context(baseline_server(args.baseline_tree, workdir))
                 servers[BASELINE] = (server.url, server.process.pid)

@@ -30,13 +30,20 @@ Networks:
            true labels (Dice per BraTS region printed); ``--held-out N`` segments N more
            phantoms untimed and runs the guard's held-out check on each reduced precision.
 
+The reduced precisions (``openvino-bf16``, ``openvino-int8``) are built with the guard's
+reference-tile half only: their held-out half is what ``--held-out`` measures here (the imported
+folder has no ``precisions.json``). ``openvino-int8`` runs the shipped int8 IR
+(``models/default/model.int8.xml``, ``cerebrascan pipeline quantize``) copied into the imported
+folder, so only with ``--network default-trained`` (the same trained weights); the guard compares
+it with ONNX Runtime fp32 on the imported ONNX, so a mismatched IR would be refused, not timed.
+
 Usage:
     python benchmarks/bench_nnunet.py --device cpu --network small
     python benchmarks/bench_nnunet.py --device cpu --network small --case tiny --tta off \
         --repeats 5 --engines onnxruntime openvino-fp32 openvino-bf16
     python benchmarks/bench_nnunet.py --device cpu --network default-trained --case phantom \
-        --tta off --repeats 5 --engines onnxruntime openvino-fp32 openvino-bf16 \
-        --guard-max-dp 0.5 --held-out 3
+        --tta off --repeats 7 --engines onnxruntime openvino-fp32 openvino-bf16 openvino-int8 \
+        --held-out 3
     python benchmarks/bench_nnunet.py --device cuda --network brats --engines torch-fp16 \
         torch-fp16-compile
 Prints a table; with ``--json PATH`` (or $OUT set) also writes the figures as JSON.
@@ -49,6 +56,7 @@ import copy
 import json
 import logging
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -87,6 +95,7 @@ ENGINES = (
     "onnxruntime",
     "openvino-fp32",
     "openvino-bf16",
+    "openvino-int8",
     "torch-fp32",
     "torch-fp16",
     "torch-fp16-compile",
@@ -288,6 +297,14 @@ def main() -> None:
         "setting's default); the guard's agreement bound stays the default",
     )
     parser.add_argument(
+        "--guard-min-agreement",
+        type=float,
+        default=None,
+        help="runner.precision_guard_min_agreement for every engine (default: the setting's, "
+        "0.999); lower it to time a reduced precision the guard refuses (rows name the "
+        "precision served)",
+    )
+    parser.add_argument(
         "--held-out",
         type=int,
         default=0,
@@ -306,6 +323,7 @@ def main() -> None:
     from cerebrascan.testing.nnunet_reference import fp32_accumulation
     from cerebrascan.training.nnunet_import import build_nnunet_model_folder
     from runners.factory import build_runner
+    from runners.openvino_runner import OpenVINOSegmentationRunner
     from runners.settings import RunnerSettings
     from schemas.model_spec import ModelSpec
 
@@ -342,6 +360,13 @@ def main() -> None:
         study = Study(
             images=image, affine=np.diag([*spacing, 1.0]), modalities=tuple(spec.modalities)
         )
+        if "openvino-int8" in engines:
+            if not trained:
+                parser.error(
+                    "openvino-int8 runs the shipped int8 IR: use --network default-trained"
+                )
+            for name in ("model.int8.xml", "model.int8.bin"):
+                shutil.copy(REPO / "models" / "default" / name, imported.folder / name)
         memory = PeakRss()
         runners = {}
         for engine in engines:
@@ -360,8 +385,25 @@ def main() -> None:
                     if args.guard_max_dp is None
                     else {"precision_guard_max_probability_difference": args.guard_max_dp}
                 ),
+                **(
+                    {}
+                    if args.guard_min_agreement is None
+                    else {"precision_guard_min_agreement": args.guard_min_agreement}
+                ),
             )
-            runners[engine] = build_runner(imported.folder, spec, settings, root / "engine-cache")
+            if name == "openvino" and precision != "fp32":
+                # The guard's held-out half is --held-out's check below, not a record.
+                runners[engine] = OpenVINOSegmentationRunner(
+                    imported.folder / "model.onnx",
+                    spec,
+                    settings,
+                    root / "engine-cache",
+                    require_held_out_record=False,
+                )
+            else:
+                runners[engine] = build_runner(
+                    imported.folder, spec, settings, root / "engine-cache"
+                )
         for tta in {"off": [False], "on": [True], "both": [False, True]}[args.tta]:
             predictor = nnUNetPredictor(
                 tile_step_size=0.5,
@@ -437,6 +479,8 @@ def main() -> None:
         f"device {device_name}, CPU flags {' '.join(cpu_features())}, torch {torch.__version__}, "
         f"{args.repeats} interleaved runs, guard max |dp| "
         f"{args.guard_max_dp or RunnerSettings().precision_guard_max_probability_difference}, "
+        f"guard min agreement "
+        f"{args.guard_min_agreement or RunnerSettings().precision_guard_min_agreement}, "
         f"load average at start / end {load_at_start} / {os.getloadavg()}"
     )
     print(header)
@@ -499,7 +543,7 @@ def _held_out_check(
         truths.append(truth)
         for engine, runner in runners.items():
             labels[engine].append(segment_study(study, runner, mirror_tta=False).labels)
-    fp32 = next(e for e in runners if not e.endswith(("bf16", "fp16")))
+    fp32 = next(e for e in runners if not e.endswith(("bf16", "fp16", "int8")))
     report: dict[str, Any] = {}
     for engine, runner in runners.items():
         dices = [_dices(t, x) for t, x in zip(truths, labels[engine])]

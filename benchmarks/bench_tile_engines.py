@@ -1,5 +1,13 @@
 """Per-tile network time on CPU: ONNX Runtime vs PyTorch variants, same nnU-Net weights.
 
+With ``--openvino``: the bundled model under OpenVINO, as read from ONNX vs rewritten by
+``runners.openvino_graph.prepare_network`` (zero-channel padding), fp32 and (where the CPU has
+it) bf16, each tile batch size, timed in interleaved rounds (median of ``--repeats``), with the
+logits' distance to ONNX Runtime fp32 on the guard's reference tile and OpenVINO's per-layer
+profile (PERF_COUNT, share of time per layer type and kernel) of each variant (issue #21):
+
+    .venv/bin/python benchmarks/bench_tile_engines.py --openvino --batch 2 4 --repeats 7
+
 Why CerebraScan's CPU speed-up over nnUNetPredictor is what it is (issue #3): both spend nearly
 all their time in the network, so the ratio is the engines' ratio. Builds the "small" nnU-Net
 network of ``bench_nnunet.py`` (random weights, nnU-Net's own architecture), imports it with
@@ -51,11 +59,112 @@ def _ort_session(onnx_path: Path, profile_prefix: str | None = None) -> Any:
     return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 
 
+def _openvino_variants(
+    batches: list[int], repeats: int, model_dir: Path
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
+    """Per-tile ms of the bundled network under OpenVINO, plain vs rewritten, interleaved."""
+    import openvino as ov
+
+    from runners.engine_cache import cpu_features
+    from runners.openvino_graph import channel_multiple_for, prepare_network
+    from runners.precision_guard import reference_tile
+    from schemas.model_spec import ModelSpec
+
+    core = ov.Core()
+    spec = ModelSpec.model_validate_json((model_dir / "model_spec.json").read_text())
+    onnx_path = model_dir / "model.onnx"
+    precisions = ["f32"]
+    if "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        precisions.append("bf16")
+    multiple = channel_multiple_for(cpu_features(), "bf16")
+    rows: list[dict[str, Any]] = []
+    requests: dict[tuple[str, str, int], Any] = {}
+    inputs: dict[int, np.ndarray] = {}
+    for batch in batches:
+        tiles = reference_tile(spec, batch)
+        inputs[batch] = tiles
+        reference = _ort_session(onnx_path).run(None, {spec.input_name: tiles})[0]
+        for variant in ("as read", f"padded to {multiple}"):
+            for precision in precisions:
+                network = core.read_model(onnx_path)
+                if variant != "as read":
+                    network = prepare_network(network, multiple)
+                network.reshape({spec.input_name: [batch, *tiles.shape[1:]]})
+                compiled = core.compile_model(
+                    network,
+                    "CPU",
+                    {
+                        "PERFORMANCE_HINT": "LATENCY",
+                        "INFERENCE_PRECISION_HINT": precision,
+                        "NUM_STREAMS": 1,
+                        "PERF_COUNT": True,
+                    },
+                )
+                request = compiled.create_infer_request()
+                request.infer({0: tiles})
+                logits = np.array(request.get_output_tensor(0).data)
+                rows.append(
+                    {
+                        "engine": f"openvino {precision} {variant}",
+                        "batch": batch,
+                        "relative_max_logit_difference_vs_ort": float(
+                            np.abs(logits - reference).max() / np.abs(reference).max()
+                        ),
+                        "label_agreement_vs_ort": float(
+                            (logits.argmax(1) == reference.argmax(1)).mean()
+                        ),
+                    }
+                )
+                requests[(precision, variant, batch)] = request
+    seconds: dict[tuple[str, str, int], list[float]] = collections.defaultdict(list)
+    for _ in range(repeats):
+        for key, request in requests.items():
+            start = time.perf_counter()
+            request.infer({0: inputs[key[2]]})
+            seconds[key].append(time.perf_counter() - start)
+    profiles: dict[str, dict[str, float]] = {}
+    for (precision, variant, batch), request in requests.items():
+        per_kind: collections.Counter[str] = collections.Counter()
+        for layer in request.get_profiling_info():
+            per_kind[f"{layer.node_type}/{layer.exec_type}"] += layer.real_time.total_seconds()
+        total = sum(per_kind.values())
+        name = f"openvino {precision} {variant}"
+        profiles[f"{name}, batch {batch}"] = {
+            kind: round(100 * t / total, 1) for kind, t in per_kind.most_common() if t > 0
+        }
+        runs = seconds[(precision, variant, batch)]
+        row = next(r for r in rows if r["engine"] == name and r["batch"] == batch)
+        row["ms_per_tile"] = statistics.median(runs) / batch * 1e3
+        row["ms_per_tile_min"] = min(runs) / batch * 1e3
+    return rows, profiles
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
+    parser.add_argument(
+        "--openvino",
+        action="store_true",
+        help="time the bundled model under OpenVINO, as read vs rewritten (issue #21)",
+    )
+    parser.add_argument("--repeats", type=int, default=7, help="--openvino: interleaved rounds")
+    parser.add_argument("--model-dir", type=Path, default=REPO / "models" / "default")
     args = parser.parse_args()
+    if args.openvino:
+        rows, profiles = _openvino_variants(args.batch, args.repeats, args.model_dir)
+        for row in rows:
+            print(
+                f"{row['engine']:32s} batch {row['batch']}: {row['ms_per_tile']:6.1f} ms/tile "
+                f"(min {row['ms_per_tile_min']:.1f}), max |dlogit| / max |logit| vs ORT "
+                f"{row['relative_max_logit_difference_vs_ort']:.1e}, labels "
+                f"{row['label_agreement_vs_ort']:.6f}"
+            )
+        for name, profile in profiles.items():
+            print(f"{name}: " + "; ".join(f"{k} {v}%" for k, v in profile.items()))
+        if args.out:
+            args.out.write_text(json.dumps({"rows": rows, "profiles": profiles}, indent=2) + "\n")
+        return
 
     import torch
     from bench_nnunet import write_nnunet_folder

@@ -235,6 +235,92 @@ def pipeline_export(params: object, train_dir: Path, out_dir: Path) -> None:
     click.echo(f"max |torch - onnxruntime| = {difference:.2e}")
 
 
+@pipeline.command("quantize")
+@click.option("--model-dir", type=click.Path(path_type=Path), default=Path("models/default"))
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where model.int8.xml/.bin and int8_calibration.json go (default: --model-dir).",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=3000,
+    show_default=True,
+    help="Calibration phantom cohort seed (also seeds the tile positions).",
+)
+@click.option(
+    "--n-cases",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Calibration phantoms generated from --seed.",
+)
+@click.option(
+    "--cases",
+    "cases_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Calibrate on these case folders (images and seg) instead of generated phantoms.",
+)
+@click.option("--tiles-per-case", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option(
+    "--preset",
+    type=click.Choice(["performance", "mixed"]),
+    default="performance",
+    show_default=True,
+)
+@click.option("--fast-bias-correction/--full-bias-correction", default=True, show_default=True)
+@click.option("--keep-first-conv-fp32/--quantize-first-conv", default=True, show_default=True)
+@click.option("--keep-last-conv-fp32/--quantize-last-conv", default=True, show_default=True)
+@click.option(
+    "--activation-range",
+    type=click.Choice(["default", "minmax"]),
+    default="default",
+    show_default=True,
+    help="Activation ranges: NNCF's default for the preset, or the extremes over all tiles.",
+)
+def pipeline_quantize(
+    model_dir: Path,
+    out_dir: Path | None,
+    seed: int,
+    n_cases: int,
+    cases_dir: Path | None,
+    tiles_per_case: int,
+    preset: str,
+    fast_bias_correction: bool,
+    keep_first_conv_fp32: bool,
+    keep_last_conv_fp32: bool,
+    activation_range: str,
+) -> None:
+    """int8 post-training quantisation (NNCF) for runner.precision=int8 on OpenVINO."""
+    from cerebrascan.inputs.case_folder import list_cases
+    from cerebrascan.training.quantize import QuantizeOptions, quantize_model_folder
+
+    options = QuantizeOptions(
+        seed=seed,
+        cases=n_cases,
+        tiles_per_case=tiles_per_case,
+        preset="mixed" if preset == "mixed" else "performance",
+        fast_bias_correction=fast_bias_correction,
+        keep_first_conv_fp32=keep_first_conv_fp32,
+        keep_last_conv_fp32=keep_last_conv_fp32,
+        activation_range="minmax" if activation_range == "minmax" else "default",
+    )
+    try:
+        record = quantize_model_folder(
+            model_dir, options, out_dir, list_cases(cases_dir) if cases_dir else None
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"{record['model']} in {out_dir or model_dir}: {record['calibration']['tiles']} tiles, "
+        f"preset {record['preset']}, fp32 convolutions {record['ignored_scope'] or 'none'}"
+    )
+
+
 @pipeline.command("evaluate")
 @click.option("--model-dir", type=click.Path(path_type=Path), default=Path("models/default"))
 @click.option(
@@ -256,8 +342,113 @@ def pipeline_evaluate(params: object, model_dir: Path, cases_dir: Path, train_di
     summary = json.loads((train_dir / "train_summary.json").read_text())
     metrics["train_summary"] = summary
     (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (model_dir / "model_card.md").write_text(model_card(metrics, params, summary))
+    card = model_card(metrics, params, summary)
+    card = _with_precisions_section(card, model_dir)
+    (model_dir / "model_card.md").write_text(card)
     click.echo(json.dumps(metrics["mean"], indent=2))
+
+
+def _with_precisions_section(card: str, model_dir: Path) -> str:
+    """The card with the "Reduced precisions" section of the folder's precisions.json (if any)."""
+    from cerebrascan.training.precisions import precisions_card_section, with_precisions_section
+    from runners.precision_record import read_precision_record
+
+    record = read_precision_record(model_dir).record
+    return with_precisions_section(card, precisions_card_section(record)) if record else card
+
+
+@pipeline.command("precisions")
+@click.option("--model-dir", type=click.Path(path_type=Path), default=Path("models/default"))
+@click.option(
+    "--cases",
+    "cases_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=Path("data/phantoms/test"),
+    help="Held-out BraTS 2023 case folders with -seg files.",
+)
+@click.option(
+    "--max-cases",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Use the first N cases (default: params precisions.held_out_cases).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=None,
+    help="Phantom cohort seed of the cases, recorded (default: params phantoms.test_seed).",
+)
+@click.option(
+    "--precision",
+    "precisions",
+    type=click.Choice(["bf16", "int8"]),
+    multiple=True,
+    help="Which to measure (repeatable); default: every one this CPU and folder offer.",
+)
+@click.option(
+    "--engine-cache-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="OpenVINO compiled-model cache (default: the runner's, <data_dir>/engine-cache).",
+)
+@click.option(
+    "--card/--no-card",
+    default=True,
+    show_default=True,
+    help="Write the model card's Reduced precisions section (the dvc pipeline leaves it to "
+    "the evaluate stage, which writes the card).",
+)
+@click.pass_obj
+def pipeline_precisions(
+    params: object,
+    model_dir: Path,
+    cases_dir: Path,
+    max_cases: int | None,
+    seed: int | None,
+    precisions: tuple[str, ...],
+    engine_cache_dir: Path | None,
+    card: bool,
+) -> None:
+    """Held-out check of bf16 / int8 against fp32 (precisions.json, which admits them)."""
+    from cerebrascan.inputs.case_folder import list_cases
+    from cerebrascan.training.params import PipelineParams
+    from cerebrascan.training.precisions import HeldOutCases, measure_precisions
+    from runners.errors import RunnerConfigError
+    from runners.precision_record import read_precision_record, write_precision_record
+
+    assert isinstance(params, PipelineParams)
+    folders = list_cases(cases_dir)[: max_cases or params.precisions.held_out_cases]
+    if not folders:
+        raise click.ClickException(f"no case folders under {cases_dir}")
+    names = [folder.name for folder in folders]
+    cases = HeldOutCases(
+        folders=folders,
+        seed=params.phantoms.test_seed if seed is None else seed,
+        source=f"case folders {', '.join(names)}",
+    )
+    settings = Settings()
+    try:
+        record = measure_precisions(
+            model_dir,
+            cases,
+            evaluate=params.evaluate,
+            max_dice_change=params.precisions.max_dice_change,
+            engine_cache_dir=engine_cache_dir or settings.engine_cache_dir,
+            precisions=list(precisions) or None,
+            previous=read_precision_record(model_dir).record,
+        )
+    except (RunnerConfigError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    path = write_precision_record(model_dir, record)
+    if card and (model_dir / "model_card.md").is_file():
+        card_path = model_dir / "model_card.md"
+        card_path.write_text(_with_precisions_section(card_path.read_text(), model_dir))
+    for precision, entry in record.precisions.items():
+        verdict = "passed" if entry.passed else f"failed: {entry.note}"
+        click.echo(f"{precision}: 1 - Dice vs fp32 {entry.dice_change}; {verdict}")
+    if not record.precisions:
+        click.echo("no reduced precision runs on this CPU / folder: record holds fp32 only")
+    click.echo(str(path))
 
 
 @pipeline.command("register")

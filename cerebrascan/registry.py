@@ -39,6 +39,14 @@ from schemas.model_spec import ModelSpec
 logger = logging.getLogger(__name__)
 
 MODEL_FILES = ("model.onnx", "model_spec.json", "model_card.md", "metrics.json")
+OPTIONAL_MODEL_FILES = (
+    "precisions.json",
+    "model.int8.xml",
+    "model.int8.bin",
+    "int8_calibration.json",
+)
+"""Registered with the version when the folder has them: the held-out record that admits bf16 /
+int8 (runners/precision_record.py) and the int8 network it may name."""
 REGISTRATION_EXPERIMENT = "cerebrascan-registry"
 LAST_GOOD_FILE = "last_good.json"
 """Per model name in the model cache: alias -> the version last resolved from the registry
@@ -223,7 +231,11 @@ def register_model_folder(
         folder,
         name=name,
         alias=alias,
-        files=(*MODEL_FILES, *weights),
+        files=(
+            *MODEL_FILES,
+            *weights,
+            *(name for name in OPTIONAL_MODEL_FILES if (folder / name).is_file()),
+        ),
         tags={
             "onnx_sha256": file_digest(folder / "model.onnx"),
             "training_data": str(metrics.get("training_data", "unknown")),

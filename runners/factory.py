@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runners.openvino_runner import openvino_available
+from runners.openvino_runner import openvino_available, openvino_offers
 from runners.protocol import TileRunner
 from runners.settings import RunnerSettings
 from schemas.model_spec import ModelSpec
@@ -32,6 +32,9 @@ def build_runner(
             or a precision the CPU lacks).
     """
     engine = resolve_engine(settings)
+    precision = resolve_precision(settings, engine)
+    if precision != settings.precision:
+        settings = settings.model_copy(update={"precision": precision})
     if engine == "openvino":
         from runners.openvino_runner import OpenVINOSegmentationRunner
 
@@ -66,3 +69,19 @@ def resolve_engine(settings: RunnerSettings) -> str:
     if on_cpu and openvino_available():
         return "openvino"
     return "onnxruntime"
+
+
+def resolve_precision(settings: RunnerSettings, engine: str) -> str:
+    """The precision ``settings.precision`` names for ``engine``; ``auto`` becomes one.
+
+    ``auto``: bf16 when the engine is OpenVINO and the CPU plugin offers BF16 (AMX or AVX-512
+    BF16): the network then runs ~3x faster than fp32 on such CPUs, and the precision guard
+    still decides whether bf16 serves (reference tile here, the model folder's held-out record),
+    falling back to fp32 with the reason. fp32 for every other engine and CPU: reduced precision
+    on a GPU (fp16) is asked for by name.
+    """
+    if settings.precision != "auto":
+        return settings.precision
+    if engine == "openvino" and openvino_offers("bf16"):
+        return "bf16"
+    return "fp32"

@@ -14,8 +14,11 @@ Precision: fp32 is asked for explicitly (OpenVINO's CPU plugin otherwise picks b
 on AMX / AVX-512 BF16 CPUs). bf16 or fp16 are compiled only where the CPU lists them among its
 optimisation capabilities (else the start stops with a message naming both) and serve only if
 the precision guard (:mod:`runners.precision_guard`) finds them in agreement with ONNX Runtime
-fp32 on the reference tile; otherwise the model is recompiled in fp32 and ``decision.note``
-says why.
+fp32 on the reference tile and (bf16, int8) the model folder's held-out record
+(``precisions.json``) admits them; otherwise the model is recompiled in fp32 and ``decision.note``
+says why. int8 is the model folder's ``model.int8.xml``, an OpenVINO IR that NNCF quantised
+(``cerebrascan pipeline quantize``; no nncf needed here): it goes through the same guard against
+ONNX Runtime fp32 on the ONNX, and its cache key covers the IR's digest instead of the ONNX's.
 """
 
 from __future__ import annotations
@@ -31,18 +34,28 @@ import numpy.typing as npt
 from runners.engine_cache import cpu_features, cpu_model_cache_key, file_digest
 from runners.errors import RunnerConfigError
 from runners.fp32_reference import guard_reduced_precision
+from runners.openvino_graph import GRAPH_REWRITE_VERSION, channel_multiple_for, prepare_network
 from runners.precision_guard import PrecisionDecision
+from runners.precision_record import separate_network_digest
 from runners.settings import RunnerSettings
 from runners.window import WindowedRunner
 from schemas.model_spec import ModelSpec
 
-__all__ = ["OpenVINOSegmentationRunner", "import_openvino", "openvino_available"]
+__all__ = [
+    "OpenVINOSegmentationRunner",
+    "import_openvino",
+    "openvino_available",
+    "openvino_offers",
+]
 
 logger = logging.getLogger(__name__)
 
 OPENVINO_DEVICE = "CPU"
-CAPABILITY_OF_PRECISION = {"fp32": "FP32", "bf16": "BF16", "fp16": "FP16"}
+CAPABILITY_OF_PRECISION = {"fp32": "FP32", "bf16": "BF16", "fp16": "FP16", "int8": "INT8"}
 """The CPU plugin's optimisation capability each precision needs."""
+INT8_MODEL_FILE = "model.int8.xml"
+"""The NNCF-quantised IR beside ``model.onnx`` (weights in ``model.int8.bin``)."""
+INT8_MAKE_COMMAND = "cerebrascan pipeline quantize --model-dir"
 
 
 def import_openvino() -> Any:
@@ -70,6 +83,17 @@ def openvino_available() -> bool:
     return True
 
 
+def openvino_offers(precision: str) -> bool:
+    """Whether OpenVINO is installed and its CPU plugin offers ``precision`` on this CPU
+    (what ``runner.precision: auto`` asks)."""
+    if not openvino_available():
+        return False
+    capabilities = (
+        import_openvino().Core().get_property(OPENVINO_DEVICE, "OPTIMIZATION_CAPABILITIES")
+    )
+    return CAPABILITY_OF_PRECISION[precision] in [str(c) for c in capabilities]
+
+
 class OpenVINOSegmentationRunner(WindowedRunner):
     """Runs an exported network tile batch by tile batch with OpenVINO on the CPU.
 
@@ -79,6 +103,9 @@ class OpenVINOSegmentationRunner(WindowedRunner):
         settings: device (``cpu`` only), precision, OpenVINO threads / streams / performance
             hint, tile batch size and step, guard bounds.
         engine_cache_dir: root of the compiled-model cache (``<root>/openvino/<key>``).
+        require_held_out_record: bf16 / int8 need the model folder's held-out record
+            (``precisions.json``) besides the reference tile; False only for the tool that
+            measures that record (``cerebrascan pipeline precisions``).
 
     Raises:
         RunnerConfigError: openvino is not installed, the device is not ``cpu``, or the CPU
@@ -93,8 +120,11 @@ class OpenVINOSegmentationRunner(WindowedRunner):
         spec: ModelSpec,
         settings: RunnerSettings,
         engine_cache_dir: Path,
+        *,
+        require_held_out_record: bool = True,
     ) -> None:
         self.ov = import_openvino()
+        self.require_held_out_record = require_held_out_record
         if settings.device != "cpu":
             raise RunnerConfigError(
                 f"runner.engine=openvino runs on the CPU only, got runner.device="
@@ -105,6 +135,18 @@ class OpenVINOSegmentationRunner(WindowedRunner):
             str(c) for c in self.core.get_property(OPENVINO_DEVICE, "OPTIMIZATION_CAPABILITIES")
         ]
         self.cpu_name = str(self.core.get_property(OPENVINO_DEVICE, "FULL_DEVICE_NAME"))
+        if settings.precision == "auto":  # as runners.factory.resolve_precision decides
+            chosen = "bf16" if CAPABILITY_OF_PRECISION["bf16"] in self.capabilities else "fp32"
+            settings = settings.model_copy(update={"precision": chosen})
+        self.int8_model_path = model_path.with_name(INT8_MODEL_FILE)
+        if settings.precision == "int8" and not (
+            self.int8_model_path.is_file() and self.int8_model_path.with_suffix(".bin").is_file()
+        ):
+            raise RunnerConfigError(
+                f"runner.precision='int8' needs the quantised model {self.int8_model_path} "
+                f"(and its .bin), which is missing: make it with `{INT8_MAKE_COMMAND} "
+                f"{model_path.parent}`, or use precision fp32"
+            )
         needed = CAPABILITY_OF_PRECISION[settings.precision]
         if needed not in self.capabilities:
             raise RunnerConfigError(
@@ -123,7 +165,6 @@ class OpenVINOSegmentationRunner(WindowedRunner):
         self._idle: dict[int, list[Any]] = {}
         """Idle infer requests per batch size: as many as calls ever ran at once, not one per
         thread (a server's thread pool would keep one per thread alive)."""
-        self.network = self.core.read_model(str(model_path))
         self._use_precision(settings.precision)
         self.decision = PrecisionDecision(settings.precision, settings.precision)
         if settings.precision != "fp32":
@@ -149,20 +190,27 @@ class OpenVINOSegmentationRunner(WindowedRunner):
     def cache_key(self, precision: str) -> str:
         """The compiled-model cache key for ``precision`` on this CPU and OpenVINO build."""
         return cpu_model_cache_key(
-            onnx_sha256=self._digest,
+            onnx_sha256=(
+                separate_network_digest(self.model_path.parent, INT8_MODEL_FILE) or "missing"
+            )
+            if precision == "int8"
+            else self._digest,
             precision=precision,
             input_shape=(len(self.spec.modalities), *self.spec.patch_size),
             cpu_name=self.cpu_name,
             features=cpu_features(),
             backend="openvino",
-            backend_version=str(self.ov.__version__),
+            backend_version=f"{self.ov.__version__}+{GRAPH_REWRITE_VERSION}",
         )
 
     def _config(self, precision: str, cache_dir: Path) -> dict[str, Any]:
         hint = self.ov.properties.hint
-        inference_type = {"fp32": self.ov.Type.f32, "bf16": self.ov.Type.bf16}.get(
-            precision, self.ov.Type.f16
-        )
+        # int8: the quantised layers run int8, the rest (ignored scope, norms) fp32.
+        inference_type = {
+            "fp32": self.ov.Type.f32,
+            "int8": self.ov.Type.f32,
+            "bf16": self.ov.Type.bf16,
+        }.get(precision, self.ov.Type.f16)
         mode = (
             hint.PerformanceMode.LATENCY
             if self.settings.openvino_performance_hint == "latency"
@@ -183,6 +231,11 @@ class OpenVINOSegmentationRunner(WindowedRunner):
         """Serve ``precision``: compiled models and idle requests of another one are dropped,
         the configured tile batch is compiled (or loaded from the keyed cache) now."""
         self.precision = precision
+        source = self.int8_model_path if precision == "int8" else self.model_path
+        self.network = self.core.read_model(str(source))
+        if precision != "int8":  # the quantised IR keeps NNCF's graph as it is
+            multiple = channel_multiple_for(cpu_features(), precision)
+            self.network = prepare_network(self.network, multiple)
         self._by_batch: dict[int, Any] = {}
         self._idle = {}
         self.cache_dir = self._cache_dir(precision)
@@ -217,7 +270,8 @@ class OpenVINOSegmentationRunner(WindowedRunner):
             return self._by_batch[batch]
 
     def _guard(self, precision: str) -> PrecisionDecision:
-        """Compare the reduced-precision model with ONNX Runtime fp32 on the reference tile."""
+        """Compare the reduced-precision model with ONNX Runtime fp32 on the reference tile,
+        then (bf16, int8) ask the model folder's held-out record."""
         return guard_reduced_precision(
             self.model_path,
             self.spec,
@@ -225,6 +279,8 @@ class OpenVINOSegmentationRunner(WindowedRunner):
             self.settings,
             precision=precision,
             engine="OpenVINO model",
+            require_held_out_record=self.require_held_out_record,
+            onnx_sha256=self._digest,
         )
 
     def predict_tiles(self, tiles: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

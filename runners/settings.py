@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from schemas.execution_providers import check_execution_providers
 
@@ -51,11 +51,16 @@ class RunnerSettings(BaseModel):
         pattern=r"^(cpu|cuda(:\d+)?)$",
         description="Device of the torch and TensorRT engines: cpu, cuda or cuda:N.",
     )
-    precision: Literal["fp32", "fp16", "bf16"] = Field(
+    precision: Literal["fp32", "fp16", "bf16", "int8", "auto"] = Field(
         default="fp32",
         description="Arithmetic of the network. Reduced precision is checked against fp32 on a "
         "reference tile when the engine is built and falls back to fp32 if they disagree. "
-        "openvino: fp32 or bf16 (a CPU with AVX-512 BF16 or AMX; refused at start elsewhere).",
+        "auto: bf16 with the openvino engine on a CPU that offers it (AMX / AVX-512 BF16), "
+        "through the same guard as an explicit bf16 (fp32 with the reason when refused); fp32 "
+        "with every other engine or CPU. "
+        "openvino: fp32 or bf16 (a CPU with AVX-512 BF16 or AMX; refused at start elsewhere), "
+        "or int8: the model folder's NNCF-quantised model.int8.xml (made by `cerebrascan "
+        "pipeline quantize`); int8 is refused at start by every other engine.",
     )
     openvino_threads: int = Field(
         default=0,
@@ -109,10 +114,33 @@ class RunnerSettings(BaseModel):
         default=0.1,
         gt=0.0,
         le=1.0,
-        description="... and no probability differs from fp32 by more than this.",
+        description="fp16 is kept only if no probability of the reference tile differs from "
+        "fp32 by more than this (fp16 overflow shows there first); for bf16 and int8 the "
+        "difference is reported, not decisive: they are admitted by decisions (agreement and "
+        "the held-out record).",
+    )
+    precision_guard_max_dice_change: float = Field(
+        default=0.005,
+        gt=0.0,
+        le=1.0,
+        description="bf16 and int8 serve only if the model folder's held-out record "
+        "(precisions.json, `cerebrascan pipeline precisions`, measured on the same model.onnx) "
+        "shows their labels within this 1 - Dice of fp32 in every region (WT, TC, ET) of every "
+        "held-out case; a missing, stale or failed record serves fp32.",
     )
 
     @field_validator("providers")
     @classmethod
     def _known_providers(cls, value: list[str]) -> list[str]:
         return check_execution_providers(value)
+
+    @model_validator(mode="after")
+    def _int8_needs_openvino(self) -> RunnerSettings:
+        # int8 is an NNCF-quantised OpenVINO IR: no other engine can run it.
+        if self.precision == "int8" and self.engine not in ("openvino", "auto"):
+            raise ValueError(
+                f"runner.precision='int8' runs only with runner.engine=openvino (the model's "
+                f"NNCF-quantised model.int8.xml), got runner.engine={self.engine!r}: use engine "
+                "openvino, or precision fp32 / fp16 / bf16"
+            )
+        return self

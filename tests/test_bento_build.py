@@ -150,6 +150,7 @@ def test_requirements_are_all_pinned_to_the_constraints(
         info = yaml.safe_load((bentos[variant] / "bento.yaml").read_text())
         envs = {env["name"]: env["value"] for env in info["envs"]}
         assert envs["CEREBRASCAN_RUNNER__ENGINE"] == "auto"
+        assert envs["CEREBRASCAN_RUNNER__PRECISION"] == "auto"
     else:
         assert "onnxruntime-gpu" in packed and "onnxruntime" not in packed
         assert "tensorrt-cu12" in packed and "tensorrt-cu12-libs" in packed

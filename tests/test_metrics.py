@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cerebrascan.imaging import regions
 from cerebrascan.imaging.regions import structure_mask, volumes_ml
 from cerebrascan.training.metrics import EMPTY_HD95_MM, dice, hd95, region_metrics
 
@@ -86,3 +87,18 @@ def test_volumes_in_millilitres_honour_spacing() -> None:
 def test_region_metrics_shape_mismatch_is_an_error() -> None:
     with pytest.raises(ValueError, match="shape"):
         region_metrics(np.zeros((2, 2, 2), np.uint8), np.zeros((2, 2, 3), np.uint8), (1, 1, 1))
+
+
+def test_label_counts_slab_by_slab_equal_bincount(monkeypatch: pytest.MonkeyPatch) -> None:
+    # slabs of 1000 voxels: counts carried across slab edges, values above the labels widen
+    # the counts as bincount does, a Fortran-ordered map is counted as a whole
+    monkeypatch.setattr(regions, "COUNT_SLAB_VOXELS", 1000)
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 4, size=(23, 19, 17)).astype(np.uint8)
+    assert np.array_equal(regions.label_counts(labels), np.bincount(labels.ravel(), minlength=4))
+    wide = rng.integers(0, 9, size=(23, 19, 17))
+    assert np.array_equal(regions.label_counts(wide), np.bincount(wide.ravel(), minlength=4))
+    fortran = np.asfortranarray(labels)
+    assert np.array_equal(regions.label_counts(fortran), np.bincount(labels.ravel(), minlength=4))
+    volumes = volumes_ml(labels, (1.0, 2.0, 0.5))
+    assert volumes["WT"] == pytest.approx(np.count_nonzero(labels) / 1000.0)

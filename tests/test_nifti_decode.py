@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
 from cerebrascan.errors import InputError
-from cerebrascan.inputs.nifti import assemble_study, decode_nifti
+from cerebrascan.inputs import nifti
+from cerebrascan.inputs.nifti import assemble_study, decode_nifti, read_uploads
 from tests import nifti_faults as faults
 
 MAX_VOXELS = 400**3
@@ -122,3 +124,59 @@ def test_affine_mismatch_is_named(tmp_path: Path) -> None:
     volumes = _volumes(tmp_path, t1c=faults.nifti_bytes(faults.brain_like(), shifted))
     with pytest.raises(InputError, match="t1c: affine differs"):
         assemble_study(volumes, ("t1n", "t1c", "t2w", "t2f"))
+
+
+MODALITIES = ("t1n", "t1c", "t2w", "t2f")
+
+
+def _uploads(tmp_path: Path, **overrides: bytes) -> dict[str, Path]:
+    payloads = {m: faults.nifti_bytes(faults.brain_like(seed=i)) for i, m in enumerate(MODALITIES)}
+    payloads.update(overrides)
+    return {m: _write(tmp_path, p, m) for m, p in payloads.items()}
+
+
+def _scaled_int16(seed: int) -> bytes:
+    image = nib.Nifti1Image((faults.brain_like(seed=seed) * 10).astype(np.int16), np.eye(4))
+    image.header.set_slope_inter(0.37, 12.5)
+    return image.to_bytes()
+
+
+def test_uploads_decode_into_the_study_as_file_by_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # int16 with scl_slope/scl_inter (plain file), gzip float32, several decode steps a file:
+    # read_uploads (one thread per file, straight into the study) gives the values of
+    # decode_nifti + assemble_study
+    files = _uploads(tmp_path, t2w=_scaled_int16(seed=9))
+    expected = assemble_study(
+        {m: decode_nifti(p, field=m, max_voxels=MAX_VOXELS) for m, p in files.items()}, MODALITIES
+    )
+    monkeypatch.setattr(nifti, "VOXEL_CHUNK_BYTES", 3 * 40 * 48 * 4)
+    study = read_uploads(files, MODALITIES, max_voxels=MAX_VOXELS)
+    assert study.images.dtype == np.float32
+    assert np.array_equal(study.images, expected.images)
+    assert np.array_equal(study.affine, expected.affine)
+    assert study.modalities == MODALITIES
+    # scl_slope/scl_inter applied as nibabel applies them
+    reference = nib.Nifti1Image.from_bytes(files["t2w"].read_bytes()).get_fdata(dtype=np.float32)
+    assert np.array_equal(study.images[2], reference)
+
+
+def test_uploads_name_the_first_bad_file_in_modality_order(tmp_path: Path) -> None:
+    files = _uploads(
+        tmp_path,
+        t2f=faults.with_value(np.nan),
+        t1c=faults.truncated_gzip(),
+    )
+    with pytest.raises(InputError, match=r"t1c: voxel data unreadable .*truncated") as caught:
+        read_uploads(files, MODALITIES, max_voxels=MAX_VOXELS)
+    assert caught.value.status_code == 400
+
+
+def test_uploads_check_the_grids_before_any_voxel(tmp_path: Path) -> None:
+    files = _uploads(tmp_path, t2f=faults.nifti_bytes(faults.brain_like((40, 48, 30))))
+    with pytest.raises(InputError, match=r"t2f: shape \(40, 48, 30\) differs"):
+        read_uploads(files, MODALITIES, max_voxels=MAX_VOXELS)
+    del files["t2w"]
+    with pytest.raises(InputError, match=r"missing modality file\(s\) \['t2w'\]"):
+        read_uploads(files, MODALITIES, max_voxels=MAX_VOXELS)

@@ -16,6 +16,7 @@ import pluggy
 import pytest
 from scipy import ndimage
 
+from cerebrascan.atlas import structures
 from cerebrascan.atlas.files import SRI24_STRUCTURES, juelich_atlas_installed, load_sri24_t1
 from cerebrascan.atlas.mapping import structure_atlas_for
 from cerebrascan.atlas.registration import register_atlas_to_image
@@ -299,3 +300,30 @@ def test_hook_registers_the_analyzer() -> None:
     ]
     assert [type(a).__name__ for a in analyzers] == ["NoGoAnalyzer"]
     assert analyzers[0].name == "nogo" and analyzers[0].options_model is NoGoOptions
+
+
+def test_min_distance_is_the_minimum_of_the_distances(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the bound from a sample (every 14th voxel here) prunes the search but must find the same
+    # minimum, to the last bit; anisotropic voxels, ten structures, mostly apart from the blobs
+    monkeypatch.setattr(structures, "_BOUND_SAMPLE", 7)
+    rng = np.random.default_rng(5)
+    shape = (48, 40, 36)
+    masks = {
+        name: ndimage.binary_dilation(rng.random(shape) > 0.99985, iterations=1 + k % 2)
+        for k, name in enumerate(SRI24_STRUCTURES)
+    }
+    packed = np.zeros(shape, dtype=np.uint16)
+    for bit, name in enumerate(SRI24_STRUCTURES):
+        packed[masks[name]] |= np.uint16(1 << bit)
+    atlas = StructureAtlas(packed, np.diag([0.9, 1.1, 2.5]), None)
+    apart = 0
+    for _ in range(4):
+        voxels = np.argwhere(ndimage.binary_dilation(rng.random(shape) > 0.99995, iterations=2))
+        for name in SRI24_STRUCTURES:
+            minimum = atlas.min_distance(name, voxels)
+            assert minimum == float(atlas.distances(name, voxels).min())
+            apart += 0 < minimum < np.inf
+    assert apart >= 30
+    inside = np.argwhere(masks[SRI24_STRUCTURES[0]])[:5]
+    assert atlas.min_distance(SRI24_STRUCTURES[0], inside) == 0.0
+    assert atlas.min_distance(SRI24_STRUCTURES[0], np.zeros((0, 3), dtype=np.intp)) == np.inf

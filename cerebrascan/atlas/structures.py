@@ -94,6 +94,10 @@ def surface_voxels(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.intp]:
     return found
 
 
+_BOUND_SAMPLE = 256
+"""Voxels whose nearest distance bounds :meth:`StructureAtlas.min_distance`'s search."""
+
+
 class StructureAtlas:
     """All SRI24 structure masks on one study grid, with mm distance queries.
 
@@ -178,3 +182,25 @@ class StructureAtlas:
         found, _ = tree.query(self.to_mm(voxels), distance_upper_bound=upper_bound_mm)
         inside = self.mask(name)[voxels[:, 0], voxels[:, 1], voxels[:, 2]]
         return np.where(inside, 0.0, np.asarray(found, dtype=np.float64))
+
+    def min_distance(self, name: str, voxels: npt.NDArray[Any]) -> float:
+        """``distances(name, voxels).min()``, the same value, found faster: the nearest of an
+        evenly spaced sample of the voxels bounds the search of all of them (a k-d tree query
+        with a small ``distance_upper_bound`` prunes most of the tree).
+
+        Returns:
+            The smallest distance (mm); 0 if a voxel is inside the structure; ``inf`` for no
+            voxels or an empty structure.
+        """
+        voxels = np.asarray(voxels)
+        tree = self.tree(name)
+        if tree is None or len(voxels) == 0:
+            return float("inf")
+        if self.mask(name)[voxels[:, 0], voxels[:, 1], voxels[:, 2]].any():
+            return 0.0
+        points = self.to_mm(voxels)
+        sample, _ = tree.query(points[:: max(1, len(points) // _BOUND_SAMPLE)])
+        # slightly above the sample's nearest: the query keeps distances under the bound only
+        bound = float(np.min(sample)) * (1.0 + 1e-9) + 1e-9
+        found, _ = tree.query(points, distance_upper_bound=bound)
+        return float(np.min(found))

@@ -12,15 +12,19 @@ import io
 import logging
 import zlib
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
+import numpy.typing as npt
 from nibabel.spatialimages import HeaderDataError
+from nibabel.volumeutils import apply_read_scaling
 
 from cerebrascan.errors import InputError
-from cerebrascan.inputs.study import Study, Volume, check_affine, check_shape, check_voxel_values
+from cerebrascan.inputs.study import Study, Volume, check_affine, check_shape
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +176,131 @@ def _data_dtype(header: nib.Nifti1Header, field: str) -> np.dtype[Any]:
     return dtype
 
 
+@dataclass(frozen=True)
+class _CheckedHeader:
+    """A NIfTI file's header after every check that needs no voxel (:func:`_checked_header`)."""
+
+    header: nib.Nifti1Header
+    shape: tuple[int, int, int]
+    dtype: np.dtype[Any]
+    affine: npt.NDArray[np.float64]
+    gzipped: bool
+
+
+def _checked_header(path: Path, *, field: str, max_voxels: int) -> _CheckedHeader:
+    """Read and check a NIfTI file's header (dimensions, data type, voxel sizes, affine).
+
+    Raises:
+        InputError: as :func:`decode_nifti`, for everything decided before a voxel is read.
+    """
+    with _open_maybe_gzip(path) as stream:
+        header = _read_header(stream, field)
+        gzipped = isinstance(stream, gzip.GzipFile)
+    shape = _spatial_shape(header, field, max_voxels)
+    dtype = _data_dtype(header, field)
+    if not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
+        raise InputError(f"voxel data type {dtype} is not a real number type", field=field)
+    check_data_layout(header, dtype, field)
+    zooms = np.asarray(header["pixdim"][1:4], dtype=np.float64)
+    if not np.all(np.isfinite(zooms)) or np.any(np.abs(zooms) <= 0) or np.any(np.abs(zooms) > 20):
+        raise InputError(f"voxel sizes {zooms.tolist()} mm are not in (0, 20]", field=field)
+    affine = np.asarray(header.get_best_affine(), dtype=np.float64)
+    check_affine(affine, field=field)
+    return _CheckedHeader(header, shape, dtype, affine, gzipped)
+
+
+class _GzipReader:
+    """The decompressed bytes of a gzip file, read forward in bounded steps.
+
+    One ``zlib`` call per :meth:`read` (it releases the GIL, so files decode in parallel
+    threads), never more output than asked for: a gzip bomb costs no more memory than the
+    header declared. Concatenated gzip members are read on as one stream, as ``gzip`` does.
+    """
+
+    def __init__(self, compressed: bytes) -> None:
+        self._inflate = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        self._input = compressed
+
+    def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes; fewer only at the end of the data."""
+        parts: list[bytes] = []
+        wanted = size
+        while wanted > 0:
+            if self._inflate.eof:
+                if not self._inflate.unused_data:
+                    break
+                self._input = self._inflate.unused_data
+                self._inflate = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+            out = self._inflate.decompress(self._input, wanted)
+            self._input = self._inflate.unconsumed_tail
+            if not out and not self._input and not self._inflate.eof:
+                break  # the input ended inside the stream: truncated
+            parts.append(out)
+            wanted -= len(out)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+VOXEL_CHUNK_BYTES = 4 * 2**20
+"""Voxel bytes decoded per step (whole slices along the last axis): small steps reuse the
+same memory, where a whole-file buffer per upload would fault in fresh pages every request."""
+
+
+def _read_exactly(stream: _GzipReader | io.BufferedIOBase, size: int) -> bytes:
+    data = stream.read(size)
+    if len(data) != size:
+        raise OSError(f"Expected {size} bytes, got {len(data)} bytes")
+    return data
+
+
+def _read_voxels_into(
+    path: Path, checked: _CheckedHeader, out: npt.NDArray[np.float32], *, field: str
+) -> None:
+    """Decode a checked file's voxels (scaling applied, as float32) into ``out`` of its
+    spatial shape, step by step, and refuse NaN/infinite or all-zero values.
+
+    The values are nibabel's (``header.data_from_fileobj``: the raw values in Fortran order,
+    ``scl_slope``/``scl_inter`` applied), cast to float32.
+
+    Raises:
+        InputError: 400 for unreadable (truncated, corrupt) voxel data; 422 for NaN/infinite
+            voxels or an image that is all zero (see :func:`check_voxel_values`).
+    """
+    header, (nx, ny, nz) = checked.header, checked.shape
+    slope, inter = header.get_slope_inter()
+    slope = 1.0 if slope is None else slope
+    inter = 0.0 if inter is None else inter
+    slice_bytes = nx * ny * checked.dtype.itemsize
+    step = max(1, VOXEL_CHUNK_BYTES // slice_bytes)
+    bad = 0
+    nonzero = False
+    try:
+        with path.open("rb") as handle:
+            stream: _GzipReader | io.BufferedIOBase = (
+                _GzipReader(handle.read()) if checked.gzipped else handle
+            )
+            _read_exactly(stream, int(header.get_data_offset()))
+            for start in range(0, nz, step):
+                stop = min(start + step, nz)
+                raw = np.frombuffer(
+                    _read_exactly(stream, (stop - start) * slice_bytes), dtype=checked.dtype
+                )
+                values = np.asarray(apply_read_scaling(raw, slope, inter), dtype=np.float32)
+                chunk = values.reshape((nx, ny, stop - start), order="F")
+                bad += int(np.count_nonzero(~np.isfinite(chunk)))
+                nonzero = nonzero or bool(np.any(chunk))
+                out[:, :, start:stop] = chunk
+    except _READ_ERRORS as exc:
+        raise InputError(
+            f"voxel data unreadable ({exc}); the file is probably truncated",
+            status_code=400,
+            field=field,
+        ) from exc
+    if bad:
+        raise InputError(f"{bad} voxels are NaN or infinite", field=field)
+    if not nonzero:
+        raise InputError("every voxel is zero; the image is empty", field=field)
+
+
 def decode_nifti(path: Path, *, field: str, max_voxels: int) -> Volume:
     """Read one NIfTI-1/2 file (plain or gzip) into a float32 volume.
 
@@ -188,41 +317,23 @@ def decode_nifti(path: Path, *, field: str, max_voxels: int) -> Volume:
             a declared size over ``max_voxels``, 422 for a readable image that cannot be analysed
             (not 3-D, bad voxel sizes or affine, NaN/inf voxels, all zero).
     """
-    with _open_maybe_gzip(path) as stream:
-        header = _read_header(stream, field)
-        shape = _spatial_shape(header, field, max_voxels)
-        dtype = _data_dtype(header, field)
-        if not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
-            raise InputError(f"voxel data type {dtype} is not a real number type", field=field)
-        check_data_layout(header, dtype, field)
-        zooms = np.asarray(header["pixdim"][1:4], dtype=np.float64)
-        if (
-            not np.all(np.isfinite(zooms))
-            or np.any(np.abs(zooms) <= 0)
-            or np.any(np.abs(zooms) > 20)
-        ):
-            raise InputError(f"voxel sizes {zooms.tolist()} mm are not in (0, 20]", field=field)
-        best_affine = header.get_best_affine()
-        affine = np.asarray(best_affine, dtype=np.float64)
-        check_affine(affine, field=field)
-        try:
-            stream.seek(0)
-            data = header.data_from_fileobj(stream)
-        except _READ_ERRORS as exc:
-            raise InputError(
-                f"voxel data unreadable ({exc}); the file is probably truncated",
-                status_code=400,
-                field=field,
-            ) from exc
-    volume = np.asarray(data, dtype=np.float32).reshape(shape)
-    check_voxel_values(volume, field=field)
-    return Volume(data=volume, affine=affine)
+    checked = _checked_header(path, field=field, max_voxels=max_voxels)
+    volume = np.empty(checked.shape, dtype=np.float32)
+    _read_voxels_into(path, checked, volume, field=field)
+    return Volume(data=volume, affine=checked.affine)
+
+
+AFFINE_TOLERANCE_MM = 1e-2
+"""Largest difference between two modalities' affine entries on one grid."""
 
 
 def read_uploads(
     files: Mapping[str, Path], modalities: tuple[str, ...], *, max_voxels: int
 ) -> Study:
     """The study of uploaded NIfTI files, one per modality, on one grid (``POST /analyze``).
+
+    Every header is checked first, then the grids against each other, then the voxels of the
+    modalities are decoded straight into the study's array, one thread per file.
 
     Args:
         files: uploaded file per modality name.
@@ -231,19 +342,33 @@ def read_uploads(
 
     Raises:
         InputError: a file cannot be decoded (see :func:`decode_nifti`), a modality is missing,
-            or the grids disagree (see :func:`assemble_study`).
+            or the grids disagree (see :func:`assemble_study`); of several bad files, the
+            first in ``modalities`` order is named.
     """
-    volumes = {
-        name: decode_nifti(path, field=name, max_voxels=max_voxels) for name, path in files.items()
+    headers = {
+        name: _checked_header(path, field=name, max_voxels=max_voxels)
+        for name, path in files.items()
     }
-    return assemble_study(volumes, modalities)
+    _check_one_grid(
+        {name: (checked.shape, checked.affine) for name, checked in headers.items()}, modalities
+    )
+    images = np.empty((len(modalities), *headers[modalities[0]].shape), dtype=np.float32)
+    with ThreadPoolExecutor(max_workers=len(modalities), thread_name_prefix="decode") as pool:
+        decoding = [
+            pool.submit(_read_voxels_into, files[name], headers[name], images[index], field=name)
+            for index, name in enumerate(modalities)
+        ]
+        for future in decoding:
+            future.result()
+    logger.debug("decoded study with shape %s", images.shape)
+    return Study(images=images, affine=headers[modalities[0]].affine, modalities=tuple(modalities))
 
 
 def assemble_study(
     volumes: Mapping[str, Volume],
     modalities: tuple[str, ...],
     *,
-    affine_tolerance_mm: float = 1e-2,
+    affine_tolerance_mm: float = AFFINE_TOLERANCE_MM,
 ) -> Study:
     """Stack the modalities into one study after checking they share one grid.
 
@@ -255,27 +380,44 @@ def assemble_study(
     Raises:
         InputError: a modality is missing or unexpected, or shapes or affines disagree.
     """
-    missing = [m for m in modalities if m not in volumes]
+    _check_one_grid(
+        {name: (volume.data.shape, volume.affine) for name, volume in volumes.items()},
+        modalities,
+        affine_tolerance_mm=affine_tolerance_mm,
+    )
+    images = np.stack([volumes[m].data for m in modalities], axis=0)
+    logger.debug("assembled study with shape %s", images.shape)
+    return Study(images=images, affine=volumes[modalities[0]].affine, modalities=tuple(modalities))
+
+
+def _check_one_grid(
+    grids: Mapping[str, tuple[tuple[int, ...], npt.NDArray[np.float64]]],
+    modalities: tuple[str, ...],
+    *,
+    affine_tolerance_mm: float = AFFINE_TOLERANCE_MM,
+) -> None:
+    """Every modality present, on the first one's grid (shape and affine).
+
+    Raises:
+        InputError: a modality is missing, or shapes or affines disagree.
+    """
+    missing = [m for m in modalities if m not in grids]
     if missing:
         raise InputError(
             f"missing modality file(s) {missing}; required: {list(modalities)}", status_code=400
         )
     reference_name = modalities[0]
-    reference = volumes[reference_name]
+    reference_shape, reference_affine = grids[reference_name]
     for name in modalities[1:]:
-        other = volumes[name]
-        if other.data.shape != reference.data.shape:
+        shape, affine = grids[name]
+        if shape != reference_shape:
             raise InputError(
-                f"shape {other.data.shape} differs from {reference_name}'s {reference.data.shape}",
-                field=name,
+                f"shape {shape} differs from {reference_name}'s {reference_shape}", field=name
             )
-        difference = float(np.max(np.abs(other.affine - reference.affine)))
+        difference = float(np.max(np.abs(affine - reference_affine)))
         if difference > affine_tolerance_mm:
             raise InputError(
                 f"affine differs from {reference_name}'s by up to {difference:.4g} "
                 f"(tolerance {affine_tolerance_mm}); modalities must be co-registered on one grid",
                 field=name,
             )
-    images = np.stack([volumes[m].data for m in modalities], axis=0)
-    logger.debug("assembled study with shape %s", images.shape)
-    return Study(images=images, affine=reference.affine, modalities=tuple(modalities))

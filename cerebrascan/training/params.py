@@ -70,6 +70,24 @@ class EvaluateParams(BaseModel):
     )
 
 
+class PrecisionsParams(BaseModel):
+    """The held-out check of reduced precisions (``cerebrascan pipeline precisions``)."""
+
+    held_out_cases: int | None = Field(
+        default=4,
+        ge=1,
+        description="The first N held-out cases are segmented in fp32 and each reduced "
+        "precision (None: all of them).",
+    )
+    max_dice_change: float = Field(
+        default=0.005,
+        gt=0,
+        le=1,
+        description="The bound recorded as passed / failed (the runner re-checks the recorded "
+        "changes against runner.precision_guard_max_dice_change).",
+    )
+
+
 class PipelineParams(BaseModel):
     """All of ``params.yaml``."""
 
@@ -77,6 +95,7 @@ class PipelineParams(BaseModel):
     model: ModelParams = Field(default_factory=ModelParams)
     train: TrainParams = Field(default_factory=TrainParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    precisions: PrecisionsParams = Field(default_factory=PrecisionsParams)
 
 
 def load_params(path: Path) -> PipelineParams:

@@ -287,7 +287,7 @@ class NoGoAnalyzer(Analyzer):
                 if overlap_ml > 0:
                     distance = 0.0
                 else:
-                    distance = float(atlas.distances(name, surface).min())
+                    distance = atlas.min_distance(name, surface)
             risk = classify(distance, overlap_ml, options)
             label = SRI24_STRUCTURES.index(name) + 1 if risk in ("high", "moderate") else None
             risks.append(

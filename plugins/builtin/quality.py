@@ -222,8 +222,10 @@ def brain_mask(images: Mapping[str, npt.NDArray[np.float32]]) -> npt.NDArray[np.
         raise ValueError("brain_mask needs at least one image, got none")
     shape = next(iter(images.values())).shape
     brain = np.zeros(shape, dtype=bool)
+    # one scratch mask for every modality: fresh whole-grid temporaries cost page faults
+    positive = np.empty(shape, dtype=bool)
     for image in images.values():
-        brain |= image > 0
+        brain |= np.greater(image, 0, out=positive)
     return brain
 
 
