@@ -295,7 +295,11 @@ class OpenVINOSegmentationRunner(WindowedRunner):
         with self._idle_lock:
             idle = self._idle.setdefault(batch, [])
             request = idle.pop() if idle else compiled.create_infer_request()
-        request.infer({self.spec.input_name: np.ascontiguousarray(tiles, dtype=np.float32)})
+        # share_inputs: the request reads the tiles in place (no copy into its own tensor)
+        request.infer(
+            {self.spec.input_name: np.ascontiguousarray(tiles, dtype=np.float32)},
+            share_inputs=True,
+        )
         logits = np.array(request.get_tensor(self.spec.output_name).data, dtype=np.float32)
         with self._idle_lock:
             if self._by_batch.get(batch) is compiled:  # not after a switch of precision

@@ -212,6 +212,8 @@ def sliding_window_predict(
     disagreement_sum = np.zeros(spatial, dtype=np.float32) if with_disagreement else None
     tiles = list(_tile_slices(tile_starts(spatial, patch_size, step), patch_size))
     tiles_per_call = max(1, batch_size // len(flips)) if len(flips) > 1 else batch_size
+    weighted = np.empty((num_classes, *patch_size), dtype=np.float32)
+    """One tile's Gaussian-weighted logits, reused (no per-tile temporaries)."""
     for first in range(0, len(tiles), tiles_per_call):
         group = tiles[first : first + tiles_per_call]
         batch = np.stack(
@@ -230,20 +232,25 @@ def sliding_window_predict(
                 f"{(len(batch), num_classes, *patch_size)}"
             )
         for index, tile in enumerate(group):
-            tile_logits = np.zeros((num_classes, *patch_size), dtype=np.float32)
-            unflipped: list[FloatArray] = []
-            for offset, flip in enumerate(flips):
-                out = logits[index * len(flips) + offset]
-                restored = np.flip(out, axis=tuple(a + 1 for a in flip)) if flip else out
-                tile_logits += restored
-                if disagreement_sum is not None:
-                    unflipped.append(restored)
-            tile_logits /= len(flips)
-            logit_sum[(slice(None), *tile)] += tile_logits * weights
+            if len(flips) == 1:  # no mirroring: the tile's logits as they are
+                np.multiply(logits[index], weights, out=weighted)
+            else:
+                tile_logits = np.zeros((num_classes, *patch_size), dtype=np.float32)
+                unflipped: list[FloatArray] = []
+                for offset, flip in enumerate(flips):
+                    out = logits[index * len(flips) + offset]
+                    restored = np.flip(out, axis=tuple(a + 1 for a in flip)) if flip else out
+                    tile_logits += restored
+                    if disagreement_sum is not None:
+                        unflipped.append(restored)
+                tile_logits /= len(flips)
+                np.multiply(tile_logits, weights, out=weighted)
+            logit_sum[(slice(None), *tile)] += weighted
             weight_sum[tile] += weights
             if disagreement_sum is not None:
                 disagreement_sum[tile] += flip_disagreement(unflipped) * weights
-    averaged: FloatArray = (logit_sum / weight_sum).astype(np.float32, copy=False)
+    logit_sum /= weight_sum  # in place: the sum is not needed after
+    averaged: FloatArray = logit_sum
     disagreement: FloatArray | None = None
     if disagreement_sum is not None:
         disagreement_sum /= weight_sum
