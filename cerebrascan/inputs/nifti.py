@@ -333,7 +333,9 @@ def read_uploads(
     """The study of uploaded NIfTI files, one per modality, on one grid (``POST /analyze``).
 
     Every header is checked first, then the grids against each other, then the voxels of the
-    modalities are decoded straight into the study's array, one thread per file.
+    modalities are decoded straight into the study's array, one thread per file. When the grids
+    disagree, each file is first decoded on its own, so that a file's own defect (truncated,
+    NaN, all zero) is what the error names, as when files were decoded one by one.
 
     Args:
         files: uploaded file per modality name.
@@ -349,9 +351,19 @@ def read_uploads(
         name: _checked_header(path, field=name, max_voxels=max_voxels)
         for name, path in files.items()
     }
-    _check_one_grid(
-        {name: (checked.shape, checked.affine) for name, checked in headers.items()}, modalities
-    )
+    try:
+        _check_one_grid(
+            {name: (checked.shape, checked.affine) for name, checked in headers.items()},
+            modalities,
+        )
+    except InputError:
+        # A file's own defect (truncated, NaN, all zero) names the problem better than the grid
+        # mismatch it may come with: on this error path only, decode each file on its own first.
+        for name in (m for m in modalities if m in files):
+            _read_voxels_into(
+                files[name], headers[name], np.empty(headers[name].shape, np.float32), field=name
+            )
+        raise
     images = np.empty((len(modalities), *headers[modalities[0]].shape), dtype=np.float32)
     with ThreadPoolExecutor(max_workers=len(modalities), thread_name_prefix="decode") as pool:
         decoding = [
