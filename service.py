@@ -58,7 +58,6 @@ from cerebrascan.serving.http.views import palette_app
 from cerebrascan.serving.jobs import JobQueueLimitMiddleware, configure_job_retention
 from cerebrascan.serving.limits import AnalysisLimiter, check_declared_memory
 from cerebrascan.serving.logs import RequestIdMiddleware, configure_logging
-from cerebrascan.serving.memory import service_envs
 from cerebrascan.serving.retention import RetentionSweeper
 from cerebrascan.serving.runner_service import (
     build_runner_service,
@@ -174,8 +173,6 @@ def _as_http_errors() -> Iterator[None]:
     workers=1,
     # sync APIs run in this many threads (BentoML's default is 1: one study at a time)
     threads=SETTINGS.batching.front_threads,
-    # glibc keeps freed memory for the next study instead of faulting it in again
-    envs=service_envs(),
 )
 @bentoml.asgi_app(
     studies_app(

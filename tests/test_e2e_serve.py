@@ -9,11 +9,9 @@ from pathlib import Path
 import httpx
 import nibabel as nib
 import numpy as np
-import psutil
 import pytest
 
 from cerebrascan.inputs.case_folder import modality_path, read_labels
-from cerebrascan.serving.memory import RETAIN_FREED_MEMORY
 from cerebrascan.testing.server_process import bentoml_server
 from cerebrascan.training.metrics import region_metrics
 from tests.conftest import SESSION_DATA_DIR
@@ -94,17 +92,3 @@ def test_metrics_expose_stage_and_analyzer_latency_and_model_version(
         for line in served
     ), served
     assert answer["study_id"] not in text
-
-
-def test_workers_keep_freed_memory(server) -> None:
-    # the service's envs reach every worker process (front and runner service), where glibc
-    # reads them at start; the arbiter itself is not a worker
-    workers = [
-        child
-        for child in psutil.Process(server.process.pid).children(recursive=True)
-        if "_bentoml_impl.worker.service" in " ".join(child.cmdline())
-    ]
-    assert workers
-    for worker in workers:
-        environment = worker.environ()
-        assert {k: environment.get(k) for k in RETAIN_FREED_MEMORY} == RETAIN_FREED_MEMORY
