@@ -83,9 +83,11 @@ def guard_reduced_precision(
         max_probability_difference=settings.precision_guard_max_probability_difference,
         probability_difference_decides=precision not in HELD_OUT_PRECISIONS,
     )
-    if decision.used == "fp32" or precision not in HELD_OUT_PRECISIONS:
-        return decision
-    if not require_held_out_record:
+    if (
+        decision.used == "fp32"
+        or precision not in HELD_OUT_PRECISIONS
+        or not require_held_out_record
+    ):
         return decision
     folder = model_path.parent
     reading = read_precision_record(folder)
