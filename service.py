@@ -27,6 +27,7 @@ from cerebrascan.atlas.files import AtlasNotInstalledError, preload_sri24
 from cerebrascan.brain_extraction.extractor import BrainExtractor
 from cerebrascan.dicom_analysis import DicomAnalysis
 from cerebrascan.errors import InputError, RunnerUnavailableError, StorageFullError
+from cerebrascan.imaging.array_pool import default_pool
 from cerebrascan.inputs.dicom.selection import load_rules
 from cerebrascan.inputs.dicom.study_builder import StripSkull
 from cerebrascan.inputs.dicom.upload import (
@@ -89,6 +90,8 @@ def _configure_logging() -> None:
 _configure_logging()
 configure_logging(SETTINGS.logging)
 configure_job_retention(SETTINGS.jobs)
+# whole-study arrays reuse this worker's memory from study to study (bounds.array_pool_mb)
+default_pool().configure(int(SETTINGS.bounds.array_pool_mb * (1 << 20)))
 refuse_remote_file_fields()
 # request metrics and access-log lines carry route templates, never ids from the path
 install_route_labels()

@@ -36,9 +36,11 @@ import numpy as np
 import psutil
 
 from cerebrascan.imaging import postprocess, preprocess
+from cerebrascan.imaging.array_pool import default_pool
 from cerebrascan.inputs.study import Study
 from cerebrascan.phantoms.generator import generate_case
 from cerebrascan.segmentation import finish_case, predict_case
+from cerebrascan.settings import Settings
 from runners.engine_cache import cpu_features
 from runners.factory import build_runner
 from runners.settings import RunnerSettings
@@ -125,8 +127,15 @@ def main() -> None:
     parser.add_argument("--baseline-tree", type=Path, help="also time this tree's imaging code")
     parser.add_argument("--label-seeds", type=int, nargs="*", default=[])
     parser.add_argument("--out", type=Path, help="write the results as JSON")
+    parser.add_argument(
+        "--array-pool-mb",
+        type=float,
+        default=Settings().bounds.array_pool_mb,
+        help="the process's array pool, as a server worker sets it (0: off)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    default_pool().configure(int(args.array_pool_mb * (1 << 20)))
     workdir = Path(tempfile.mkdtemp(prefix="bench-prepost-"))
     spec = ModelSpec.model_validate_json((DEFAULT_MODEL / "model_spec.json").read_text())
     runner = build_runner(
@@ -189,6 +198,7 @@ def main() -> None:
     results = {
         "runs": args.runs,
         "engine": args.engine,
+        "array_pool_mb": args.array_pool_mb,
         "case": {"seed": args.seed, "shape": list(study.shape), "spacing": list(study.spacing)},
         "median_ms": medians,
         "all_ms": times,

@@ -9,6 +9,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from cerebrascan.imaging.array_pool import pooled_empty, pooled_zeros
+from cerebrascan.imaging.channel_threads import map_channels
 from cerebrascan.imaging.preprocess import PreprocessedCase, resample_channels
 
 
@@ -139,29 +141,57 @@ def labels_and_probabilities_on_input_grid(
             f"output_labels {output_labels} are not a permutation of 0..{classes - 1}; "
             "cannot lay probabilities out by label value"
         )
-    full = None
-    if keep_probabilities:
-        full = np.zeros((classes, *case.input_shape), dtype=np.float16)
-        full[0] = 1.0
+    # Arrays on the whole input grid come from the process's pool (imaging/array_pool.py):
+    # memory kept from earlier studies, where fresh pages cost more than this arithmetic.
+    full = pooled_empty((classes, *case.input_shape), np.float16) if keep_probabilities else None
+
+    def on_crop(channel: int) -> npt.NDArray[np.float32]:
+        cropped: npt.NDArray[np.float32] = resample_channels(
+            network_probabilities[channel : channel + 1], case.cropped_shape, order=1
+        )[0]
+        if full is not None:
+            label = output_labels[channel]
+            # outside the crop: certainly background (label 0)
+            fill_outside(full[label], case.crop_box, 1.0 if label == 0 else 0.0)
+            to_float16(cropped, out=full[(label, *case.crop_box)])
+        return cropped
+
     best = np.empty(case.cropped_shape, dtype=np.float32)
     index = np.zeros(case.cropped_shape, dtype=np.uint8)
     higher = np.empty(case.cropped_shape, dtype=bool)
-    for channel, label in enumerate(output_labels):
-        cropped = resample_channels(
-            network_probabilities[channel : channel + 1], case.cropped_shape, order=1
-        )[0]
+    # channels resampled side by side; the argmax takes them in channel order as they come
+    for channel, cropped in enumerate(map_channels(on_crop, range(classes))):
         if channel == 0:
             np.copyto(best, cropped)
         else:
             np.greater(cropped, best, out=higher)
             np.copyto(index, np.uint8(channel), where=higher)
             np.maximum(best, cropped, out=best)
-        if full is not None:
-            to_float16(cropped, out=full[(label, *case.crop_box)])
         del cropped
-    labels = np.zeros(case.input_shape, dtype=np.uint8)
+    labels = pooled_zeros(case.input_shape, np.uint8)
     labels[case.crop_box] = np.asarray(output_labels, dtype=np.uint8)[index]
     return labels, full
+
+
+def fill_outside(volume: npt.NDArray[Any], box: tuple[slice, ...], value: float) -> None:
+    """Set every element of ``volume`` outside ``box`` to ``value``, leaving the box as it is.
+
+    At most two slabs per axis are written, so a caller that fills the box itself next writes
+    each element once.
+
+    Raises:
+        ValueError: ``box`` has not one slice per axis of ``volume``, or a slice has a step.
+    """
+    if len(box) != volume.ndim or any(part.step not in (None, 1) for part in box):
+        raise ValueError(f"box {box} is not one unit-step slice per axis of shape {volume.shape}")
+    inner = volume
+    for axis, part in enumerate(box):
+        start, stop, _ = part.indices(inner.shape[axis])
+        before = (slice(None),) * axis + (slice(0, start),)
+        after = (slice(None),) * axis + (slice(max(stop, start), None),)
+        inner[before] = value
+        inner[after] = value
+        inner = inner[(slice(None),) * axis + (slice(start, max(stop, start)),)]
 
 
 FLOAT16_SMALLEST_NORMAL = 2.0**-14
@@ -289,7 +319,7 @@ def scalar_map_on_input_grid(
     Zero outside the crop.
     """
     cropped = resample_channels(network_map[None], case.cropped_shape, order=1)[0]
-    full = np.zeros(case.input_shape, dtype=np.float16)
+    full = pooled_zeros(case.input_shape, np.float16)
     to_float16(cropped, out=full[case.crop_box])
     return full
 

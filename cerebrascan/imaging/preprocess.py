@@ -13,6 +13,9 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from cerebrascan.imaging.array_pool import pooled_empty
+from cerebrascan.imaging.channel_threads import map_channels
+
 FloatArray = npt.NDArray[np.float32]
 Box = tuple[slice, slice, slice]
 
@@ -35,9 +38,18 @@ def nonzero_mask(images: FloatArray) -> npt.NDArray[np.bool_]:
     ``np.any(images != 0, axis=0)`` channel by channel into one mask: no ``images``-sized
     boolean temporary.
     """
-    mask: npt.NDArray[np.bool_] = np.not_equal(images[0], 0)
-    for channel in images[1:]:
-        mask |= np.not_equal(channel, 0)
+    mask: npt.NDArray[np.bool_] = np.empty(images.shape[1:], dtype=np.bool_)
+    half = images.shape[1] // 2
+
+    def mask_slab(first_half: int) -> None:  # two slabs side by side (channel_threads)
+        part = slice(0, half) if first_half else slice(half, None)
+        out = mask[part]
+        np.not_equal(images[0, part], 0, out=out)
+        for channel in images[1:]:
+            out |= np.not_equal(channel[part], 0)
+
+    for _ in map_channels(mask_slab, (1, 0)):
+        pass
     return mask
 
 
@@ -278,18 +290,29 @@ def preprocess_images(
     outside = ~head
     cropped_shape = (int(cropped.shape[1]), int(cropped.shape[2]), int(cropped.shape[3]))
     target_shape = shape_for_spacing(cropped_shape, spacing, target_spacing)
-    # Channel by channel (the maths is per channel): every temporary stays channel-sized, so
-    # the allocator reuses its memory from call to call instead of mapping (and the kernel
-    # zeroing) fresh pages for each whole-case array: same values, fewer page faults.
-    resampled = np.empty((cropped.shape[0], *target_shape), dtype=np.float32)
-    scratch = np.empty(cropped_shape, dtype=np.float32)
-    normalised = np.empty(cropped_shape, dtype=np.float32)
-    for channel in range(cropped.shape[0]):
-        _zscore_channel(cropped[channel], head, outside, scratch, normalised)
-        resampled[channel] = resample_channels(normalised[None], target_shape, order=3)[0]
-    del scratch, normalised
+    # The maths is per channel. Channels are z-scored side by side on the shared threads
+    # (channel_threads), then resampled one by one: the resampling's BLAS products use every
+    # core already, and two channels' products at once made preprocessing ~20 % slower.
+    # The head mask on the network grid is resampled beside them.
+    channels = cropped.shape[0]
+    normalised = pooled_empty((channels, *cropped_shape), np.float32)
+
+    def normalise(channel: int) -> npt.NDArray[np.float32] | None:
+        if channel == channels:
+            head_on_grid: FloatArray = resample_channels(
+                head[None].astype(np.float32), target_shape, order=1
+            )[0]
+            return head_on_grid
+        scratch = np.empty(cropped_shape, dtype=np.float32)
+        _zscore_channel(cropped[channel], head, outside, scratch, normalised[channel])
+        return None
+
+    *_, head_resampled = map_channels(normalise, range(channels + 1))
+    assert head_resampled is not None
+    resampled = np.empty((channels, *target_shape), dtype=np.float32)
+    for channel, image in enumerate(normalised):
+        resampled[channel] = resample_channels(image[None], target_shape, order=3)[0]
     # Spline overshoot must not invent signal outside the head.
-    head_resampled = resample_channels(head[None].astype(np.float32), target_shape, order=1)[0]
     resampled[:, head_resampled < 0.5] = 0.0
     return PreprocessedCase(
         data=resampled,

@@ -24,6 +24,7 @@ from nibabel.spatialimages import HeaderDataError
 from nibabel.volumeutils import apply_read_scaling
 
 from cerebrascan.errors import InputError
+from cerebrascan.imaging.array_pool import pooled_empty
 from cerebrascan.inputs.study import Study, Volume, check_affine, check_shape
 
 logger = logging.getLogger(__name__)
@@ -364,7 +365,8 @@ def read_uploads(
                 files[name], headers[name], np.empty(headers[name].shape, np.float32), field=name
             )
         raise
-    images = np.empty((len(modalities), *headers[modalities[0]].shape), dtype=np.float32)
+    # the study's whole array from the process's pool (cerebrascan.imaging.array_pool)
+    images = pooled_empty((len(modalities), *headers[modalities[0]].shape), np.float32)
     with ThreadPoolExecutor(max_workers=len(modalities), thread_name_prefix="decode") as pool:
         decoding = [
             pool.submit(_read_voxels_into, files[name], headers[name], images[index], field=name)

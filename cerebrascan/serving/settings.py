@@ -300,6 +300,15 @@ class BoundSettings(BaseModel):
         le=600,
         description="How long a request waits for a free analysis slot before it is refused.",
     )
+    array_pool_mb: float = Field(
+        default=512.0,
+        ge=0,
+        le=65536,
+        description="Memory a worker keeps between studies for its whole-study arrays (the "
+        "decoded study, the probabilities on its grid: blocks of 32 MiB and more), in MiB, "
+        "handed out again instead of fresh pages; 0 turns the pool off. Bounded: blocks over "
+        "it are given back to the system.",
+    )
     max_request_memory_mb: float = Field(
         default=1024.0,
         gt=0,

@@ -1,0 +1,50 @@
+"""The shared channel threads: results in order, errors raised, no deadlock when nested."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from cerebrascan.imaging.channel_threads import (
+    THREAD_NAME_PREFIX,
+    channel_thread_count,
+    map_channels,
+)
+
+
+def test_results_come_in_item_order_from_the_shared_threads() -> None:
+    names: list[str] = []
+
+    def square(value: int) -> int:
+        names.append(threading.current_thread().name)
+        return value * value
+
+    assert list(map_channels(square, range(9))) == [v * v for v in range(9)]
+    assert names and all(name.startswith(THREAD_NAME_PREFIX) for name in names)
+    assert 1 <= channel_thread_count() <= 8
+
+
+def test_an_error_in_a_channel_is_raised_to_the_caller() -> None:
+    def fail_on_two(value: int) -> int:
+        if value == 2:
+            raise ValueError(f"channel {value} is bad")
+        return value
+
+    results = map_channels(fail_on_two, range(4))
+    assert next(results) == 0 and next(results) == 1
+    with pytest.raises(ValueError, match="channel 2 is bad"):
+        next(results)
+
+
+def test_a_nested_map_runs_in_the_calling_thread_instead_of_waiting() -> None:
+    """More nested maps than threads: each would wait for a free thread forever if it queued."""
+
+    def outer(value: int) -> tuple[int, str, list[str]]:
+        names = list(map_channels(lambda _: threading.current_thread().name, range(3)))
+        return value, threading.current_thread().name, names
+
+    results = list(map_channels(outer, range(channel_thread_count() + 2)))
+    assert [value for value, _, _ in results] == list(range(channel_thread_count() + 2))
+    for _, outer_thread, inner_threads in results:
+        assert inner_threads == [outer_thread] * 3
