@@ -185,12 +185,22 @@ def test_float16_conversion_is_bitwise_numpy_cast() -> None:
         to_float16(values, out=np.empty(values.size, dtype=np.float32))  # type: ignore[arg-type]
 
 
-def test_float16_conversion_of_a_volume_goes_slab_by_slab_bit_for_bit() -> None:
+@pytest.mark.parametrize("path", ["onnxruntime", "numpy"])
+def test_float16_conversion_of_a_volume_goes_slab_by_slab_bit_for_bit(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A probability-like volume larger than one slab (several slabs and a partial last one),
-    written into a crop of a larger volume from another thread: the numpy cast, bit for bit."""
+    written into a crop of a larger volume from another thread: the numpy cast, bit for bit,
+    through ONNX Runtime's Cast kernel and through the numpy path it falls back to."""
     import threading
 
+    from cerebrascan.imaging import postprocess
     from cerebrascan.imaging.postprocess import SLAB_ELEMENTS, to_float16
+
+    if path == "numpy":
+        monkeypatch.setattr(postprocess, "_hardware_cast_state", [None])
+    else:  # onnxruntime is a dependency: it must be usable, or every study pays ~20 ms a channel
+        assert postprocess._hardware_cast() is not None
 
     rng = np.random.default_rng(11)
     shape = (70, 90, 101)  # 9090 voxels a plane: 28 planes a slab, 2 slabs and a partial one
@@ -207,6 +217,48 @@ def test_float16_conversion_of_a_volume_goes_slab_by_slab_bit_for_bit() -> None:
     volume[crop] = 0
     assert not volume.any()  # nothing written outside the crop
     assert np.array_equal(to_float16(values).view(np.uint16), expected)
+
+
+def test_float16_hardware_cast_matches_numpy_on_every_kind_of_value() -> None:
+    """ONNX Runtime's Cast on a volume of every kind of value (ties to even, subnormals, the
+    smallest normal, overflow, signed zeros, infinities, NaN): numpy's cast bit for bit."""
+    from cerebrascan.imaging.postprocess import HARDWARE_CAST_MIN_ELEMENTS, to_float16
+
+    rng = np.random.default_rng(13)
+    ties = (np.arange(1, 2049, dtype=np.float32) + 0.5) * 2**-24  # halfway between subnormals
+    values = np.concatenate(
+        [
+            10.0 ** rng.uniform(-45, 5, 100_000),
+            -(10.0 ** rng.uniform(-45, 5, 20_000)),
+            ties,
+            ties * 2**10,  # halfway between normals
+            [np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 65504, 65520, 65519.99],
+        ]
+    ).astype(np.float32)
+    assert values.size >= HARDWARE_CAST_MIN_ELEMENTS
+    with np.errstate(over="ignore"):
+        expected = values.astype(np.float16).view(np.uint16)
+    assert np.array_equal(to_float16(values).view(np.uint16), expected)
+
+
+def test_the_shipped_cast_model_is_the_one_onnx_builds() -> None:
+    """The serialised Cast model in postprocess.py (the bento has no onnx package) is exactly
+    what onnx's helpers make of its description."""
+    from onnx import TensorProto, helper
+
+    from cerebrascan.imaging.postprocess import CAST_TO_FLOAT16_ONNX
+
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["values"], ["halves"], to=TensorProto.FLOAT16)],
+        "to_float16",
+        [helper.make_tensor_value_info("values", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("halves", TensorProto.FLOAT16, None)],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="cerebrascan"
+    )
+    model.ir_version = 9
+    assert model.SerializeToString() == CAST_TO_FLOAT16_ONNX
 
 
 def test_channel_by_channel_postprocess_equals_the_whole_array_path() -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import mmap
+import os
 import threading
 import weakref
 from collections import OrderedDict, deque
@@ -109,6 +110,11 @@ class ArrayPool:
             self._take_in_returned()
             self._evict_to(self._max_bytes)
         logger.debug("array pool keeps up to %d MiB of free blocks", max_bytes >> 20)
+
+    @property
+    def min_bytes(self) -> int:
+        """Arrays smaller than this come from numpy as usual."""
+        return self._min_bytes
 
     @property
     def max_bytes(self) -> int:
@@ -224,6 +230,16 @@ class ArrayPool:
 
 
 _default_pool = ArrayPool()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child starts a pool of its own with the same bounds: the parent's lock may
+    have been held by one of its threads at the fork, which the child would wait on forever."""
+    global _default_pool
+    _default_pool = ArrayPool(_default_pool.max_bytes, min_bytes=_default_pool.min_bytes)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def default_pool() -> ArrayPool:

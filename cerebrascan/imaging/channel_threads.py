@@ -31,9 +31,25 @@ def channel_thread_count() -> int:
 
 
 THREAD_NAME_PREFIX = "cerebrascan-channels"
-_executor = ThreadPoolExecutor(
-    max_workers=channel_thread_count(), thread_name_prefix=THREAD_NAME_PREFIX
-)
+
+
+def _new_executor() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(
+        max_workers=channel_thread_count(), thread_name_prefix=THREAD_NAME_PREFIX
+    )
+
+
+_executor = _new_executor()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has none of its parent's threads, but the executor would still count
+    them and never start new ones: every map would wait forever. The child gets its own."""
+    global _executor
+    _executor = _new_executor()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def map_channels(function: Callable[[Item], Result], items: Iterable[Item]) -> Iterator[Result]:
