@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -247,32 +248,6 @@ _PROBE = np.array(
 the smallest normal, overflow, signed zero, NaN): the kernel is used only if it matches
 numpy's."""
 
-_hardware_cast_lock = threading.Lock()
-_hardware_cast_state: list[Any] = []  # [] not tried yet; [None] unusable; [session] in use
-
-
-def _after_fork_in_child() -> None:
-    """A forked child builds its own session (and lock): neither is safe to share over a fork."""
-    global _hardware_cast_lock
-    _hardware_cast_lock = threading.Lock()
-    _hardware_cast_state.clear()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _hardware_cast() -> Any | None:
-    """An ONNX Runtime session of one ``Cast`` to float16 (the CPU's F16C / AVX-512 FP16
-    conversion through MLAS: ~0.6 ms for a 2.8M-voxel channel against ~20 ms for the numpy
-    path), or None when onnxruntime is missing or its result differs from numpy's on
-    :data:`_PROBE`. Built once per process; one thread per call (callers run channels side
-    by side already)."""
-    with _hardware_cast_lock:
-        if not _hardware_cast_state:
-            _hardware_cast_state.append(_build_hardware_cast())
-        return _hardware_cast_state[0]
-
-
 CAST_TO_FLOAT16_ONNX = (
     b'\x08\t\x12\x0bcerebrascan:O\n!\n\x06values\x12\x06halves"\x04Cast*\t\n\x02to\x18\n'
     b"\xa0\x01\x02\x12\nto_float16Z\x0e\n\x06values\x12\x04\n\x02\x08\x01b\x0e\n\x06halves"
@@ -283,7 +258,13 @@ serialised: the onnx package is not in the bento (tests/test_preprocess.py rebui
 onnx's helpers and compares)."""
 
 
-def _build_hardware_cast() -> Any | None:
+@functools.lru_cache(maxsize=1)
+def _hardware_cast() -> Any | None:
+    """An ONNX Runtime session of one ``Cast`` to float16 (the CPU's F16C / AVX-512 FP16
+    conversion through MLAS: ~0.6 ms for a 2.8M-voxel channel against ~20 ms for the numpy
+    path), or None when onnxruntime is missing or its result differs from numpy's on
+    :data:`_PROBE`. Built once per process (two threads at first use may both build it; the
+    sessions are equal); one thread per call (callers run channels side by side already)."""
     try:
         import onnxruntime
     except ImportError:
@@ -304,6 +285,10 @@ def _build_hardware_cast() -> Any | None:
         logger.warning("float16 conversion: onnxruntime's Cast differs from numpy's; not used")
         return None
     return session
+
+
+# A forked child builds its own session: one is not safe to share over a fork.
+os.register_at_fork(after_in_child=_hardware_cast.cache_clear)
 
 
 def to_float16(
