@@ -123,6 +123,7 @@ def measure(servers: dict[str, tuple[str, int | None]], case: Path, runs: int) -
             "latency_s_min": min(latencies[name]),
             "latency_s_max": max(latencies[name]),
             "stage_ms_median": stages,
+            "stage_ms_runs": timings,
             "server_peak_rss_mb": (monitors[name].peak / 2**20) if name in monitors else None,
         }
     return {

@@ -261,22 +261,30 @@ def test_the_shipped_cast_model_is_the_one_onnx_builds() -> None:
     assert model.SerializeToString() == CAST_TO_FLOAT16_ONNX
 
 
-def test_channel_by_channel_postprocess_equals_the_whole_array_path() -> None:
-    """Labels and float16 probabilities streamed per channel are the three-step path's, bit
-    for bit (ties to the first channel included)."""
+@pytest.mark.parametrize(
+    ("shape", "spacing", "output_labels"),
+    [
+        ((40, 44, 36), (1.0, 1.0, 1.0), [0, 2, 1, 3]),  # every axis resampled, labels permuted
+        ((40, 44, 36), (1.5, 1.5, 1.5), [0, 1, 2, 3]),  # nothing resampled, labels as channels
+        ((70, 30, 20), (1.0, 1.5, 1.5), [3, 0, 1, 2]),  # the first axis only, several blocks
+    ],
+)
+def test_channel_by_channel_postprocess_equals_the_whole_array_path(
+    shape: tuple[int, int, int], spacing: tuple[float, float, float], output_labels: list[int]
+) -> None:
+    """Labels and float16 probabilities streamed plane block by plane block are the three-step
+    path's, bit for bit (ties to the first channel included)."""
     from cerebrascan.imaging.postprocess import (
         labels_and_probabilities_on_input_grid,
         probabilities_on_input_grid,
     )
 
-    shape = (40, 44, 36)
     images = np.stack([_head(shape) * 100.0] * 4).astype(np.float32)
-    case = preprocess_images(images, (1.0, 1.0, 1.0), (1.5, 1.5, 1.5))
+    case = preprocess_images(images, spacing, (1.5, 1.5, 1.5))
     rng = np.random.default_rng(3)
     logits = rng.normal(0, 4, (4, *case.data.shape[1:])).astype(np.float32)
     probabilities = np.exp(logits) / np.exp(logits).sum(axis=0)
     probabilities[2, :3] = probabilities[1, :3]  # exact ties
-    output_labels = [0, 2, 1, 3]
     labels, kept = labels_and_probabilities_on_input_grid(
         probabilities, case, output_labels, keep_probabilities=True
     )
@@ -291,4 +299,54 @@ def test_channel_by_channel_postprocess_equals_the_whole_array_path() -> None:
     with pytest.raises(ValueError, match="output labels"):
         labels_and_probabilities_on_input_grid(
             probabilities, case, [0, 1], keep_probabilities=False
+        )
+
+
+def test_mask_bounding_box_is_the_projections_extent() -> None:
+    from cerebrascan.imaging.preprocess import mask_bounding_box
+
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        mask = np.zeros((17, 23, 11), dtype=bool)
+        corner = rng.integers(0, 8, 3)
+        size = rng.integers(1, 6, 3)
+        mask[tuple(slice(c, c + n) for c, n in zip(corner, size, strict=True))] = (
+            rng.random(tuple(size)) < 0.3
+        )
+        if not mask.any():
+            assert mask_bounding_box(mask) is None
+            continue
+        expected = tuple(
+            slice(int(idx[0]), int(idx[-1]) + 1)
+            for idx in (
+                np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+                for axis in range(3)
+            )
+        )
+        assert mask_bounding_box(mask) == expected
+    assert mask_bounding_box(np.zeros((3, 3, 3), dtype=bool)) is None
+
+
+def test_zscore_by_slabs_is_the_whole_channel_arithmetic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slab by slab (several slabs per channel here) and from a strided crop, the z-score is
+    nnU-Net's whole-array arithmetic bit for bit."""
+    from cerebrascan.imaging import preprocess
+
+    monkeypatch.setattr(preprocess, "ZSCORE_SLAB_BYTES", 4 * 9 * 13 * 3)  # 3 planes a slab
+    rng = np.random.default_rng(11)
+    images = rng.normal(300, 40, (3, 20, 9, 13)).astype(np.float32)
+    images[:, :, :2] = 0  # outside the head in every channel
+    images[1, 5, 5, 5] = 0  # zero in one channel only: still inside
+    crop = images[:, 1:19]  # a strided view, as preprocessing passes it
+    mask = np.any(crop != 0, axis=0)
+    out = zscore_inside_mask(crop, mask)
+    for channel in range(3):
+        values = np.ascontiguousarray(crop[channel])[mask]
+        mean = float(values.mean())
+        std = float(values.std(mean=np.float32(mean)))
+        expected = np.ascontiguousarray(crop[channel]) - mean
+        expected = expected / max(std, 1e-8)
+        expected[~mask] = 0.0
+        assert np.array_equal(
+            out[channel].view(np.uint32), expected.astype(np.float32).view(np.uint32)
         )

@@ -43,8 +43,11 @@ def nonzero_mask(images: FloatArray) -> npt.NDArray[np.bool_]:
     def mask_slab(part: slice) -> None:
         out = mask[part]
         np.not_equal(images[0, part], 0, out=out)
-        for channel in images[1:]:
-            out |= np.not_equal(channel[part], 0)
+        if images.shape[0] > 1:
+            scratch = np.empty(out.shape, dtype=np.bool_)
+            for channel in images[1:]:
+                np.not_equal(channel[part], 0, out=scratch)
+                out |= scratch
 
     half = images.shape[1] // 2  # two slabs side by side on the shared threads
     for _ in map_channels(mask_slab, (slice(0, half), slice(half, None))):
@@ -62,15 +65,27 @@ def nonzero_bounding_box(images: FloatArray, mask: npt.NDArray[np.bool_] | None 
     Raises:
         ValueError: every voxel is zero.
     """
-    nonzero = nonzero_mask(images) if mask is None else mask
-    if not nonzero.any():
+    box = mask_bounding_box(nonzero_mask(images) if mask is None else mask)
+    if box is None:
         raise ValueError("cannot crop: every voxel of every channel is zero")
-    box = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        present = np.flatnonzero(nonzero.any(axis=other))
-        box.append(slice(int(present[0]), int(present[-1]) + 1))
-    return (box[0], box[1], box[2])
+    return box
+
+
+def mask_bounding_box(mask: npt.NDArray[np.bool_]) -> Box | None:
+    """Smallest box holding every True voxel of a 3-D ``mask``; None when there is none.
+
+    The mask is read once whole (its projection along the last axis); the last axis's extent
+    is then read off the box's first two extents only.
+    """
+    columns: npt.NDArray[np.bool_] = np.any(mask, axis=2)
+    rows_x = np.flatnonzero(columns.any(axis=1))
+    if rows_x.size == 0:
+        return None
+    rows_y = np.flatnonzero(columns.any(axis=0))
+    x = slice(int(rows_x[0]), int(rows_x[-1]) + 1)
+    y = slice(int(rows_y[0]), int(rows_y[-1]) + 1)
+    rows_z = np.flatnonzero(mask[x, y].any(axis=(0, 1)))
+    return (x, y, slice(int(rows_z[0]), int(rows_z[-1]) + 1))
 
 
 def zscore_inside_mask(images: FloatArray, mask: npt.NDArray[np.bool_] | None = None) -> FloatArray:
@@ -84,9 +99,8 @@ def zscore_inside_mask(images: FloatArray, mask: npt.NDArray[np.bool_] | None = 
     mask = np.ascontiguousarray(mask)
     outside = ~mask
     out = np.empty(images.shape, dtype=np.float32)
-    data = np.empty(images.shape[1:], dtype=np.float32)
     for channel in range(images.shape[0]):
-        _zscore_channel(images[channel], mask, outside, data, out[channel])
+        _zscore_channel(images[channel], mask, outside, out[channel])
     return out
 
 
@@ -94,21 +108,47 @@ def _zscore_channel(
     channel: FloatArray,
     mask: npt.NDArray[np.bool_],
     outside: npt.NDArray[np.bool_],
-    scratch: FloatArray,
     out: FloatArray,
 ) -> None:
-    """One channel of :func:`zscore_inside_mask` into ``out`` (``scratch``: a buffer of its
-    shape, so the caller reuses one for every channel)."""
-    # A crop is a strided view: one contiguous copy makes every pass below stream memory.
-    np.copyto(scratch, channel)
-    values = scratch[mask]
+    """One channel of :func:`zscore_inside_mask` into ``out``; ``channel`` may be a strided
+    view (a crop)."""
+    mean, divisor = _zscore_statistics(channel, mask)
+    step = _slab_planes(channel.shape)
+    for start in range(0, channel.shape[0], step):
+        part = slice(start, start + step)
+        _normalise(channel[part], mean, divisor, outside[part], out[part])
+
+
+def _zscore_statistics(channel: FloatArray, mask: npt.NDArray[np.bool_]) -> tuple[float, float]:
+    """The mean of ``channel`` inside ``mask`` and the divisor of its z-score (the standard
+    deviation, at least 1e-8), as nnU-Net computes them: over ``image[mask]`` in float32."""
+    values = channel[mask]  # the voxels in C order, as nnU-Net's ``image[mask]``
     mean = float(values.mean())
     std = float(values.std(mean=np.float32(mean)))
-    del values
-    # Whole-channel arithmetic then one select: faster than a masked scatter, same values.
-    np.subtract(scratch, mean, out=out)
-    np.divide(out, max(std, 1e-8), out=out)
+    return mean, max(std, 1e-8)
+
+
+def _normalise(
+    part: FloatArray, mean: float, divisor: float, outside: npt.NDArray[np.bool_], out: FloatArray
+) -> None:
+    """``(part - mean) / divisor``, zero where ``outside``, into ``out``.
+
+    Whole-slab arithmetic then one select: faster than a masked scatter, same values.
+    """
+    np.subtract(part, mean, out=out)
+    np.divide(out, divisor, out=out)
     np.copyto(out, 0.0, where=outside)
+
+
+ZSCORE_SLAB_BYTES = 1 << 20
+"""Bytes of float32 planes normalised at a time: the z-score's three passes then run in cache
+instead of streaming the channel through memory once per pass."""
+
+
+def _slab_planes(shape: tuple[int, ...]) -> int:
+    """How many planes along the first axis of ``shape`` make one slab of float32."""
+    plane_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * 4)
+    return max(1, ZSCORE_SLAB_BYTES // plane_bytes)
 
 
 SPACING_TOLERANCE = 1e-3
@@ -152,7 +192,7 @@ def _resampling_matrix(n_in: int, n_out: int, order: int) -> FloatArray:
 
 
 @lru_cache(maxsize=128)
-def _linear_taps(n_in: int, n_out: int) -> tuple[npt.NDArray[np.intp], FloatArray, FloatArray]:
+def linear_taps(n_in: int, n_out: int) -> tuple[npt.NDArray[np.intp], FloatArray, FloatArray]:
     """The two taps of each row of the order-1 :func:`_resampling_matrix`: ``(first, w_first,
     w_next)``; output ``j`` is ``w_first[j] * in[first[j]] + w_next[j] * in[first[j] + 1]``.
 
@@ -188,10 +228,26 @@ def _resample_linear(images: FloatArray, shape: tuple[int, int, int]) -> FloatAr
     two scaled slices added are memory-speed, and single-threaded, so a busy CPU slows them
     in proportion instead of stalling BLAS threads that wait for each other.
     """
+    channels = images.shape[0]
+    out = resample_linear_inner_axes(images, (shape[1], shape[2]))
+    x, y, z = out.shape[1:]
+    if x != shape[0]:
+        out = _two_tap_planes(out.reshape(channels, x, y * z), shape[0])
+    return out.reshape(channels, *shape)
+
+
+def resample_linear_inner_axes(images: FloatArray, inner_shape: tuple[int, int]) -> FloatArray:
+    """The first two steps of the order-1 :func:`resample_channels`: ``(channels, x, y, z)``
+    resampled along its last two axes to ``(channels, x, *inner_shape)``.
+
+    The first array axis is left to the caller (two planes per output plane, with
+    :func:`linear_taps`), who may stream it plane by plane; the values are those of the
+    whole-array path.
+    """
     channels, x, y, z = images.shape
     out = np.ascontiguousarray(images, dtype=np.float32)
-    if z != shape[2]:  # innermost axis: two gathers, done first, on the smallest array
-        first, w_first, w_next = _linear_taps(z, shape[2])
+    if z != inner_shape[1]:  # innermost axis: two gathers, done first, on the smallest array
+        first, w_first, w_next = linear_taps(z, inner_shape[1])
         rows = out.reshape(-1, z)
         gathered = np.take(rows, first, axis=1)
         gathered *= w_first
@@ -199,15 +255,12 @@ def _resample_linear(images: FloatArray, shape: tuple[int, int, int]) -> FloatAr
         following *= w_next
         gathered += following
         del following
-        z = shape[2]
+        z = inner_shape[1]
         out = gathered.reshape(channels, x, y, z)
-    if y != shape[1]:
-        out = _two_tap_planes(out.reshape(channels * x, y, z), shape[1])
-        y = shape[1]
-        out = out.reshape(channels, x, y, z)
-    if x != shape[0]:
-        out = _two_tap_planes(out.reshape(channels, x, y * z), shape[0])
-    return out.reshape(channels, *shape)
+    if y != inner_shape[0]:
+        out = _two_tap_planes(out.reshape(channels * x, y, z), inner_shape[0])
+        y = inner_shape[0]
+    return out.reshape(channels, x, y, z)
 
 
 def _two_tap_planes(source: FloatArray, n_out: int) -> FloatArray:
@@ -217,7 +270,7 @@ def _two_tap_planes(source: FloatArray, n_out: int) -> FloatArray:
     in cache and no whole-array temporary is made.
     """
     outer, n_in, inner = source.shape
-    first, w_first, w_next = _linear_taps(n_in, n_out)
+    first, w_first, w_next = linear_taps(n_in, n_out)
     result = np.empty((outer, n_out, inner), dtype=np.float32)
     scratch = np.empty((outer, inner), dtype=np.float32)
     for j in range(n_out):
@@ -249,25 +302,63 @@ def resample_channels(images: FloatArray, shape: tuple[int, int, int], order: in
         return images.astype(np.float32, copy=False)
     if order == 1:
         return _resample_linear(images, shape)
-    x, y, z = spatial
-    out = np.ascontiguousarray(images, dtype=np.float32)
-    # Three large BLAS products, each over the array's last axis (the middle axis is moved
-    # there and back: two memory-speed copies beat thousands of small products).
+    out = np.empty((channels, *shape), dtype=np.float32)
+    for channel in range(channels):
+        _resample_spline_into(images[channel], shape, order, out[channel])
+    return out
+
+
+def _spline_workspace_size(source: tuple[int, int, int], shape: tuple[int, int, int]) -> int:
+    """Float32 elements of the scratch :func:`_resample_spline_into` uses for one channel."""
+    x, y, _ = source
+    after_last = x * y * shape[2]
+    after_middle = x * shape[1] * shape[2]
+    return 2 * after_last + 2 * after_middle
+
+
+def _resample_spline_into(
+    image: FloatArray,
+    shape: tuple[int, int, int],
+    order: int,
+    out: FloatArray,
+    workspace: FloatArray | None = None,
+) -> None:
+    """One channel of :func:`resample_channels` (a spline ``order`` > 1) written into ``out``,
+    a C-contiguous float32 array of ``shape``.
+
+    Three large BLAS products, each over the array's last axis (the middle axis is moved there
+    and back: two memory-speed copies beat thousands of small products). Their intermediate
+    arrays are carved from ``workspace`` (float32, at least :func:`_spline_workspace_size`
+    elements) when one is given, so a caller can keep that memory from study to study.
+    """
+    x, y, z = image.shape
+    size = _spline_workspace_size((x, y, z), shape)
+    if workspace is None:
+        workspace = np.empty(size, dtype=np.float32)
+    after_last = x * y * shape[2]
+    after_middle = x * shape[1] * shape[2]
+    data = np.ascontiguousarray(image, dtype=np.float32)
     if z != shape[2]:
-        out = out.reshape(-1, z) @ _resampling_matrix(z, shape[2], order).T
+        rows = workspace[:after_last].reshape(x * y, shape[2])
+        np.matmul(data.reshape(-1, z), _resampling_matrix(z, shape[2], order).T, out=rows)
+        data = rows.reshape(x, y, shape[2])
     if y != shape[1]:
-        moved = np.ascontiguousarray(out.reshape(channels * x, y, shape[2]).transpose(0, 2, 1))
-        moved = moved.reshape(-1, y) @ _resampling_matrix(y, shape[1], order).T
-        out = np.ascontiguousarray(
-            moved.reshape(channels * x, shape[2], shape[1]).transpose(0, 2, 1)
-        )
+        moved = workspace[after_last : 2 * after_last].reshape(x, shape[2], y)
+        np.copyto(moved, data.transpose(0, 2, 1))
+        products = workspace[2 * after_last : 2 * after_last + after_middle]
+        products = products.reshape(x * shape[2], shape[1])
+        np.matmul(moved.reshape(-1, y), _resampling_matrix(y, shape[1], order).T, out=products)
+        back = workspace[2 * after_last + after_middle : size].reshape(x, shape[1], shape[2])
+        np.copyto(back, products.reshape(x, shape[2], shape[1]).transpose(0, 2, 1))
+        data = back
     if x != shape[0]:
-        matrix = _resampling_matrix(x, shape[0], order)
-        stack = out.reshape(channels, x, -1)
-        out = np.empty((channels, shape[0], stack.shape[2]), dtype=np.float32)
-        for channel in range(channels):
-            np.matmul(matrix, stack[channel], out=out[channel])
-    return out.reshape(channels, *shape)
+        np.matmul(
+            _resampling_matrix(x, shape[0], order),
+            data.reshape(x, -1),
+            out=out.reshape(shape[0], -1),
+        )
+    else:
+        np.copyto(out, data.reshape(shape))
 
 
 def preprocess_images(
@@ -289,16 +380,7 @@ def preprocess_images(
     outside = ~head
     cropped_shape = (int(cropped.shape[1]), int(cropped.shape[2]), int(cropped.shape[3]))
     target_shape = shape_for_spacing(cropped_shape, spacing, target_spacing)
-    # The maths is per channel. Channels are z-scored side by side on the shared threads
-    # (channel_threads), and the head mask is resampled to the network grid beside them; then
-    # the channels are resampled one by one: the resampling's BLAS products use every core
-    # already, and two channels' products at once made preprocessing ~20 % slower.
     channels = cropped.shape[0]
-    normalised = pooled_empty((channels, *cropped_shape), np.float32)
-
-    def normalise(channel: int) -> None:
-        scratch = np.empty(cropped_shape, dtype=np.float32)
-        _zscore_channel(cropped[channel], head, outside, scratch, normalised[channel])
 
     def head_on_network_grid(mask: npt.NDArray[np.bool_]) -> FloatArray:
         on_grid: FloatArray = resample_channels(
@@ -306,15 +388,33 @@ def preprocess_images(
         )[0]
         return on_grid
 
+    # The maths is per channel. Channels are z-scored side by side on the shared threads
+    # (channel_threads), and the head mask is resampled to the network grid beside them; then
+    # the channels are resampled one by one: the resampling's BLAS products use every core
+    # already, and two channels' products at once made preprocessing ~20 % slower.
+    normalised = pooled_empty((channels, *cropped_shape), np.float32)
+
+    def normalise(channel: int) -> None:
+        _zscore_channel(cropped[channel], head, outside, normalised[channel])
+
     head_resampling = map_channels(head_on_network_grid, [head])  # submitted now
     for _ in map_channels(normalise, range(channels)):
         pass
+    # The network input and the resampling's scratch share one block from the pool: memory
+    # kept from earlier studies (fresh pages cost more than this arithmetic, see array_pool).
+    network_elements = channels * int(np.prod(target_shape))
+    block = pooled_empty(
+        (network_elements + _spline_workspace_size(cropped_shape, target_shape),), np.float32
+    )
+    resampled = block[:network_elements].reshape(channels, *target_shape)
+    workspace = block[network_elements:]
+    for channel in range(channels):
+        _resample_spline_into(normalised[channel], target_shape, 3, resampled[channel], workspace)
     (head_resampled,) = head_resampling
-    resampled = np.empty((channels, *target_shape), dtype=np.float32)
-    for channel, image in enumerate(normalised):
-        resampled[channel] = resample_channels(image[None], target_shape, order=3)[0]
-    # Spline overshoot must not invent signal outside the head.
-    resampled[:, head_resampled < 0.5] = 0.0
+    off_head = head_resampled < 0.5
+    for channel in range(channels):
+        # Spline overshoot must not invent signal outside the head.
+        np.copyto(resampled[channel], 0.0, where=off_head)
     return PreprocessedCase(
         data=resampled,
         crop_box=box,
