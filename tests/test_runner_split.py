@@ -21,8 +21,10 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from cerebrascan.errors import RunnerUnavailableError
 from cerebrascan.inputs.case_folder import modality_path
 from cerebrascan.serving.runner_service import (
+    RemoteSegmentationRunner,
     RunnerCase,
     RunnerResult,
     array_from_wire,
@@ -31,6 +33,7 @@ from cerebrascan.serving.runner_service import (
 from cerebrascan.serving.settings import BatchingSettings
 from cerebrascan.settings import Settings
 from cerebrascan.testing.server_process import RunningServer, bentoml_server
+from schemas.model_spec import ModelSpec
 from tests.conftest import REPO_ROOT, SESSION_DATA_DIR
 
 MODALITIES = ("t1n", "t1c", "t2w", "t2f")
@@ -75,6 +78,64 @@ def test_a_malformed_wire_array_is_refused_naming_the_problem(value: Any, messag
         array_from_wire(value)
     with pytest.raises(ValidationError, match=message):
         RunnerCase.model_validate_json(json.dumps({"volume": value}))
+
+
+class _DroppingService:
+    """A runner service handle whose first ``segment`` call fails as aiohttp fails when the
+    connection closes before the response body is read. A test double: that race (seen once
+    in a soak) cannot be caused on demand against a real server."""
+
+    def __init__(self, failure: BaseException, failures: int = 1) -> None:
+        self.failure = failure
+        self.failures = failures
+        self.calls = 0
+
+    def segment(self, cases: list[RunnerCase]) -> list[RunnerResult]:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.failure
+        shape = (4, *cases[0].volume.shape[1:])
+        probabilities = np.full(shape, 0.25, dtype=np.float16)
+        return [RunnerResult(probabilities=probabilities, engine="openvino")]
+
+
+def _remote_runner(service: _DroppingService) -> RemoteSegmentationRunner:
+    spec = ModelSpec.model_validate_json(
+        (REPO_ROOT / "models" / "default" / "model_spec.json").read_text()
+    )
+    return RemoteSegmentationRunner(
+        service,
+        spec,
+        model_name="m",
+        model_version="1",
+        volume_dtype="float32",
+        engine="openvino",
+        providers=[],
+        precision="fp32",
+    )
+
+
+def test_a_connection_closed_before_the_body_is_retried_once() -> None:
+    service = _DroppingService(RuntimeError("Connection closed."))
+    prediction = _remote_runner(service).predict(
+        np.zeros((4, 3, 4, 5), np.float32), mirror_tta=False
+    )
+    assert service.calls == 2
+    assert prediction.probabilities.shape == (4, 3, 4, 5)
+
+
+def test_a_connection_that_stays_closed_is_a_503_error_not_a_crash() -> None:
+    service = _DroppingService(RuntimeError("Connection closed."), failures=2)
+    with pytest.raises(RunnerUnavailableError, match="cannot be reached"):
+        _remote_runner(service).predict(np.zeros((4, 3, 4, 5), np.float32), mirror_tta=False)
+    assert service.calls == 2
+
+
+def test_a_runner_failure_is_not_mistaken_for_a_dropped_connection() -> None:
+    service = _DroppingService(RuntimeError("CUDA out of memory"))
+    with pytest.raises(RuntimeError, match="CUDA out of memory"):
+        _remote_runner(service).predict(np.zeros((4, 3, 4, 5), np.float32), mirror_tta=False)
+    assert service.calls == 1
 
 
 def test_a_runner_url_needs_the_token_and_the_remote_runner() -> None:

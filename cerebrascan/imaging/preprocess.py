@@ -323,7 +323,7 @@ def _resample_spline_into(
     out: FloatArray,
     workspace: FloatArray | None = None,
 ) -> None:
-    """One channel of :func:`resample_channels` (a spline ``order`` > 1) written into ``out``,
+    """One channel of :func:`resample_channels` (any spline order but 1) written into ``out``,
     a C-contiguous float32 array of ``shape``.
 
     Three large BLAS products, each over the array's last axis (the middle axis is moved there

@@ -654,6 +654,21 @@ def runner_service_client(settings: Settings) -> Any:
     )
 
 
+def connection_dropped(exc: BaseException) -> bool:
+    """Whether ``exc`` means the connection to the runner service went away under a call (so
+    the call may be retried), rather than an answer or a failure of the runner itself.
+
+    aiohttp reports a connection that closed before the response body was read as a bare
+    ``RuntimeError("Connection closed.")`` (seen once in a 10-minute 8-client soak, where it
+    became a 500), not as one of its client errors.
+    """
+    if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
+        return True
+    if isinstance(exc, httpx.TransportError):
+        return True
+    return type(exc) is RuntimeError and str(exc) == "Connection closed."
+
+
 class RemoteSegmentationRunner:
     """The front service's view of the runner service, a
     :class:`runners.protocol.SegmentationRunner` (whole volumes only: tiles never cross).
@@ -767,13 +782,17 @@ class RemoteSegmentationRunner:
         clock = time.perf_counter()
         try:
             (result,) = self.service.segment([case])
-        except (aiohttp.ClientConnectionError, httpx.TransportError) as exc:
+        except Exception as exc:
+            if not connection_dropped(exc):
+                raise
             # a pooled keep-alive connection the runner closed just as it was reused
             # ("Server disconnected"); segmenting is idempotent, so one retry is safe
             logger.warning("runner service connection dropped (%s); retrying the case once", exc)
             try:
                 (result,) = self.service.segment([case])
-            except (aiohttp.ClientConnectionError, httpx.TransportError) as again:
+            except Exception as again:
+                if not connection_dropped(again):
+                    raise
                 # not started yet, restarting or gone: a clean 503 the client may retry
                 raise RunnerUnavailableError(
                     f"the runner service cannot be reached ({type(again).__name__}); "
