@@ -177,7 +177,7 @@ def labels_and_probabilities_on_input_grid(
     # Step 2 in this thread: the first axis, the float16 copy and the argmax, a few crop planes
     # at a time while they are in cache. (Its many small numpy calls hold the GIL often: two
     # threads splitting the planes were slower than one, ~21 vs ~17 ms on two cores.)
-    _CropPlanes(planes, crop_x, output_labels, case, labels, full).run()
+    _CropPlanes(planes, crop_x, output_labels, case.crop_box, labels, full).run()
     return labels, full
 
 
@@ -192,7 +192,7 @@ class _CropPlanes:
         planes: list[npt.NDArray[np.float32]],
         crop_x: int,
         output_labels: list[int],
-        case: PreprocessedCase,
+        crop_box: tuple[slice, slice, slice],
         labels: npt.NDArray[np.uint8],
         full: npt.NDArray[np.float16] | None,
     ) -> None:
@@ -204,7 +204,7 @@ class _CropPlanes:
             if list(output_labels) == list(range(len(output_labels)))
             else np.asarray(output_labels, dtype=np.uint8)
         )
-        self.box = case.crop_box
+        self.box = crop_box
         self.labels = labels
         self.full = full
         network_x = planes[0].shape[0]
