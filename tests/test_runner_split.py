@@ -35,6 +35,7 @@ from cerebrascan.settings import Settings
 from cerebrascan.testing.server_process import RunningServer, bentoml_server
 from schemas.model_spec import ModelSpec
 from tests.conftest import REPO_ROOT, SESSION_DATA_DIR
+from tests.test_runner_request_id import remote_for
 
 MODALITIES = ("t1n", "t1c", "t2w", "t2f")
 TOKEN = "runner-token-for-the-split-test-0123456789"
@@ -103,16 +104,7 @@ def _remote_runner(service: _DroppingService) -> RemoteSegmentationRunner:
     spec = ModelSpec.model_validate_json(
         (REPO_ROOT / "models" / "default" / "model_spec.json").read_text()
     )
-    return RemoteSegmentationRunner(
-        service,
-        spec,
-        model_name="m",
-        model_version="1",
-        volume_dtype="float32",
-        engine="openvino",
-        providers=[],
-        precision="fp32",
-    )
+    return remote_for(service, spec)
 
 
 def test_a_connection_closed_before_the_body_is_retried_once() -> None:
