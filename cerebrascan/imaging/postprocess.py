@@ -20,6 +20,7 @@ from cerebrascan.imaging.preprocess import (
     mask_bounding_box,
     resample_channels,
     resample_linear_inner_axes,
+    two_tap_rows,
 )
 
 logger = logging.getLogger(__name__)
@@ -76,9 +77,7 @@ def channel_argmax(probabilities: npt.NDArray[np.float32]) -> npt.NDArray[np.uin
     index = np.zeros(best.shape, dtype=np.uint8)
     higher = np.empty(best.shape, dtype=bool)
     for channel in range(1, probabilities.shape[0]):
-        np.greater(probabilities[channel], best, out=higher)
-        np.copyto(index, np.uint8(channel), where=higher)
-        np.maximum(best, probabilities[channel], out=best)
+        _argmax_step(channel, probabilities[channel], best, index, higher)
     return index
 
 
@@ -177,94 +176,85 @@ def labels_and_probabilities_on_input_grid(
     # Step 2 in this thread: the first axis, the float16 copy and the argmax, a few crop planes
     # at a time while they are in cache. (Its many small numpy calls hold the GIL often: two
     # threads splitting the planes were slower than one, ~21 vs ~17 ms on two cores.)
-    _CropPlanes(planes, crop_x, output_labels, case.crop_box, labels, full).run()
+    _crop_planes_to_outputs(planes, crop_x, output_labels, case.crop_box, labels, full)
     return labels, full
 
 
-class _CropPlanes:
+def _crop_planes_to_outputs(
+    planes: list[npt.NDArray[np.float32]],
+    crop_x: int,
+    output_labels: list[int],
+    crop_box: tuple[slice, slice, slice],
+    labels: npt.NDArray[np.uint8],
+    full: npt.NDArray[np.float16] | None,
+) -> None:
     """Step 2 of :func:`labels_and_probabilities_on_input_grid`: crop planes along the first
-    axis, each two network planes scaled and added (:func:`linear_taps`, as the whole-array
-    resampling does), then converted to float16 and merged into the argmax, a block of planes
-    at a time, so no whole-crop array is made or streamed through memory again."""
-
-    def __init__(
-        self,
-        planes: list[npt.NDArray[np.float32]],
-        crop_x: int,
-        output_labels: list[int],
-        crop_box: tuple[slice, slice, slice],
-        labels: npt.NDArray[np.uint8],
-        full: npt.NDArray[np.float16] | None,
-    ) -> None:
-        self.planes = planes
-        self.crop_x = crop_x
-        self.output_labels = output_labels
-        self.lookup = (
-            None
-            if list(output_labels) == list(range(len(output_labels)))
-            else np.asarray(output_labels, dtype=np.uint8)
-        )
-        self.box = crop_box
-        self.labels = labels
-        self.full = full
-        network_x = planes[0].shape[0]
-        self.taps = linear_taps(network_x, crop_x) if network_x != crop_x else None
-        plane_elements = max(1, planes[0].shape[1] * planes[0].shape[2])
-        # enough planes per block for the hardware float16 cast, few enough to stay in cache
-        wanted = -(-HARDWARE_CAST_MIN_ELEMENTS // plane_elements)
-        self.block = max(1, min(PLANES_PER_BLOCK_MAX, wanted))
-
-    def run(self) -> None:
-        """Every crop plane, a block at a time, in buffers of one block."""
-        inner = self.planes[0].shape[1:]
-        values = np.empty((self.block, *inner), dtype=np.float32)
-        best = np.empty_like(values)
-        scratch = np.empty(inner, dtype=np.float32)
-        index = np.empty(values.shape, dtype=np.uint8)
-        higher = np.empty(values.shape, dtype=bool)
-        x_start, box_y, box_z = self.box[0].start or 0, self.box[1], self.box[2]
-        for start in range(0, self.crop_x, self.block):
-            stop = min(start + self.block, self.crop_x)
-            count = stop - start
-            for channel, source in enumerate(self.planes):
-                target = best[:count] if channel == 0 else values[:count]
-                self._first_axis(source, start, stop, target, scratch)
-                if self.full is not None:
-                    crop = self.full[self.output_labels[channel], x_start + start : x_start + stop]
-                    to_float16(target, out=crop[:, box_y, box_z])
-                if channel == 0:
-                    index[:count] = 0
-                else:
-                    np.greater(target, best[:count], out=higher[:count])
-                    np.copyto(index[:count], np.uint8(channel), where=higher[:count])
-                    np.maximum(best[:count], target, out=best[:count])
-            destination = self.labels[x_start + start : x_start + stop, box_y, box_z]
-            if self.lookup is None:
-                np.copyto(destination, index[:count])
+    axis, each two network planes scaled and added (:func:`two_tap_rows`, as the whole-array
+    resampling does), then converted to float16 into ``full`` and merged into the argmax
+    written to ``labels``, a block of planes at a time, so no whole-crop array is made or
+    streamed through memory again."""
+    network_x, *inner = planes[0].shape
+    taps = linear_taps(network_x, crop_x) if network_x != crop_x else None
+    lookup = (
+        None
+        if list(output_labels) == list(range(len(output_labels)))
+        else np.asarray(output_labels, dtype=np.uint8)
+    )
+    # enough planes per block for the hardware float16 cast, few enough to stay in cache
+    wanted = -(-HARDWARE_CAST_MIN_ELEMENTS // max(1, inner[0] * inner[1]))
+    block = max(1, min(PLANES_PER_BLOCK_MAX, wanted))
+    values = np.empty((block, *inner), dtype=np.float32)
+    best = np.empty_like(values)
+    scratch = np.empty((1, inner[0] * inner[1]), dtype=np.float32)
+    index = np.empty(values.shape, dtype=np.uint8)
+    higher = np.empty(values.shape, dtype=bool)
+    x_start, box_y, box_z = crop_box[0].start or 0, crop_box[1], crop_box[2]
+    for start in range(0, crop_x, block):
+        stop = min(start + block, crop_x)
+        count = stop - start
+        for channel, source in enumerate(planes):
+            target = best[:count] if channel == 0 else values[:count]
+            if taps is None:
+                np.copyto(target, source[start:stop])
             else:
-                destination[...] = self.lookup[index[:count]]
+                two_tap_rows(
+                    source.reshape(1, network_x, -1),
+                    taps,
+                    range(start, stop),
+                    target.reshape(1, count, -1),
+                    scratch,
+                )
+            if full is not None:
+                crop = full[output_labels[channel], x_start + start : x_start + stop]
+                to_float16(target, out=crop[:, box_y, box_z])
+            if channel == 0:
+                index[:count] = 0
+            else:
+                _argmax_step(channel, target, best[:count], index[:count], higher[:count])
+        destination = labels[x_start + start : x_start + stop, box_y, box_z]
+        if lookup is None:
+            np.copyto(destination, index[:count])
+        else:
+            destination[...] = lookup[index[:count]]
 
-    def _first_axis(
-        self,
-        source: npt.NDArray[np.float32],
-        start: int,
-        stop: int,
-        out: npt.NDArray[np.float32],
-        scratch: npt.NDArray[np.float32],
-    ) -> None:
-        if self.taps is None:
-            np.copyto(out, source[start:stop])
-            return
-        first, w_first, w_next = self.taps
-        for row, plane in enumerate(range(start, stop)):
-            np.multiply(source[first[plane]], w_first[plane], out=out[row])
-            if w_next[plane] != 0:
-                np.multiply(source[first[plane] + 1], w_next[plane], out=scratch)
-                np.add(out[row], scratch, out=out[row])
+
+def _argmax_step(
+    channel: int,
+    values: npt.NDArray[np.float32],
+    best: npt.NDArray[np.float32],
+    index: npt.NDArray[np.uint8],
+    higher: npt.NDArray[np.bool_],
+) -> None:
+    """Merge channel ``channel``'s ``values`` into a running argmax (``best`` so far and its
+    ``index``; ``higher`` a scratch mask): ties stay with the earlier channel, as in
+    ``np.argmax``."""
+    np.greater(values, best, out=higher)
+    np.copyto(index, np.uint8(channel), where=higher)
+    np.maximum(best, values, out=best)
 
 
 PLANES_PER_BLOCK_MAX = 16
-"""At most this many crop planes per block of :class:`_CropPlanes`."""
+"""At most this many crop planes per block of :func:`_crop_planes_to_outputs`."""
 
 
 def fill_outside(volume: npt.NDArray[Any], box: tuple[slice, ...], value: float) -> None:

@@ -112,43 +112,25 @@ def _zscore_channel(
 ) -> None:
     """One channel of :func:`zscore_inside_mask` into ``out``; ``channel`` may be a strided
     view (a crop)."""
-    mean, divisor = _zscore_statistics(channel, mask)
-    step = _slab_planes(channel.shape)
-    for start in range(0, channel.shape[0], step):
-        part = slice(start, start + step)
-        _normalise(channel[part], mean, divisor, outside[part], out[part])
-
-
-def _zscore_statistics(channel: FloatArray, mask: npt.NDArray[np.bool_]) -> tuple[float, float]:
-    """The mean of ``channel`` inside ``mask`` and the divisor of its z-score (the standard
-    deviation, at least 1e-8), as nnU-Net computes them: over ``image[mask]`` in float32."""
     values = channel[mask]  # the voxels in C order, as nnU-Net's ``image[mask]``
     mean = float(values.mean())
     std = float(values.std(mean=np.float32(mean)))
-    return mean, max(std, 1e-8)
-
-
-def _normalise(
-    part: FloatArray, mean: float, divisor: float, outside: npt.NDArray[np.bool_], out: FloatArray
-) -> None:
-    """``(part - mean) / divisor``, zero where ``outside``, into ``out``.
-
-    Whole-slab arithmetic then one select: faster than a masked scatter, same values.
-    """
-    np.subtract(part, mean, out=out)
-    np.divide(out, divisor, out=out)
-    np.copyto(out, 0.0, where=outside)
+    del values
+    divisor = max(std, 1e-8)
+    # Whole-slab arithmetic then one select (faster than a masked scatter, same values), a
+    # slab of planes at a time so the three passes run in cache.
+    plane_bytes = max(1, int(np.prod(channel.shape[1:], dtype=np.int64)) * 4)
+    step = max(1, ZSCORE_SLAB_BYTES // plane_bytes)
+    for start in range(0, channel.shape[0], step):
+        part = slice(start, start + step)
+        np.subtract(channel[part], mean, out=out[part])
+        np.divide(out[part], divisor, out=out[part])
+        np.copyto(out[part], 0.0, where=outside[part])
 
 
 ZSCORE_SLAB_BYTES = 1 << 20
 """Bytes of float32 planes normalised at a time: the z-score's three passes then run in cache
 instead of streaming the channel through memory once per pass."""
-
-
-def _slab_planes(shape: tuple[int, ...]) -> int:
-    """How many planes along the first axis of ``shape`` make one slab of float32."""
-    plane_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * 4)
-    return max(1, ZSCORE_SLAB_BYTES // plane_bytes)
 
 
 SPACING_TOLERANCE = 1e-3
@@ -264,22 +246,35 @@ def resample_linear_inner_axes(images: FloatArray, inner_shape: tuple[int, int])
 
 
 def _two_tap_planes(source: FloatArray, n_out: int) -> FloatArray:
-    """Linear resampling of ``(outer, n_in, inner)`` along its middle axis to ``n_out``.
-
-    Each output plane is two input planes scaled and added, plane by plane: the operands stay
-    in cache and no whole-array temporary is made.
-    """
+    """Linear resampling of ``(outer, n_in, inner)`` along its middle axis to ``n_out``."""
     outer, n_in, inner = source.shape
-    first, w_first, w_next = linear_taps(n_in, n_out)
     result = np.empty((outer, n_out, inner), dtype=np.float32)
     scratch = np.empty((outer, inner), dtype=np.float32)
-    for j in range(n_out):
-        plane = result[:, j]
+    two_tap_rows(source, linear_taps(n_in, n_out), range(n_out), result, scratch)
+    return result
+
+
+def two_tap_rows(
+    source: FloatArray,
+    taps: tuple[npt.NDArray[np.intp], FloatArray, FloatArray],
+    rows: range,
+    out: FloatArray,
+    scratch: FloatArray,
+) -> None:
+    """Output rows ``rows`` of the linear resampling of ``(outer, n_in, inner)`` along its
+    middle axis (``taps``: :func:`linear_taps`), the k-th into ``out[:, k]``.
+
+    Each output plane is two input planes scaled and added, plane by plane: the operands stay
+    in cache and no whole-array temporary is made. ``scratch`` is an ``(outer, inner)``
+    float32 buffer.
+    """
+    first, w_first, w_next = taps
+    for k, j in enumerate(rows):
+        plane = out[:, k]
         np.multiply(source[:, first[j]], w_first[j], out=plane)
         if w_next[j] != 0:
             np.multiply(source[:, first[j] + 1], w_next[j], out=scratch)
             np.add(plane, scratch, out=plane)
-    return result
 
 
 def resample_channels(images: FloatArray, shape: tuple[int, int, int], order: int) -> FloatArray:
