@@ -4,7 +4,10 @@ With ``--openvino``: the bundled model under OpenVINO, as read from ONNX vs rewr
 ``runners.openvino_graph.prepare_network`` (zero-channel padding), fp32 and (where the CPU has
 it) bf16, each tile batch size, timed in interleaved rounds (median of ``--repeats``), with the
 logits' distance to ONNX Runtime fp32 on the guard's reference tile and OpenVINO's per-layer
-profile (PERF_COUNT, share of time per layer type and kernel) of each variant (issue #21):
+profile (PERF_COUNT, share of time per layer type and kernel) of each variant (issue #21).
+``--streams 2`` adds each variant compiled for N streams (``PERFORMANCE_HINT: THROUGHPUT``, the
+threads shared out among them), timed as tiles per second through an ``AsyncInferQueue`` of N
+jobs, against one stream running one call at a time (the served default):
 
     .venv/bin/python benchmarks/bench_tile_engines.py --openvino --batch 2 4 --repeats 7
 
@@ -60,9 +63,12 @@ def _ort_session(onnx_path: Path, profile_prefix: str | None = None) -> Any:
 
 
 def _openvino_variants(
-    batches: list[int], repeats: int, model_dir: Path
+    batches: list[int], repeats: int, model_dir: Path, streams: list[int]
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
-    """Per-tile ms of the bundled network under OpenVINO, plain vs rewritten, interleaved."""
+    """Per-tile ms of the bundled network under OpenVINO, plain vs rewritten, interleaved.
+
+    Variants with ``streams`` > 1 are timed over ``CALLS_PER_STREAM`` calls per stream in flight
+    at once (their per-tile ms is the wall time over all those tiles)."""
     import openvino as ov
 
     from runners.engine_cache import cpu_features
@@ -79,6 +85,7 @@ def _openvino_variants(
     multiple = channel_multiple_for(cpu_features(), "bf16")
     rows: list[dict[str, Any]] = []
     requests: dict[tuple[str, str, int], Any] = {}
+    queues: dict[tuple[str, str, int, int], Any] = {}
     inputs: dict[int, np.ndarray] = {}
     for batch in batches:
         tiles = reference_tile(spec, batch)
@@ -116,12 +123,24 @@ def _openvino_variants(
                     }
                 )
                 requests[(precision, variant, batch)] = request
+                for count in streams:
+                    if count > 1:
+                        queues[(precision, variant, batch, count)] = _stream_queue(
+                            core, network, precision, count, tiles
+                        )
     seconds: dict[tuple[str, str, int], list[float]] = collections.defaultdict(list)
+    stream_seconds: dict[tuple[str, str, int, int], list[float]] = collections.defaultdict(list)
     for _ in range(repeats):
         for key, request in requests.items():
             start = time.perf_counter()
             request.infer({0: inputs[key[2]]})
             seconds[key].append(time.perf_counter() - start)
+        for stream_key, queue in queues.items():
+            start = time.perf_counter()
+            for _ in range(CALLS_PER_STREAM * stream_key[3]):
+                queue.start_async({0: inputs[stream_key[2]]})
+            queue.wait_all()
+            stream_seconds[stream_key].append(time.perf_counter() - start)
     profiles: dict[str, dict[str, float]] = {}
     for (precision, variant, batch), request in requests.items():
         per_kind: collections.Counter[str] = collections.Counter()
@@ -136,7 +155,42 @@ def _openvino_variants(
         row = next(r for r in rows if r["engine"] == name and r["batch"] == batch)
         row["ms_per_tile"] = statistics.median(runs) / batch * 1e3
         row["ms_per_tile_min"] = min(runs) / batch * 1e3
+    for (precision, variant, batch, count), runs in stream_seconds.items():
+        tiles_timed = CALLS_PER_STREAM * count * batch
+        rows.append(
+            {
+                "engine": f"openvino {precision} {variant}, {count} streams",
+                "batch": batch,
+                "ms_per_tile": statistics.median(runs) / tiles_timed * 1e3,
+                "ms_per_tile_min": min(runs) / tiles_timed * 1e3,
+            }
+        )
     return rows, profiles
+
+
+CALLS_PER_STREAM = 3
+"""Calls queued per stream when a multi-stream variant is timed."""
+
+
+def _stream_queue(core: Any, network: Any, precision: str, streams: int, tiles: np.ndarray) -> Any:
+    """``network`` compiled for ``streams`` streams, as an ``AsyncInferQueue`` of as many jobs
+    (warmed up once per job)."""
+    import openvino as ov
+
+    compiled = core.compile_model(
+        network,
+        "CPU",
+        {
+            "PERFORMANCE_HINT": "THROUGHPUT",
+            "INFERENCE_PRECISION_HINT": precision,
+            "NUM_STREAMS": streams,
+        },
+    )
+    queue = ov.AsyncInferQueue(compiled, streams)
+    for _ in range(streams):
+        queue.start_async({0: tiles})
+    queue.wait_all()
+    return queue
 
 
 def main() -> None:
@@ -150,15 +204,28 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=7, help="--openvino: interleaved rounds")
     parser.add_argument("--model-dir", type=Path, default=REPO / "models" / "default")
+    parser.add_argument(
+        "--streams",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="--openvino: also time each variant with this many streams in flight (1: only the "
+        "one-call-at-a-time rows)",
+    )
     args = parser.parse_args()
     if args.openvino:
-        rows, profiles = _openvino_variants(args.batch, args.repeats, args.model_dir)
+        rows, profiles = _openvino_variants(args.batch, args.repeats, args.model_dir, args.streams)
         for row in rows:
-            print(
-                f"{row['engine']:32s} batch {row['batch']}: {row['ms_per_tile']:6.1f} ms/tile "
-                f"(min {row['ms_per_tile_min']:.1f}), max |dlogit| / max |logit| vs ORT "
+            accuracy = (
+                f", max |dlogit| / max |logit| vs ORT "
                 f"{row['relative_max_logit_difference_vs_ort']:.1e}, labels "
                 f"{row['label_agreement_vs_ort']:.6f}"
+                if "label_agreement_vs_ort" in row
+                else ""
+            )
+            print(
+                f"{row['engine']:44s} batch {row['batch']}: {row['ms_per_tile']:6.1f} ms/tile "
+                f"(min {row['ms_per_tile_min']:.1f}){accuracy}"
             )
         for name, profile in profiles.items():
             print(f"{name}: " + "; ".join(f"{k} {v}%" for k, v in profile.items()))
