@@ -54,14 +54,22 @@ class PrecisionDecision:
     """bf16 / int8: the held-out record's worst ``1 - Dice`` per region (None otherwise)."""
 
 
-def reference_tile(spec: ModelSpec, batch: int = 1) -> npt.NDArray[np.float32]:
+def reference_tile(
+    spec: ModelSpec, batch: int = 1, seed: int = REFERENCE_TILE_SEED
+) -> npt.NDArray[np.float32]:
     """A deterministic brain-like tile ``(batch, C, *patch)`` for the guard.
 
     Smooth structure (Gaussian-filtered noise, z-scored per channel, as the preprocessing leaves
     real images) with a bright ellipsoid, so that the network produces several classes rather
     than background only; fp16 overflow shows on such inputs as it does on real ones.
+
+    Args:
+        spec: the network's modalities and patch size.
+        batch: copies of the tile.
+        seed: the noise's seed; the guard uses ``REFERENCE_TILE_SEED``, other seeds give tiles
+            of the same kind that the guard never sees (experiments/int8_accuracy_control.py).
     """
-    rng = np.random.default_rng(REFERENCE_TILE_SEED)
+    rng = np.random.default_rng(seed)
     channels = len(spec.modalities)
     patch = spec.patch_size
     tile = gaussian_filter(rng.standard_normal((channels, *patch)), sigma=(0, 2, 2, 2))

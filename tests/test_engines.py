@@ -21,7 +21,11 @@ from runners.engine_cache import engine_cache_key, tile_profile, timing_cache_ke
 from runners.errors import RunnerConfigError  # noqa: E402
 from runners.factory import build_runner  # noqa: E402
 from runners.onnx_runner import OnnxSegmentationRunner, provider_options  # noqa: E402
-from runners.precision_guard import compare_precisions, reference_tile  # noqa: E402
+from runners.precision_guard import (  # noqa: E402
+    REFERENCE_TILE_SEED,
+    compare_precisions,
+    reference_tile,
+)
 from runners.settings import RunnerSettings  # noqa: E402
 from runners.torch_runner import TorchSegmentationRunner  # noqa: E402
 from schemas.model_spec import ModelSpec  # noqa: E402
@@ -300,3 +304,16 @@ def test_settings_refuse_unknown_engine_and_device() -> None:
         Settings(runner={"engine": "tflite"})
     with pytest.raises(ValueError, match="device"):
         Settings(runner={"device": "gpu0"})
+
+
+def test_reference_tile_other_seeds_give_new_tiles_of_the_same_kind(spec) -> None:
+    """The guard's tile is its default seed's; another seed (experiments that must not see the
+    guard's tile) gives a different tile, z-scored per channel like it."""
+    guard_tile = reference_tile(spec)
+    assert np.array_equal(guard_tile, reference_tile(spec, seed=REFERENCE_TILE_SEED))
+    other = reference_tile(spec, 2, seed=REFERENCE_TILE_SEED + 1)
+    assert other.shape == (2, *guard_tile.shape[1:]) and other.dtype == np.float32
+    assert np.array_equal(other[0], other[1])
+    assert not np.allclose(other[0], guard_tile[0])
+    np.testing.assert_allclose(other[0].mean(axis=(1, 2, 3)), 0, atol=1e-4)
+    np.testing.assert_allclose(other[0].std(axis=(1, 2, 3)), 1, atol=1e-3)
