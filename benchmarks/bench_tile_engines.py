@@ -5,9 +5,9 @@ With ``--openvino``: the bundled model under OpenVINO, as read from ONNX vs rewr
 it) bf16, each tile batch size, timed in interleaved rounds (median of ``--repeats``), with the
 logits' distance to ONNX Runtime fp32 on the guard's reference tile and OpenVINO's per-layer
 profile (PERF_COUNT, share of time per layer type and kernel) of each variant (issue #21).
-``--streams 2`` adds each variant compiled for N streams (``PERFORMANCE_HINT: THROUGHPUT``, the
-threads shared out among them), timed as tiles per second through an ``AsyncInferQueue`` of N
-jobs, against one stream running one call at a time (the served default):
+``--streams N`` adds each variant compiled for N streams (``PERFORMANCE_HINT: THROUGHPUT``, the
+threads shared out among them) with a call in flight on each (an ``AsyncInferQueue`` of N jobs),
+timed as wall time per tile, against one stream running one call at a time (the served default):
 
     .venv/bin/python benchmarks/bench_tile_engines.py --openvino --batch 2 4 --repeats 7
 
@@ -60,6 +60,10 @@ def _ort_session(onnx_path: Path, profile_prefix: str | None = None) -> Any:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix
     return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+
+CALLS_PER_STREAM = 3
+"""Calls queued per stream when a multi-stream variant is timed."""
 
 
 def _openvino_variants(
@@ -166,10 +170,6 @@ def _openvino_variants(
             }
         )
     return rows, profiles
-
-
-CALLS_PER_STREAM = 3
-"""Calls queued per stream when a multi-stream variant is timed."""
 
 
 def _stream_queue(core: Any, network: Any, precision: str, streams: int, tiles: np.ndarray) -> Any:
