@@ -57,11 +57,11 @@ calibration 3000)."""
 
 
 def quantize_with_accuracy_control(
-    onnx_path: Path, spec: ModelSpec, max_drop: float, validation_tiles: int
+    onnx_path: Path, spec: ModelSpec, session: Any, max_drop: float, validation_tiles: int
 ) -> tuple[Any, list[str]]:
-    """The network quantised by NNCF's accuracy control; also the operations it kept in float."""
+    """The network quantised by NNCF's accuracy control; also the operations it kept in float.
+    ``session``: ONNX Runtime fp32 on ``onnx_path``, the decisions to agree with."""
     import nncf
-    import onnxruntime as ort
     import openvino as ov
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
@@ -71,7 +71,6 @@ def quantize_with_accuracy_control(
         reference_tile(spec, 1, seed=VALIDATION_SEED_BASE + index)[0]
         for index in range(validation_tiles)
     ]
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     reference_decisions = [
         session.run(None, {spec.input_name: tile[None]})[0].argmax(1) for tile in validation
     ]
@@ -146,9 +145,10 @@ def main() -> None:
 
     spec = ModelSpec.model_validate_json((args.model_dir / "model_spec.json").read_text())
     onnx_path = args.model_dir / "model.onnx"
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     start = time.perf_counter()
     quantized, float_ops = quantize_with_accuracy_control(
-        onnx_path, spec, args.max_drop, args.validation_tiles
+        onnx_path, spec, session, args.max_drop, args.validation_tiles
     )
     quantise_s = time.perf_counter() - start
     workdir = Path(tempfile.mkdtemp(prefix="cerebrascan-int8-ac-"))
@@ -172,7 +172,6 @@ def main() -> None:
             ("int8 shipped, float part bf16", args.model_dir / "model.int8.xml", "bf16", 1),
             ("int8 accuracy-controlled, float part bf16", workdir / "int8_ac.xml", "bf16", 1),
         ]
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     tile = reference_tile(spec, args.batch)
     reference_logits = session.run(None, {spec.input_name: tile})[0]
     phantom_tiles = unseen_phantom_tiles(spec)

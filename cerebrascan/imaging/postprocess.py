@@ -195,6 +195,8 @@ def _crop_planes_to_outputs(
     streamed through memory again."""
     network_x, *inner = planes[0].shape
     taps = linear_taps(network_x, crop_x) if network_x != crop_x else None
+    # two_tap_rows' (outer, n_in, inner) view of each channel, made once
+    rows_of = [source.reshape(1, network_x, -1) for source in planes]
     lookup = (
         None
         if list(output_labels) == list(range(len(output_labels)))
@@ -218,7 +220,7 @@ def _crop_planes_to_outputs(
                 np.copyto(target, source[start:stop])
             else:
                 two_tap_rows(
-                    source.reshape(1, network_x, -1),
+                    rows_of[channel],
                     taps,
                     range(start, stop),
                     target.reshape(1, count, -1),

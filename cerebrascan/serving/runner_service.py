@@ -662,9 +662,9 @@ def connection_dropped(exc: BaseException) -> bool:
     ``RuntimeError("Connection closed.")`` (seen once in a 10-minute 8-client soak, where it
     became a 500), not as one of its client errors.
     """
-    if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
-        return True
-    if isinstance(exc, httpx.TransportError):
+    if isinstance(
+        exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError | httpx.TransportError
+    ):
         return True
     return type(exc) is RuntimeError and str(exc) == "Connection closed."
 
