@@ -37,6 +37,12 @@ folder has no ``precisions.json``). ``openvino-int8`` runs the shipped int8 IR
 folder, so only with ``--network default-trained`` (the same trained weights); the guard compares
 it with ONNX Runtime fp32 on the imported ONNX, so a mismatched IR would be refused, not timed.
 
+The ratio on CPU depends on the C allocator's setting, which the header prints: with glibc's
+defaults nnUNetPredictor's torch activations are fresh ``mmap`` s faulted in on every tile, and
+keeping freed memory (``MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=
+68719476736``, docs/serving.md) made it 1.2-1.3x faster while CerebraScan's engines, which hold
+their buffers, did not change (benchmarks/README.md, "Whose memory setting"). Run both.
+
 Usage:
     python benchmarks/bench_nnunet.py --device cpu --network small
     python benchmarks/bench_nnunet.py --device cpu --network small --case tiny --tta off \
@@ -477,7 +483,7 @@ def main() -> None:
         f"network {args.network} {NETWORKS[args.network]}, case {args.case} "
         f"{(image.shape, spacing)}, "
         f"device {device_name}, CPU flags {' '.join(cpu_features())}, torch {torch.__version__}, "
-        f"{args.repeats} interleaved runs, guard max |dp| "
+        f"{args.repeats} interleaved runs, C allocator: {_allocator_setting()}, guard max |dp| "
         f"{args.guard_max_dp or RunnerSettings().precision_guard_max_probability_difference}, "
         f"guard min agreement "
         f"{args.guard_min_agreement or RunnerSettings().precision_guard_min_agreement}, "
@@ -509,6 +515,19 @@ def main() -> None:
         target.write_text(
             json.dumps({"setup": header, "rows": rows, "held_out": held_out}, indent=2)
         )
+
+
+def _allocator_setting() -> str:
+    """The glibc malloc settings this process was started with, or "glibc defaults"."""
+    names = (
+        "MALLOC_ARENA_MAX",
+        "MALLOC_MMAP_MAX_",
+        "MALLOC_MMAP_THRESHOLD_",
+        "MALLOC_TRIM_THRESHOLD_",
+        "GLIBC_TUNABLES",
+    )
+    found = [f"{name}={os.environ[name]}" for name in names if name in os.environ]
+    return " ".join(found) if found else "glibc defaults"
 
 
 def _dices(truth: np.ndarray | None, labels: np.ndarray) -> dict[str, float] | None:
