@@ -37,11 +37,12 @@ folder has no ``precisions.json``). ``openvino-int8`` runs the shipped int8 IR
 folder, so only with ``--network default-trained`` (the same trained weights); the guard compares
 it with ONNX Runtime fp32 on the imported ONNX, so a mismatched IR would be refused, not timed.
 
-The ratio on CPU depends on the C allocator's setting, which the header prints: with glibc's
-defaults nnUNetPredictor's torch activations are fresh ``mmap`` s faulted in on every tile, and
-keeping freed memory (``MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=
-68719476736``, docs/serving.md) made it 1.2-1.3x faster while CerebraScan's engines, which hold
-their buffers, did not change (benchmarks/README.md, "Whose memory setting"). Run both.
+The ratio on CPU depends on the C allocator's setting, which the header prints. With glibc's
+defaults freed memory goes back to the system, and nnUNetPredictor's next tile faults its
+activations in again (inferred from the timings, not traced). Keeping freed memory
+(``MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736``, docs/serving.md)
+made it 1.2-1.3x faster, while CerebraScan's engines, which hold their buffers, did not change
+(benchmarks/README.md, "Whose memory setting"). Run both.
 
 Usage:
     python benchmarks/bench_nnunet.py --device cpu --network small

@@ -13,7 +13,8 @@ default network imported as an nnU-Net model (the benchmark's ``--network defaul
   fully convolutional): 96³ tiles at step 0.5, and the whole cropped volume in one call (padded
   to a multiple of 8, the network's total stride).
 
-Per variant: network seconds (median of ``--repeats``, rounds interleaved, no TTA), label
+Per variant: seconds for the whole segmentation of the case (the served path's include its pre-
+and postprocessing; median of ``--repeats``, rounds interleaved, no TTA), label
 agreement with the reference, and Dice per BraTS region (WT, TC, ET) against the phantom's true
 labels. Labels never leave the process; the JSON holds figures only.
 
