@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_nnunet import CACHE, phantom_case, write_nnunet_folder  # noqa: E402
+from bench_nnunet import CACHE, _dices, phantom_case, write_nnunet_folder  # noqa: E402
 
 from cerebrascan.inputs.study import Study  # noqa: E402
 from cerebrascan.segmentation import finish_case, prepare_case, segment_study  # noqa: E402
@@ -145,16 +145,6 @@ def case_variants(
     }
 
 
-def regions(labels: npt.NDArray[Any]) -> dict[str, npt.NDArray[np.bool_]]:
-    """BraTS evaluation regions from NETC=1, SNFH=2, ET=3."""
-    return {"WT": labels > 0, "TC": (labels == 1) | (labels == 3), "ET": labels == 3}
-
-
-def dice(a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_]) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=4, help="held-out phantoms 0..N-1")
@@ -217,7 +207,6 @@ def main() -> None:
                         times[name].append(time.perf_counter() - start)
             reference = labels["nnUNetPredictor step 0.5"]
             reference_s = statistics.median(times["nnUNetPredictor step 0.5"])
-            true_regions = regions(truth)
             for name, result in labels.items():
                 seconds = statistics.median(times[name])
                 row = {
@@ -228,8 +217,8 @@ def main() -> None:
                     "speedup_vs_reference": reference_s / seconds,
                     "agreement_with_reference": float((result == reference).mean()),
                     "dice_vs_truth": {
-                        region: round(dice(mask, true_regions[region]), 4)
-                        for region, mask in regions(result).items()
+                        region: round(value, 4)
+                        for region, value in (_dices(truth, result) or {}).items()
                     },
                 }
                 logger.info(json.dumps(row))
@@ -248,7 +237,7 @@ def main() -> None:
             },
         }
     args.out.write_text(json.dumps({"rows": rows, "summary": summary}, indent=2))
-    print(json.dumps(summary, indent=2))
+    logger.info(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":
