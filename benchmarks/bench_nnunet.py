@@ -323,11 +323,10 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
     import torch
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     from cerebrascan.inputs.study import Study
     from cerebrascan.segmentation import segment_study
-    from cerebrascan.testing.nnunet_reference import fp32_accumulation
+    from cerebrascan.testing.nnunet_reference import fp32_accumulation, quiet_predictor
     from cerebrascan.training.nnunet_import import build_nnunet_model_folder
     from runners.factory import build_runner
     from runners.openvino_runner import OpenVINOSegmentationRunner
@@ -338,7 +337,6 @@ def main() -> None:
         ["onnxruntime"] if args.device == "cpu" else ["torch-fp16", "torch-fp16-compile"]
     )
     tile_batch = args.tile_batch or (2 if args.device == "cpu" else 8)
-    device = torch.device(args.device)
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     # nnUNetPredictor turns cudnn.benchmark on for CUDA; the torch engine does the same only
     # through its setting (runner.cuda_conv_algo_search=EXHAUSTIVE), passed below, so the
@@ -412,17 +410,7 @@ def main() -> None:
                     imported.folder, spec, settings, root / "engine-cache"
                 )
         for tta in {"off": [False], "on": [True], "both": [False, True]}[args.tta]:
-            predictor = nnUNetPredictor(
-                tile_step_size=0.5,
-                use_gaussian=True,
-                use_mirroring=tta,
-                perform_everything_on_device=args.device == "cuda",
-                device=device,
-                verbose=False,
-                verbose_preprocessing=False,
-                allow_tqdm=False,
-            )
-            predictor.initialize_from_trained_model_folder(str(source), use_folds=(0,))
+            predictor = quiet_predictor(source, (0,), mirroring=tta, device=args.device)
             nnunet_input = image.transpose(0, 3, 2, 1).copy()
             contenders: dict[str, Any] = {
                 "nnUNetPredictor": lambda p=predictor, x=nnunet_input: p.predict_single_npy_array(

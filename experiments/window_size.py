@@ -45,6 +45,7 @@ from bench_nnunet import CACHE, _dices, phantom_case, write_nnunet_folder  # noq
 
 from cerebrascan.inputs.study import Study  # noqa: E402
 from cerebrascan.segmentation import finish_case, prepare_case, segment_study  # noqa: E402
+from cerebrascan.testing.nnunet_reference import quiet_predictor  # noqa: E402
 from cerebrascan.training.nnunet_import import build_nnunet_model_folder  # noqa: E402
 from runners.factory import build_runner  # noqa: E402
 from runners.prediction import RunnerPrediction  # noqa: E402
@@ -154,7 +155,6 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     import torch
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     torch.set_num_threads(2)
     source = CACHE / "nnunet-default-trained" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
@@ -174,20 +174,10 @@ def main() -> None:
             )
             for step in (0.5, 1.0)
         }
-        predictors = {}
-        for step in (0.5, 1.0):
-            predictor = nnUNetPredictor(
-                tile_step_size=step,
-                use_gaussian=True,
-                use_mirroring=False,
-                perform_everything_on_device=False,
-                device=torch.device("cpu"),
-                verbose=False,
-                verbose_preprocessing=False,
-                allow_tqdm=False,
-            )
-            predictor.initialize_from_trained_model_folder(str(source), use_folds=(0,))
-            predictors[step] = predictor
+        predictors = {
+            step: quiet_predictor(source, (0,), mirroring=False, tile_step=step)
+            for step in (0.5, 1.0)
+        }
 
         for index in range(args.cases):
             images, truth = phantom_case(index, SPACING)

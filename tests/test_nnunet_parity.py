@@ -40,7 +40,10 @@ torch = pytest.importorskip("torch")
 from cerebrascan.inputs.study import Study  # noqa: E402
 from cerebrascan.segmentation import segment_study  # noqa: E402
 from cerebrascan.settings import Settings  # noqa: E402
-from cerebrascan.testing.nnunet_reference import fp32_accumulation  # noqa: E402
+from cerebrascan.testing.nnunet_reference import (  # noqa: E402
+    fp32_accumulation,
+    quiet_predictor,
+)
 from cerebrascan.training.nnunet_import import (  # noqa: E402
     NnunetImportError,
     build_nnunet_model_folder,
@@ -370,19 +373,7 @@ def _reference(
     model: Path, image: np.ndarray, spacing: tuple[float, ...], mirror: bool, fp32: bool
 ):
     """nnUNetPredictor on the (x, y, z) image; results back in (x, y, z)."""
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
-    predictor = nnUNetPredictor(
-        tile_step_size=0.5,
-        use_gaussian=True,
-        use_mirroring=mirror,
-        perform_everything_on_device=False,
-        device=torch.device("cpu"),
-        verbose=False,
-        verbose_preprocessing=False,
-        allow_tqdm=False,
-    )
-    predictor.initialize_from_trained_model_folder(str(model), use_folds=(0, 1))
+    predictor = quiet_predictor(model, (0, 1), mirroring=mirror)
     with _one_torch_thread(), fp32_accumulation() if fp32 else contextlib.nullcontext():
         seg, probs = predictor.predict_single_npy_array(
             image.transpose(0, 3, 2, 1).copy(), {"spacing": list(spacing[::-1])}, None, None, True

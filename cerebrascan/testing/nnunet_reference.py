@@ -10,7 +10,44 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
+
+
+def quiet_predictor(
+    model_folder: Path,
+    folds: tuple[int, ...],
+    *,
+    mirroring: bool,
+    tile_step: float = 0.5,
+    device: str = "cpu",
+) -> Any:
+    """nnU-Net's ``nnUNetPredictor`` on a trained model folder, Gaussian-weighted, without
+    progress bars or prints; everything on the device only for CUDA (nnU-Net refuses it on CPU).
+
+    Args:
+        model_folder: the ``<trainer>__<plans>__<configuration>`` folder.
+        folds: the folds to load (their predictions are averaged).
+        mirroring: nnU-Net's mirror test-time augmentation.
+        tile_step: ``tile_step_size``, the sliding window's step as a fraction of the patch.
+        device: a torch device name (``cpu``, ``cuda``, ``cuda:N``).
+    """
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    torch_device = torch.device(device)
+    predictor = nnUNetPredictor(
+        tile_step_size=tile_step,
+        use_gaussian=True,
+        use_mirroring=mirroring,
+        perform_everything_on_device=torch_device.type == "cuda",
+        device=torch_device,
+        verbose=False,
+        verbose_preprocessing=False,
+        allow_tqdm=False,
+    )
+    predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=folds)
+    return predictor
 
 
 @contextmanager
