@@ -152,6 +152,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    if args.cases < 1 or args.repeats < 1:
+        parser.error(f"--cases and --repeats must be at least 1, got {args.cases}, {args.repeats}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     import torch
