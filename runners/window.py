@@ -3,7 +3,7 @@
 As MONAI's inferers separate the sliding window from the network, an engine here supplies only
 its network call: ``predict_tiles`` on a host batch of tiles and, where it has one, a
 :class:`DeviceWindow` (its call on tiles that already live on a device). :func:`predict_volume`
-does the rest, identically for ONNX Runtime, torch and TensorRT:
+does the rest, identically for ONNX Runtime, OpenVINO, torch and TensorRT:
 
 1. checks the volume has one channel per modality of the network;
 2. chooses the window: on the device when the engine has one, on the host when the mirror

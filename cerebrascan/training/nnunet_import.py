@@ -390,7 +390,7 @@ def _torch_description(
 
     Only for trainers that build the network from the plans as nnU-Net's own trainer does
     (``get_network_from_plans``) and for nnU-Net's U-Net classes; a custom trainer's network is
-    served by ONNX Runtime / TensorRT only.
+    served by ONNX Runtime, OpenVINO or TensorRT only.
     """
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
