@@ -43,7 +43,9 @@ from cerebrascan.training.quantize import (  # noqa: E402
 )
 from runners.engine_cache import cpu_features  # noqa: E402
 from runners.openvino_graph import channel_multiple_for, prepare_network  # noqa: E402
+from runners.openvino_runner import openvino_offers  # noqa: E402
 from runners.precision_guard import compare_precisions, reference_tile  # noqa: E402
+from runners.settings import RunnerSettings  # noqa: E402
 from schemas.model_spec import ModelSpec  # noqa: E402
 
 logger = logging.getLogger("int8_accuracy_control")
@@ -155,7 +157,7 @@ def main() -> None:
     ov.save_model(quantized, str(workdir / "int8_ac.xml"))
 
     core = ov.Core()
-    has_bf16 = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    has_bf16 = openvino_offers("bf16")
     contenders: list[tuple[str, Path, str, int]] = [
         ("fp32", onnx_path, "f32", 1),
         ("int8 shipped, float part fp32 (served)", args.model_dir / "model.int8.xml", "f32", 1),
@@ -178,11 +180,13 @@ def main() -> None:
     phantom_decisions = [
         session.run(None, {spec.input_name: t[None]})[0].argmax(1) for t in phantom_tiles
     ]
+    guard = RunnerSettings()
     requests: dict[str, Any] = {}
     rows: dict[str, dict[str, Any]] = {}
     for name, path, precision, multiple in contenders:
+        network = _read(core, path, multiple)
         compiled = core.compile_model(
-            _reshaped(core, path, multiple, spec, list(tile.shape)),
+            _reshaped(network, spec, list(tile.shape)),
             "CPU",
             {
                 "INFERENCE_PRECISION_HINT": precision,
@@ -197,12 +201,12 @@ def main() -> None:
             np.array(request.get_output_tensor(0).data),
             spec,
             requested=name,
-            min_agreement=0.999,
-            max_probability_difference=0.1,
+            min_agreement=guard.precision_guard_min_agreement,
+            max_probability_difference=guard.precision_guard_max_probability_difference,
             probability_difference_decides=False,
         )
         single = core.compile_model(
-            _reshaped(core, path, multiple, spec, [1, *tile.shape[1:]]),
+            _reshaped(network, spec, [1, *tile.shape[1:]]),
             "CPU",
             {"INFERENCE_PRECISION_HINT": precision, "NUM_STREAMS": 1},
         )
@@ -253,13 +257,17 @@ def main() -> None:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
 
 
-def _reshaped(core: Any, path: Path, multiple: int, spec: ModelSpec, shape: list[int]) -> Any:
-    """The network at ``path``, channel-padded to ``multiple`` (1: as read), at input ``shape``."""
+def _read(core: Any, path: Path, multiple: int) -> Any:
+    """The network at ``path``, channel-padded to ``multiple`` (1: as read)."""
     network = core.read_model(str(path))
-    if multiple > 1:
-        network = prepare_network(network, multiple)
-    network.reshape({spec.input_name: shape})
-    return network
+    return prepare_network(network, multiple) if multiple > 1 else network
+
+
+def _reshaped(network: Any, spec: ModelSpec, shape: list[int]) -> Any:
+    """A copy of ``network`` at input ``shape``."""
+    copy = network.clone()
+    copy.reshape({spec.input_name: shape})
+    return copy
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ from runners.factory import build_runner  # noqa: E402
 from runners.prediction import RunnerPrediction  # noqa: E402
 from runners.settings import RunnerSettings  # noqa: E402
 from runners.sliding_window import sliding_window_logits, softmax  # noqa: E402
-from schemas.model_spec import ModelSpec  # noqa: E402
+from schemas.model_spec import BRATS_REGIONS, ModelSpec  # noqa: E402
 
 logger = logging.getLogger("window_size")
 
@@ -94,9 +94,13 @@ class ReshapedNetwork:
 def whole_volume_logits(
     volume: npt.NDArray[np.float32], network: ReshapedNetwork
 ) -> npt.NDArray[np.float32]:
-    """One network call on the whole volume, zero-padded to the network's stride (and ≥ 64)."""
+    """One network call on the whole volume, zero-padded to the network's stride (and at least
+    its patch)."""
     spatial = volume.shape[1:]
-    target = [max(64, -(-size // NETWORK_STRIDE) * NETWORK_STRIDE) for size in spatial]
+    target = [
+        max(patch, -(-size // NETWORK_STRIDE) * NETWORK_STRIDE)
+        for size, patch in zip(spatial, network.spec.patch_size, strict=True)
+    ]
     pads = [((t - s) // 2, t - s - (t - s) // 2) for s, t in zip(spatial, target)]
     logits = network(np.pad(volume, [(0, 0), *pads])[None])[0]
     inside: npt.NDArray[np.float32] = logits[
@@ -225,7 +229,7 @@ def main() -> None:
             "agreement_with_reference_min": min(row["agreement_with_reference"] for row in mine),
             "dice_vs_truth_mean": {
                 region: round(statistics.mean(row["dice_vs_truth"][region] for row in mine), 4)
-                for region in ("WT", "TC", "ET")
+                for region in BRATS_REGIONS
             },
         }
     args.out.write_text(json.dumps({"rows": rows, "summary": summary}, indent=2))

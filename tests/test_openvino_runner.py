@@ -20,7 +20,7 @@ from runners.engine_cache import cpu_features, cpu_model_cache_key
 from runners.errors import RunnerConfigError
 from runners.factory import build_runner, resolve_engine, resolve_precision
 from runners.onnx_runner import OnnxSegmentationRunner
-from runners.openvino_runner import OpenVINOSegmentationRunner
+from runners.openvino_runner import OpenVINOSegmentationRunner, openvino_offers
 from runners.precision_guard import compare_held_out_labels
 from runners.settings import RunnerSettings
 from schemas.model_spec import ModelSpec
@@ -34,7 +34,7 @@ PROBABILITY_DIFFERENCE_MAX = 1e-2
 phantoms, float16-stored probabilities, Xeon with AMX)."""
 DICE_CHANGE_MAX = 0.005
 """The reduced-precision bound on held-out phantoms' labels, per region (issue 21)."""
-CPU_HAS_BF16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+CPU_HAS_BF16 = openvino_offers("bf16")
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 
 from runners.engine_cache import file_digest
 from runners.fp32_reference import guard_reduced_precision
+from runners.openvino_runner import openvino_offers
 from runners.precision_guard import RECORD_COMMAND, reference_tile
 from runners.precision_record import (
     PRECISION_RECORD_FILE,
@@ -221,7 +222,7 @@ def test_int8_entry_is_void_for_another_quantised_network(
     assert "another model.int8.xml" in decision.note
 
 
-CPU_HAS_BF16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+CPU_HAS_BF16 = openvino_offers("bf16")
 needs_bf16 = pytest.mark.skipif(not CPU_HAS_BF16, reason="this CPU lacks BF16: no bf16 to admit")
 
 
